@@ -1,0 +1,3 @@
+"""Compression methods. Importing this package registers the built-in ones."""
+
+from methods import rtn  # noqa: F401

@@ -1,0 +1,115 @@
+"""``quantbench`` command line: the jobs Snakemake runs, and the tools people run by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from quantbench.method import ConfigError
+
+
+def _common_job(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--spec", required=True, help="the job's resolved settings, as JSON (written by the Snakefile)")
+    p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)")
+    p.add_argument("--log", type=Path, default=None, help="this job's log file (attached to the MLflow run)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _spec(text: str) -> dict:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--spec is not valid JSON: {e}") from e
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ConfigError("--spec must be a JSON object with a 'kind' key (reference or cell)")
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a config and print the grid it plans")
+    p.add_argument("config", type=Path)
+
+    p = sub.add_parser("methods", help="list the registered methods (built-in and plugins)")
+
+    p = sub.add_parser("tracking", help="create the MLflow store and experiment once, before the grid")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", type=Path, default=None, help="marker file to write when done")
+
+    p = sub.add_parser("reference", help="train (or reuse) a reference model: one Snakemake job")
+    _common_job(p)
+
+    p = sub.add_parser("cell", help="compress and evaluate one grid cell: one Snakemake job")
+    _common_job(p)
+    p.add_argument("--reference", required=True, type=Path, help="the reference job's metrics.json")
+
+    p = sub.add_parser("tables", help="regenerate the tables of an experiment from MLflow")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else <results-dir>/mlflow.db")
+    p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/tables/<experiment>")
+    p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except (ConfigError, LookupError, FileNotFoundError) as e:
+        print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        from quantbench.config import load_config
+
+        cfg = load_config(args.config)
+        print(f"experiment {cfg.name}: {len(cfg.cells)} cells planned, {len(cfg.skipped)} skipped")
+        for cell, why in cfg.skipped:
+            print(f"  skipped {cell.id}: {why}")
+    elif args.command == "methods":
+        from quantbench.registry import available_methods, get_method
+
+        for name in available_methods():
+            cls = get_method(name)
+            print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
+    elif args.command == "tracking":
+        from quantbench.tracking import Tracker, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
+        exp_id = Tracker(uri).ensure_experiment(args.experiment, args.results_dir / "mlartifacts")
+        print(f"MLflow experiment {args.experiment!r} (id {exp_id}) at {uri}")
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id}) + "\n")
+    elif args.command in ("reference", "cell"):
+        from quantbench import runner
+
+        spec = _spec(args.spec)
+        common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)
+        if args.command == "reference":
+            result = runner.run_reference(spec, **common)
+        else:
+            result = runner.run_cell(spec, args.reference, **common)
+        print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
+    elif args.command == "tables":
+        from quantbench.tables import tables_from_mlflow
+        from quantbench.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
+        out_dir = args.out_dir or args.results_dir / "tables" / args.experiment
+        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Config loading: JSON-schema validation with defaults, then the grid and per-job specs.
+
+Both the Snakefile and the CLI use :func:`load_config`, so a bad config fails the same way
+everywhere: with the key path and what is allowed, before any job is planned.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from quantbench.method import Budget, ConfigError, make_params
+from quantbench.train import TrainSettings
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_cls):
+    """A validator class that fills in ``default`` values while it validates."""
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    out = "config"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    where = _path(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"{where}: unknown key(s) {extra}; allowed keys: {allowed}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message}"
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _check_kwargs(fn, params: dict, where: str) -> None:
+    sig = inspect.signature(fn)
+    allowed = [n for n in sig.parameters if n not in ("root", "download", "input_shape", "num_classes")]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: unknown parameter; allowed: {allowed}")
+
+
+def format_budget(bits: float) -> str:
+    """The budget as it appears in paths and tables: 2, 1.58, 4.5."""
+    return f"{float(bits):g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    arch: str
+    method: str
+    budget: str
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}/{self.arch}/{self.method}/b{self.budget}/s{self.seed}"
+
+
+@dataclass
+class Config:
+    """A validated config with defaults filled in, and the grid it plans."""
+
+    raw: dict
+    cells: list[Cell]
+    skipped: list[tuple[Cell, str]]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.raw[key]
+
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def results(self) -> Path:
+        return Path(self.raw["results_dir"])
+
+    def tracking_uri(self) -> str:
+        from quantbench.tracking import resolve_tracking_uri
+
+        return resolve_tracking_uri(self.raw["tracking_uri"], self.results)
+
+    def train_settings(self) -> TrainSettings:
+        return make_params(TrainSettings, self.raw["reference"], "config.reference")
+
+    def method_params(self, method: str) -> dict:
+        from quantbench.registry import get_method
+
+        cls = get_method(method)
+        return dataclasses.asdict(make_params(cls.Params, self.raw["method_params"].get(method, {}),
+                                              f"config.method_params.{method}"))
+
+    def reference_spec(self, task: str, arch: str, seed: int) -> dict:
+        """Everything a reference job needs, as plain JSON (also logged as the run's params)."""
+        return {
+            "kind": "reference", "experiment": self.name, "tracking_uri": self.raw["tracking_uri"],
+            "results_dir": str(self.results), "data_root": self.raw["data_root"], "download": self.raw["download"],
+            "device": self.raw["device"],
+            "task": task, "task_params": self.raw["task_params"].get(task, {}),
+            "arch": arch, "arch_params": self.raw["arch_params"].get(arch, {}),
+            "seed": seed, "train": dataclasses.asdict(self.train_settings()),
+        }
+
+    def cell_spec(self, cell: Cell) -> dict:
+        spec = self.reference_spec(cell.task, cell.arch, cell.seed)
+        spec.update(kind="cell", method=cell.method, method_params=self.method_params(cell.method),
+                    budget=float(cell.budget))
+        return spec
+
+
+def load_config(source: str | Path | dict) -> Config:
+    """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
+    raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
+    validator = _with_defaults(jsonschema.Draft7Validator)(load_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(_explain(e) for e in errors))
+
+    from models import _MODELS, available_models
+    from quantbench.data import _TASKS, available_tasks
+    from quantbench.registry import available_methods, get_method
+
+    for key, known in (("tasks", available_tasks()), ("archs", available_models()), ("methods", available_methods())):
+        for i, name in enumerate(raw[key]):
+            if name not in known:
+                raise ConfigError(f"config.{key}[{i}]: unknown {key[:-1]} {name!r}; allowed values: {known}")
+    for key, known in (("task_params", _TASKS), ("arch_params", _MODELS)):
+        for name, params in raw[key].items():
+            if name not in known:
+                raise ConfigError(f"config.{key}.{name}: unknown {key[:-7]}; allowed values: {sorted(known)}")
+            _check_kwargs(known[name], params, f"config.{key}.{name}")
+    for name in raw["method_params"]:
+        if name not in available_methods():
+            raise ConfigError(f"config.method_params.{name}: unknown method; allowed values: {available_methods()}")
+
+    cfg = Config(raw, [], [])
+    cfg.train_settings()  # validates config.reference
+    params = {m: make_params(get_method(m).Params, raw["method_params"].get(m, {}), f"config.method_params.{m}")
+              for m in raw["methods"]}
+    for task, arch, method, bits, seed in itertools.product(
+            raw["tasks"], raw["archs"], raw["methods"], raw["budgets"], raw["seeds"]):
+        cell = Cell(task, arch, method, format_budget(bits), seed)
+        if get_method(method).serves(Budget(float(bits)), params[method]):
+            cfg.cells.append(cell)
+        else:
+            cfg.skipped.append((cell, f"{method} does not serve a {format_budget(bits)}-bit budget"))
+    return cfg

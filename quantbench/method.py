@@ -1,0 +1,157 @@
+"""The method contract (DESIGN §3): what a compression method receives and must return.
+
+A method is a class registered with :func:`quantbench.registry.register_method`. It declares
+
+* ``Params``  a dataclass of typed, defaulted hyper-parameters (config: ``method_params.<name>``),
+* ``needs``   what the harness must supply in the :class:`RunContext` (``train_data``, ``calib_data``),
+* ``serves``  which budgets it can meet (cells it cannot serve are skipped at planning),
+
+and implements ``compress(ref, budget, ctx) -> CompressedModel``. A method never writes files
+or talks to MLflow: per-step metrics go through ``ctx.log_metric`` and progress through
+``ctx.progress``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from quantbench.format import CompressedModel, DenseTensor, QuantizedTensor
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the key path and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Target average bits per compressed weight, side information included."""
+
+    bits: float
+
+    @property
+    def int_bits(self) -> int | None:
+        """The budget as a code width, when it is a whole number of bits."""
+        return int(self.bits) if float(self.bits).is_integer() else None
+
+
+@dataclass
+class NoParams:
+    """A method without hyper-parameters."""
+
+
+@dataclass
+class RunContext:
+    """What the harness hands a method: data, device, seed, metric logger, progress bars."""
+
+    task: Any  # quantbench.data.Task
+    arch: str
+    arch_kwargs: dict
+    seed: int
+    device: torch.device = torch.device("cpu")
+    step_metrics: list[tuple[str, float, int]] = field(default_factory=list)
+    show_progress: bool = True
+
+    def log_metric(self, key: str, value: float, step: int) -> None:
+        """Record a per-step metric (sent to MLflow by the harness when the run ends)."""
+        self.step_metrics.append((key, float(value), int(step)))
+
+    def progress(self, iterable: Iterable, desc: str, total: int | None = None) -> Iterator:
+        return iter(tqdm(iterable, desc=desc, total=total, disable=not self.show_progress, mininterval=2.0))
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A torch generator seeded from the cell's seed (``offset`` separates streams)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    def assemble(self, ref: nn.Module, quantized: dict[str, QuantizedTensor]) -> CompressedModel:
+        """The compressed model: ``quantized`` records, every other state entry kept dense (fp32)."""
+        params = dict(ref.named_parameters())
+        records = {}
+        for name, tensor in ref.state_dict().items():
+            if name in quantized:
+                records[name] = quantized[name]
+            else:
+                t = tensor.detach().cpu()
+                dtype = "int64" if not t.is_floating_point() else "float32"
+                records[name] = DenseTensor(t.numpy(), dtype=dtype, role="param" if name in params else "buffer")
+        unknown = set(quantized) - set(records)
+        if unknown:
+            raise KeyError(f"quantized records for tensors the model does not have: {sorted(unknown)}")
+        return CompressedModel(self.arch, self.arch_kwargs, records)
+
+
+class Method:
+    """Base class of compression methods; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @classmethod
+    def serves(cls, budget: Budget, params: Any) -> bool:
+        """Whether this method can meet ``budget`` (default: any budget)."""
+        return True
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        raise NotImplementedError
+
+
+def compressible(model: nn.Module) -> list[str]:
+    """The parameters quantized by default: weights of linear and conv layers (ndim >= 2)."""
+    names = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def make_params(params_cls: type, overrides: dict, where: str) -> Any:
+    """Build a ``Params`` dataclass from config, checking keys, types and literal choices."""
+    if not dataclasses.is_dataclass(params_cls):
+        raise TypeError(f"{params_cls!r} must be a dataclass")
+    hints = typing.get_type_hints(params_cls)
+    fields = {f.name for f in dataclasses.fields(params_cls)}
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ConfigError(f"{where}.{key}: unknown parameter; allowed: {sorted(fields)}")
+        _check_type(value, hints[key], f"{where}.{key}")
+    return params_cls(**(overrides or {}))
+
+
+def _check_type(value: Any, hint: Any, where: str) -> None:
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {list(choices)}")
+        return
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for arg in typing.get_args(hint):
+            try:
+                _check_type(value, arg, where)
+                return
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} matches none of {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return
+    expected = {float: (int, float), int: (int,), bool: (bool,), str: (str,)}.get(hint)
+    if origin in (list, tuple):
+        expected = (list, tuple)
+    if expected is None:
+        return
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")

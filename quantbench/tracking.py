@@ -1,0 +1,137 @@
+"""The one place that talks to MLflow: experiments, runs (with retries), and run search.
+
+Default store: ``sqlite:///<results_dir>/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides the
+config's ``tracking_uri``, which overrides the default. SQLite serialises writers: parallel
+jobs retry a write that meets a locked database, and the database and experiment are created
+once, before the grid (rule ``tracking``), so no two jobs run MLflow's schema migrations at once.
+Each run is written in a handful of calls at its end (create, batched params/metrics,
+artifacts, terminate), so a job holds the write lock only briefly.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
+PACKAGES = ("quantbench", "torch", "torchvision", "timm", "fairseq", "fairseq-fixed", "mlflow", "snakemake", "numpy")
+
+
+def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if configured:
+        return configured
+    return f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
+
+
+def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
+    """Call ``fn``, retrying with jittered exponential backoff while the store is busy."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # MLflow wraps sqlite errors in MlflowException
+            if attempt == attempts - 1 or not any(t in str(e).lower() for t in TRANSIENT):
+                raise
+            time.sleep(min(10.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, package versions and device, attached to every run."""
+    tags = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            tags[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        repo = Path(__file__).resolve().parent.parent
+        tags["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        tags["git_commit"] = "unknown"
+    return tags
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Tracker:
+    """MLflow client bound to one tracking URI."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = with_retry(MlflowClient, tracking_uri=uri)
+
+    def ensure_experiment(self, name: str, artifact_root: Path | None = None) -> str:
+        """The experiment's id, creating it (once) when missing."""
+        exp = with_retry(self.client.get_experiment_by_name, name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if artifact_root is not None and self.uri.startswith("sqlite:"):
+            location = (Path(artifact_root).resolve() / name).as_uri()
+        try:
+            return with_retry(self.client.create_experiment, name, artifact_location=location)
+        except Exception as e:
+            if "already exists" not in str(e).lower():
+                raise
+            return with_retry(self.client.get_experiment_by_name, name).experiment_id
+
+    def record_run(self, experiment_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
+                   step_metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: list[Path],
+                   status: str = "FINISHED") -> str:
+        """Write one complete run; returns its id. ``status``: FINISHED or FAILED."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        run = with_retry(self.client.create_run, experiment_id, run_name=run_name,
+                         tags={k: str(v)[:5000] for k, v in tags.items()})
+        run_id = run.info.run_id
+        for chunk in _chunks([Param(k, v[:6000]) for k, v in params.items()], 100):
+            with_retry(self.client.log_batch, run_id, params=chunk)
+        metric_rows = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        metric_rows += [Metric(k, float(v), now, s) for k, v, s in step_metrics]
+        for chunk in _chunks(metric_rows, 1000):
+            with_retry(self.client.log_batch, run_id, metrics=chunk)
+        for path in artifacts:
+            if Path(path).is_file():
+                with_retry(self.client.log_artifact, run_id, str(path))
+        with_retry(self.client.set_terminated, run_id, status=status)
+        return run_id
+
+    def runs(self, experiment: str):
+        """All runs of ``experiment`` as a pandas DataFrame (``mlflow.search_runs``)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        if with_retry(self.client.get_experiment_by_name, experiment) is None:
+            raise LookupError(f"no MLflow experiment {experiment!r} at {self.uri}")
+        return with_retry(mlflow.search_runs, experiment_names=[experiment], output_format="pandas",
+                          max_results=100_000)

@@ -1,0 +1,18 @@
+rule reference:
+    """Train the full-precision reference of (task, arch, seed), or reuse its cached checkpoint."""
+    input:
+        rules.tracking.output,
+    output:
+        f"{RUNS}/{{task}}/{{arch}}/reference/s{{seed}}/metrics.json",
+    log:
+        f"{LOGS}/{{task}}/{{arch}}/reference/s{{seed}}.log",
+    params:
+        spec=reference_spec,
+    threads: CFG["threads"]
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "quantbench reference --spec {params.spec:q} --out {output} --log {log} --threads {threads} > {log} 2>&1"
