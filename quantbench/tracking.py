@@ -130,8 +130,12 @@ class Tracker:
         """All runs of ``experiment`` as a pandas DataFrame (``mlflow.search_runs``)."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.uri)
         if with_retry(self.client.get_experiment_by_name, experiment) is None:
             raise LookupError(f"no MLflow experiment {experiment!r} at {self.uri}")
-        return with_retry(mlflow.search_runs, experiment_names=[experiment], output_format="pandas",
-                          max_results=100_000)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(self.uri)  # search_runs reads the global URI (and MLflow exports it)
+        try:
+            return with_retry(mlflow.search_runs, experiment_names=[experiment], output_format="pandas",
+                              max_results=100_000)
+        finally:
+            mlflow.set_tracking_uri(before)

@@ -1,0 +1,71 @@
+"""Config validation: defaults, the grid, and errors that name the key and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from quantbench.config import load_config
+from quantbench.method import ConfigError
+
+
+def test_defaults_are_filled_and_grid_expanded():
+    cfg = load_config({"name": "x", "seeds": [0, 1]})
+    assert cfg["tasks"] == ["digits"] and cfg["archs"] == ["lenet300"] and cfg["budgets"] == [2, 4, 8]
+    assert cfg["results_dir"] == "results" and cfg["tracking_uri"] is None
+    assert len(cfg.cells) == 1 * 1 * 1 * 3 * 2
+    assert {c.id for c in cfg.cells} >= {"digits/lenet300/rtn/b2/s0", "digits/lenet300/rtn/b8/s1"}
+    assert cfg.train_settings().epochs == 30
+
+
+def test_default_config_file_is_valid():
+    cfg = load_config("workflows/config/default.yaml")
+    assert [c.budget for c in cfg.cells] == ["2", "4", "8"]
+
+
+def test_cells_a_method_cannot_serve_are_skipped_with_a_reason():
+    cfg = load_config({"name": "x", "budgets": [1, 1.58, 4], "method_params": {"rtn": {"scheme": "symmetric"}}})
+    assert [c.budget for c in cfg.cells] == ["4"]
+    assert [c.budget for c, _ in cfg.skipped] == ["1", "1.58"]
+    assert "rtn does not serve a 1.58-bit budget" in cfg.skipped[1][1]
+
+
+def test_method_params_reach_the_cell_spec():
+    cfg = load_config({"name": "x", "method_params": {"rtn": {"per_channel": True}}})
+    spec = cfg.cell_spec(cfg.cells[0])
+    assert spec["method_params"] == {"scheme": "minmax", "per_channel": True, "float_dtype": "float32"}
+    assert spec["budget"] == 2.0 and spec["kind"] == "cell"
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"name": "x", "methods": ["rnt"]}, r"config.methods\[0\]: unknown method 'rnt'; allowed values: \[.*'rtn'"),
+    ({"name": "x", "budgets": [4, -2]}, r"config.budgets\[1\]: -2 is less than or equal to the minimum of 0"),
+    ({"name": "x", "budgets": [40]}, r"config.budgets\[0\]: 40 is greater than the maximum of 32"),
+    ({"name": "x", "budgts": [4]}, r"config: unknown key\(s\) \['budgts'\]; allowed keys: \[.*'budgets'"),
+    ({"name": "x", "seeds": ["a"]}, r"config.seeds\[0\]: 'a' is not of type 'integer'"),
+    ({"name": "x", "device": "tpu"}, r"config.device: 'tpu' is not allowed; allowed values: \['auto', 'cpu', 'cuda'\]"),
+    ({"budgets": [4]}, r"config: 'name' is a required property"),
+    ({"name": "x", "archs": ["resnet9000"]}, r"config.archs\[0\]: unknown arch 'resnet9000'"),
+    ({"name": "x", "tasks": ["imagenet21k"]}, r"config.tasks\[0\]: unknown task 'imagenet21k'"),
+    ({"name": "x", "method_params": {"rtn": {"scheme": "log"}}},
+     r"config.method_params.rtn.scheme: 'log' is not allowed; allowed: \['minmax', 'symmetric'\]"),
+    ({"name": "x", "method_params": {"rtn": {"perchannel": True}}},
+     r"config.method_params.rtn.perchannel: unknown parameter; allowed: \['float_dtype', 'per_channel', 'scheme'\]"),
+    ({"name": "x", "method_params": {"rtn": {"per_channel": "yes"}}},
+     r"config.method_params.rtn.per_channel: expected bool, got str 'yes'"),
+    ({"name": "x", "method_params": {"rtm": {}}}, r"config.method_params.rtm: unknown method"),
+    ({"name": "x", "reference": {"epochs": 2.5}}, r"config.reference.epochs: expected int, got float 2.5"),
+    ({"name": "x", "arch_params": {"lenet300": {"depth": 3}}},
+     r"config.arch_params.lenet300.depth: unknown parameter; allowed: \['hidden', 'width'\]"),
+])
+def test_invalid_configs_name_the_key_and_the_allowed_values(config, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(config)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,82 @@
+"""One job at a time, in process: reference cache, cell on the packed artifact, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models import build_model
+from quantbench.config import load_config
+from quantbench.data import build_task
+from quantbench.format import CompressedModel
+from quantbench.runner import checkpoint_path, run_cell, run_reference
+from quantbench.tracking import Tracker
+
+
+@pytest.fixture
+def jobs(tiny_config, tmp_path):
+    cfg = load_config(tiny_config)
+    ref_spec = cfg.reference_spec("digits", "lenet300", 0)
+    ref_out = tmp_path / "ref" / "metrics.json"
+    return cfg, ref_spec, ref_out
+
+
+def test_reference_is_trained_once_then_reused(jobs, tmp_path):
+    cfg, spec, out = jobs
+    first = run_reference(spec, out, show_progress=False)
+    assert first["status"] == "ok" and not first["cached"] and first["metrics"]["accuracy"] > 50
+    second = run_reference(spec, tmp_path / "again" / "metrics.json", show_progress=False)
+    assert second["cached"] and second["metrics"] == first["metrics"]
+    changed = dict(spec, train={**spec["train"], "lr": 0.01})
+    assert checkpoint_path(changed)[1] != first["hash"]
+
+
+def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path):
+    cfg, ref_spec, ref_out = jobs
+    run_reference(ref_spec, ref_out, show_progress=False)
+    cell = cfg.cells[0]
+    results = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt / "metrics.json"
+        results.append(run_cell(cfg.cell_spec(cell), ref_out, out, show_progress=False))
+        assert json.loads(out.read_text())["metrics"] == results[-1]["metrics"]
+    a, b = results
+    assert a["metrics"] == b["metrics"] and a["stats"] == b["stats"]
+    assert (tmp_path / "a" / "model.qbc").read_bytes() == (tmp_path / "b" / "model.qbc").read_bytes()
+    # the reported accuracy and size are those of the file, rebuilt independently here
+    packed = CompressedModel.load(tmp_path / "a" / "model.qbc")
+    model = packed.to_dense(build_model("lenet300", **packed.arch_kwargs))
+    assert build_task("digits").evaluate(model)["accuracy"] == a["metrics"]["accuracy"]
+    assert a["stats"]["bpw"] == pytest.approx(2 + 3 * 64 / (64 * 300 + 300 * 100 + 100 * 10))
+    assert a["stats"]["file_bytes"] == (tmp_path / "a" / "model.qbc").stat().st_size
+    runs = Tracker(cfg.tracking_uri()).runs("tiny")
+    cells = runs[runs["tags.kind"] == "cell"]
+    assert len(cells) == 2 and set(cells["tags.cell_id"]) == {cell.id}
+    assert set(cells["tags.config_hash"]) and cells["params.method"].iloc[0] == "rtn"
+    assert (cells["metrics.accuracy"] == a["metrics"]["accuracy"]).all()
+
+
+def test_damaged_reference_checkpoint_is_a_clear_error(jobs, tmp_path):
+    cfg, ref_spec, ref_out = jobs
+    info = run_reference(ref_spec, ref_out, show_progress=False)
+    with open(info["checkpoint"], "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(ValueError, match="reference checkpoint .* cannot be loaded"):
+        run_cell(cfg.cell_spec(cfg.cells[0]), ref_out, tmp_path / "c" / "metrics.json", show_progress=False)
+    assert not (tmp_path / "c" / "metrics.json").exists()
+    runs = Tracker(cfg.tracking_uri()).runs("tiny")
+    failed = runs[runs["tags.kind"] == "cell"]
+    assert list(failed["status"]) == ["FAILED"] and "cannot be loaded" in failed["tags.failure_reason"].iloc[0]
+
+
+def test_diverged_reference_is_recorded_as_failed(jobs, tmp_path):
+    cfg, ref_spec, ref_out = jobs
+    spec = dict(ref_spec, train={**ref_spec["train"], "lr": 1e6, "momentum": 0.99})
+    info = run_reference(spec, ref_out, show_progress=False)
+    assert info["status"] == "diverged" and "loss is" in info["reason"]
+    cell = run_cell(dict(cfg.cell_spec(cfg.cells[0]), train=spec["train"]), ref_out,
+                    tmp_path / "c" / "metrics.json", show_progress=False)
+    assert cell["status"] == "diverged" and "reference" in cell["reason"]
+    torch.manual_seed(0)

@@ -1,0 +1,63 @@
+"""Tables from the MLflow record: mean ± std over seeds, latest run per cell, failures marked."""
+
+from __future__ import annotations
+
+import statistics
+
+import pandas as pd
+import pytest
+
+from quantbench.tables import tables_from_mlflow
+from quantbench.tracking import Tracker
+
+
+@pytest.fixture
+def record(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.ensure_experiment("t", tmp_path / "artifacts")
+
+    def run(kind, seed, acc, method=None, budget=None, status="ok", bpw=32.0, ratio=1.0):
+        cell = f"digits/mlp/{method or 'reference'}/" + (f"b{budget}/" if budget else "") + f"s{seed}"
+        tags = {"kind": kind, "cell_id": cell, "task": "digits", "arch": "mlp", "seed": str(seed),
+                "metric": "accuracy", "status": status}
+        if method:
+            tags.update(method=method, budget=str(budget))
+        metrics = {"accuracy": acc, "bpw": bpw, "compression_ratio": ratio} if status == "ok" else {}
+        tracker.record_run(exp, cell, {}, metrics, [], tags, [], "FINISHED" if status == "ok" else "FAILED")
+
+    run("reference", 0, 96.0)
+    run("reference", 1, 98.0)
+    run("cell", 0, 80.0, "rtn", 2, bpw=2.1, ratio=14.0)  # superseded by the rerun below
+    run("cell", 0, 90.0, "rtn", 2, bpw=2.1, ratio=14.0)
+    run("cell", 1, 92.0, "rtn", 2, bpw=2.1, ratio=14.0)
+    run("cell", 0, 0.0, "rtn", 4, status="diverged")
+    run("cell", 1, 95.5, "rtn", 4, bpw=4.1, ratio=7.5)
+    run("cell", 0, 70.0, "other", 2, bpw=2.5, ratio=12.0)
+    return uri, tmp_path / "tables"
+
+
+def test_tables_aggregate_seeds_and_mark_failures(record):
+    uri, out = record
+    paths = tables_from_mlflow(uri, "t", out)
+    assert sorted(p.name for p in paths) == ["digits.csv", "digits.md", "digits.tex"]
+    md = (out / "digits.md").read_text()
+    mean, std = statistics.mean([90.0, 92.0]), statistics.stdev([90.0, 92.0])
+    ref_mean, ref_std = statistics.mean([96.0, 98.0]), statistics.stdev([96.0, 98.0])
+    lines = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| mlp")}
+    assert f"{mean:.2f} ± {std:.2f} (2.10 bpw, 14.0×)" in lines["rtn"]
+    assert "diverged (1/2 ok)" in lines["rtn"]
+    assert f"{ref_mean:.2f} ± {ref_std:.2f} (32.00 bpw, 1.0×)" in lines["reference"]
+    assert "70.00 (2.50 bpw, 12.0×)" in lines["other"] and "—" in lines["other"]
+    assert list(lines) == ["reference", "other", "rtn"]
+    csv = pd.read_csv(out / "digits.csv")
+    row = csv[(csv.method == "rtn") & (csv.budget == 2)].iloc[0]
+    assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std) and row["seeds"] == 2
+    tex = (out / "digits.tex").read_text()
+    assert r"\toprule" in tex and r"$\pm$" in tex and "±" not in tex
+
+
+def test_unknown_experiment_is_a_clear_error(record):
+    uri, out = record
+    with pytest.raises(LookupError, match="no MLflow experiment 'missing'"):
+        tables_from_mlflow(uri, "missing", out)
