@@ -62,6 +62,43 @@ def _read_floats(reader: BitReader, n: int, float_dtype: str) -> np.ndarray:
     return raw.astype(np.uint32 if float_dtype == "float32" else np.uint16).view(float_dtype)
 
 
+def _radix_group(levels: int) -> int:
+    """How many base-``levels`` digits fit one word below 2**63."""
+    g = 1
+    while levels ** (g + 1) < 2**63:
+        g += 1
+    return g
+
+
+def _radix_widths(n: int, levels: int) -> np.ndarray:
+    g = _radix_group(levels)
+    full, rest = divmod(n, g)
+    widths = [(levels**g - 1).bit_length()] * full + ([(levels**rest - 1).bit_length()] if rest else [])
+    return np.array(widths, dtype=np.int64)
+
+
+def _radix_pack(codes: np.ndarray, levels: int) -> np.ndarray:
+    """Code i of a word is its base-``levels`` digit i: word = sum_i code_i * levels**i."""
+    g = _radix_group(levels)
+    padded = np.zeros(-(-codes.size // g) * g, dtype=np.uint64)
+    padded[: codes.size] = codes
+    digits = padded.reshape(-1, g)
+    words = np.zeros(digits.shape[0], dtype=np.uint64)
+    for col in range(g - 1, -1, -1):
+        words = words * np.uint64(levels) + digits[:, col]
+    return words
+
+
+def _radix_unpack(words: np.ndarray, n: int, levels: int) -> np.ndarray:
+    g = _radix_group(levels)
+    digits = np.empty((words.size, g), dtype=np.uint64)
+    rest = words.astype(np.uint64)
+    for col in range(g):
+        digits[:, col] = rest % np.uint64(levels)
+        rest = rest // np.uint64(levels)
+    return digits.reshape(-1)[:n]
+
+
 def _position_bits(numel: int) -> int:
     return max(1, math.ceil(math.log2(numel))) if numel > 1 else 1
 
@@ -224,7 +261,8 @@ class QuantizedTensor:
 
     ``codes`` holds one code per *kept* element (all elements without a mask), in row-major
     order. Widths: ``bits`` for the whole tensor, or ``group_bits`` for consecutive groups of
-    ``group_size`` elements of the flattened tensor (the last group may be shorter).
+    ``group_size`` elements of the flattened tensor (the last group may be shorter), or
+    ``levels`` = K for base-K packing of codes 0..K−1 (K not a power of two).
     """
 
     shape: tuple[int, ...]
@@ -233,6 +271,7 @@ class QuantizedTensor:
     bits: int | None = None
     group_size: int = 0
     group_bits: np.ndarray | None = None
+    levels: int | None = None
     mask: np.ndarray | None = None
     channel_scale: np.ndarray | None = None
     float_dtype: str = "float32"
@@ -243,8 +282,10 @@ class QuantizedTensor:
         self.codes = np.asarray(self.codes).reshape(-1).astype(np.uint64)
         if self.float_dtype not in FLOAT_BITS:
             raise FormatError(f"float_dtype must be one of {sorted(FLOAT_BITS)}, got {self.float_dtype!r}")
-        if (self.bits is None) == (self.group_bits is None):
-            raise FormatError("QuantizedTensor: give exactly one of `bits` or `group_bits`")
+        if sum(x is not None for x in (self.bits, self.group_bits, self.levels)) != 1:
+            raise FormatError("QuantizedTensor: give exactly one of `bits`, `group_bits` or `levels`")
+        if self.levels is not None and not 2 <= self.levels <= 2**MAX_CODE_BITS:
+            raise FormatError(f"levels must lie in 2..{2**MAX_CODE_BITS}, got {self.levels}")
         if self.group_bits is not None:
             self.group_bits = np.asarray(self.group_bits, dtype=np.int64).reshape(-1)
             if self.group_size < 1:
@@ -254,7 +295,7 @@ class QuantizedTensor:
                     f"QuantizedTensor: {self.group_bits.size} group widths for "
                     f"{math.ceil(self.numel / self.group_size)} groups of {self.group_size}"
                 )
-        widths = np.atleast_1d(self.bits if self.group_bits is None else self.group_bits)
+        widths = np.atleast_1d(self.group_bits if self.group_bits is not None else self.bits or 1)
         if widths.min() < 1 or widths.max() > MAX_CODE_BITS:
             raise FormatError(f"code widths must lie in 1..{MAX_CODE_BITS}, got {widths.min()}..{widths.max()}")
         if self.mask is not None:
@@ -272,6 +313,8 @@ class QuantizedTensor:
         if self.codes.size:
             w = self.code_widths()
             limit = np.array([self.codebook.max_codes(int(b)) for b in range(MAX_CODE_BITS + 1)])
+            if self.levels is not None:
+                limit = np.minimum(limit, self.levels)
             bad = self.codes >= limit[w]
             if np.any(bad):
                 i = int(np.argmax(bad))
@@ -290,7 +333,9 @@ class QuantizedTensor:
         return self.numel if self.mask is None else int(self.mask.sum())
 
     def code_widths(self) -> np.ndarray:
-        """The bit width of every stored code."""
+        """The bit width of every code (for base-K codes: the width that holds K levels)."""
+        if self.levels is not None:
+            return np.full(self.kept, max(1, math.ceil(math.log2(self.levels))), dtype=np.int64)
         if self.group_bits is None:
             return np.full(self.kept, self.bits, dtype=np.int64)
         w = np.repeat(self.group_bits, self.group_size)[: self.numel]
@@ -316,7 +361,10 @@ class QuantizedTensor:
         out += self.codebook.fields(self.float_dtype)
         if self.channel_scale is not None:
             out.append(_float_field("channel_scale", self.channel_scale, self.float_dtype))
-        out.append(("codes", self.codes, self.code_widths()))
+        if self.levels is not None:
+            out.append(("codes", _radix_pack(self.codes, self.levels), _radix_widths(self.kept, self.levels)))
+        else:
+            out.append(("codes", self.codes, self.code_widths()))
         return out
 
     def size_bits(self) -> int:
@@ -324,7 +372,7 @@ class QuantizedTensor:
 
     def meta(self) -> dict:
         return {
-            "type": "quantized", "shape": list(self.shape), "bits": self.bits,
+            "type": "quantized", "shape": list(self.shape), "bits": self.bits, "levels": self.levels,
             "group_size": self.group_size, "grouped": self.group_bits is not None,
             "mask": self._mask_encoding(), "codebook": self.codebook.meta(),
             "channel_scale": None if self.channel_scale is None else int(self.channel_scale.size),
@@ -354,16 +402,20 @@ class QuantizedTensor:
             group_bits = reader.read(n_groups, GROUP_WIDTH_BITS).astype(np.int64) + 1
         codebook = CODEBOOKS[meta["codebook"]["kind"]].read(reader, meta["codebook"], fd)
         channel_scale = None if meta["channel_scale"] is None else _read_floats(reader, meta["channel_scale"], fd)
-        if group_bits is None:
-            widths: int | np.ndarray = meta["bits"]
-            n = numel if mask is None else int(mask.sum())
+        n = numel if mask is None else int(mask.sum())
+        levels = meta["levels"]
+        if levels is not None:
+            widths = _radix_widths(n, levels)
+            codes = _radix_unpack(reader.read(widths.size, widths), n, levels)
         else:
-            w = np.repeat(group_bits, meta["group_size"])[:numel]
-            widths = w if mask is None else w[mask]
-            n = widths.size
-        codes = reader.read(n, widths)
-        return cls(shape, codes, codebook, bits=meta["bits"], group_size=meta["group_size"],
-                   group_bits=group_bits, mask=mask, channel_scale=channel_scale, float_dtype=fd)
+            if group_bits is None:
+                widths = meta["bits"]
+            else:
+                w = np.repeat(group_bits, meta["group_size"])[:numel]
+                widths = w if mask is None else w[mask]
+            codes = reader.read(n, widths)
+        return cls(shape, codes, codebook, bits=meta["bits"], group_size=meta["group_size"], group_bits=group_bits,
+                   levels=levels, mask=mask, channel_scale=channel_scale, float_dtype=fd)
 
     def dequantize(self) -> torch.Tensor:
         """The dense float32 tensor these codes stand for."""

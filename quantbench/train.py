@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,37 +40,53 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+                   ) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: ['sgd', 'adam']")
+
+
+def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_size: int, seed: int,
+                device: torch.device, penalty: Callable[[], torch.Tensor] | None = None) -> float:
+    """One pass over the training split (order fixed by ``seed``); returns the mean objective.
+
+    The objective is the task loss plus ``penalty()`` when given (e.g. LC's quadratic term).
+    Raises :class:`FloatingPointError` when it becomes NaN/inf (a diverged run).
+    """
+    model.train()
+    total, n = 0.0, 0
+    for x, y in task.loader("train", batch_size, seed=seed):
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        loss = task.loss(model(x), y)
+        if penalty is not None:
+            loss = loss + penalty()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()}")
+        loss.backward()
+        opt.step()
+        total += loss.item() * y.numel()
+        n += y.numel()
+    return total / n
 
 
 def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: torch.device,
           show_progress: bool = True) -> list[float]:
-    """Train ``model`` in place; returns the mean training loss of every epoch.
-
-    Raises :class:`FloatingPointError` when the loss becomes NaN/inf (a diverged run).
-    """
-    model.to(device).train()
-    opt = make_optimizer(model.parameters(), s)
+    """Train ``model`` in place (the reference recipe); returns the mean training loss per epoch."""
+    model.to(device)
+    opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs))
              if s.lr_schedule == "cosine" else None)
     history = []
     bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
     for epoch in bar:
-        total, n = 0.0, 0
-        for x, y in task.loader("train", s.batch_size, seed=seed * 10_007 + epoch):
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model(x), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
-            loss.backward()
-            opt.step()
-            total += loss.item() * y.numel()
-            n += y.numel()
-        history.append(total / n)
+        try:
+            history.append(train_epoch(model, task, opt, s.batch_size, seed * 10_007 + epoch, device))
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at epoch {epoch}") from None
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         if sched is not None:
             sched.step()

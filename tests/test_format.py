@@ -183,3 +183,26 @@ def test_to_dense_loads_and_checks_the_state_dict():
         cm.verify_on_codebook(model)
     with pytest.raises(FormatError, match="missing"):
         CompressedModel("linear", {}, {"weight": rec}).to_dense(torch.nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("levels", [3, 5, 6, 7, 100, 2**16 - 1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_base_k_codes_roundtrip_and_size(levels, masked):
+    rng = np.random.default_rng(levels)
+    numel = 1000
+    mask = rng.random(numel) < 0.5 if masked else None
+    kept = numel if mask is None else int(mask.sum())
+    codes = rng.integers(0, levels, size=kept)
+    rec = QuantizedTensor((numel,), codes, AffineGrid([0.1], [0.0]), levels=levels, mask=mask)
+    cm, back, data = roundtrip({"w": rec})
+    assert_same(rec, back.records["w"])
+    # g codes per word, g the largest with levels^g < 2^63; a word of g codes takes bit_length(levels^g - 1)
+    g = max(g for g in range(1, 64) if levels**g < 2**63)
+    full, rest = divmod(kept, g)
+    code_bits = full * (levels**g - 1).bit_length() + ((levels**rest - 1).bit_length() if rest else 0)
+    mask_bits = 0 if mask is None else min(numel, 32 + kept * 10)
+    assert rec.size_bits() == code_bits + 2 * 32 + mask_bits
+    assert code_bits <= kept * math.log2(levels) * 1.02 + 64
+    assert 0 <= 8 * payload_bytes(data) - cm.size_bits() < 8
+    with pytest.raises(FormatError, match="outside the"):
+        QuantizedTensor((2,), [0, levels], AffineGrid([0.1], [0.0]), levels=levels)

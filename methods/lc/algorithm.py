@@ -1,0 +1,166 @@
+"""The LC algorithm (Carreira-Perpiñán & Idelbayev) and its baselines DC and iDC.
+
+Problem: min_w L(w) s.t. w = Δ(Θ). Augmented Lagrangian, for k = 0, 1, ..., steps − 1:
+
+    μ_k = μ0 · a^k
+    L step:  w ← argmin_w L(w) + μ_k/2 ‖w − Δ(Θ) − λ/μ_k‖²      (a few epochs of SGD)
+    C step:  Θ ← argmin_Θ ‖(w − λ/μ_k) − Δ(Θ)‖²                   (the codebook's projection)
+    λ       ← λ − μ_k (w − Δ(Θ))                                   (λ ≡ 0: quadratic penalty)
+
+initialised by direct compression (Θ = Π(w_ref), λ = 0); the result is Δ(Θ).
+The three parts are separate objects, as in the LC toolkit: the algorithm (here), the
+compression type (:mod:`methods.lc.csteps`) and the view of parameters (:class:`ParamView`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from methods.lc.csteps import CStep, Projection
+from quantbench.format import Codebook, QuantizedTensor
+from quantbench.method import RunContext, compressible
+from quantbench.train import make_optimizer, train_epoch
+
+
+class ParamView:
+    """Which tensors are compressed, and which share a codebook (one group = one C step)."""
+
+    def __init__(self, model: nn.Module, shared_codebook: bool = False, compress_biases: bool = False) -> None:
+        names = compressible(model)
+        if compress_biases:
+            params = dict(model.named_parameters())
+            names += [n[: -len("weight")] + "bias" for n in names if n[: -len("weight")] + "bias" in params]
+        self.names = names
+        self.groups = [names] if shared_codebook else [[n] for n in names]
+
+    def flat(self, tensors: dict[str, torch.Tensor], group: list[str]) -> np.ndarray:
+        return np.concatenate([tensors[n].detach().cpu().double().reshape(-1).numpy() for n in group])
+
+    def split(self, flat: np.ndarray, group: list[str], shapes: dict[str, torch.Size]) -> dict[str, np.ndarray]:
+        out, start = {}, 0
+        for n in group:
+            size = math.prod(shapes[n])
+            out[n] = flat[start:start + size].reshape(shapes[n])
+            start += size
+        return out
+
+
+def c_step(view: ParamView, csteps: list[CStep], targets: dict[str, torch.Tensor]) -> list[Projection]:
+    """Θ = argmin ‖targets − Δ(Θ)‖², group by group."""
+    return [cs.project(view.flat(targets, g)) for cs, g in zip(csteps, view.groups, strict=True)]
+
+
+def decompress(view: ParamView, projections: list[Projection],
+               like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Δ(Θ) as tensors shaped, typed and placed like ``like``."""
+    shapes = {n: like[n].shape for n in view.names}
+    out = {}
+    for proj, group in zip(projections, view.groups, strict=True):
+        for n, arr in view.split(proj.dense(), group, shapes).items():
+            out[n] = torch.as_tensor(arr, dtype=like[n].dtype, device=like[n].device)
+    return out
+
+
+def records(view: ParamView, csteps: list[CStep], projections: list[Projection],
+            shapes: dict[str, torch.Size]) -> dict[str, QuantizedTensor]:
+    """The format records of Δ(Θ); a shared codebook is stored with every tensor that uses it.
+
+    Codes take log2 K bits when K is a power of two, else they are packed in base K (ternary:
+    1.59 bits per weight).
+    """
+    out = {}
+    for cs, proj, group in zip(csteps, projections, view.groups, strict=True):
+        k = cs.levels
+        width = {"bits": k.bit_length() - 1} if k & (k - 1) == 0 else {"levels": k}  # base-K codes otherwise
+        for n, codes in view.split(proj.codes, group, shapes).items():
+            out[n] = QuantizedTensor(tuple(shapes[n]), codes, Codebook(proj.values), **width)
+    return out
+
+
+def penalty(w: torch.Tensor, q: torch.Tensor, lam: torch.Tensor, mu: float) -> torch.Tensor:
+    """μ/2 ‖w − q − λ/μ‖² (gradient μ(w − q) − λ)."""
+    return 0.5 * mu * torch.sum((w - q - lam / mu) ** 2)
+
+
+def update_multipliers(lam: torch.Tensor, w: torch.Tensor, q: torch.Tensor, mu: float) -> torch.Tensor:
+    """λ ← λ − μ (w − q)"""
+    return lam - mu * (w - q)
+
+
+@torch.no_grad()
+def evaluate_with(model: nn.Module, weights: dict[str, torch.Tensor], ctx: RunContext) -> dict:
+    """Task metrics of ``model`` with ``weights`` substituted (the model is left unchanged)."""
+    probe = copy.deepcopy(model)
+    state = probe.state_dict()
+    state.update(weights)
+    probe.load_state_dict(state)
+    return ctx.task.evaluate(probe, device=ctx.device)
+
+
+def _log_step(ctx: RunContext, model: nn.Module, view: ParamView, q: dict[str, torch.Tensor], step: int,
+              **extra: float) -> None:
+    params = dict(model.named_parameters())
+    distortion = sum(float(torch.sum((params[n].detach() - q[n]) ** 2)) for n in view.names)
+    ctx.log_metric("lc/distortion", distortion, step)
+    for key, value in extra.items():
+        ctx.log_metric(f"lc/{key}", value, step)
+    metric = ctx.task.metric
+    ctx.log_metric(f"lc/{metric}", evaluate_with(model, q, ctx)[metric], step)
+
+
+def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep], ctx: RunContext, *, steps: int,
+                         epochs_per_step: int, mu0: float, mu_growth: float, multipliers: bool, optimizer: str,
+                         lr: float, momentum: float, lr_decay: float, batch_size: int
+                         ) -> tuple[list[Projection], dict[str, torch.Tensor]]:
+    """Run LC on ``model`` in place; returns the final Θ (projections) and λ."""
+    params = dict(model.named_parameters())
+    w = {n: params[n] for n in view.names}
+    projections = c_step(view, csteps, w)  # direct compression: μ → 0, λ = 0
+    q = decompress(view, projections, w)
+    lam = {n: torch.zeros_like(w[n]) for n in view.names}
+    for k in ctx.progress(range(steps), desc="LC steps"):
+        mu = mu0 * mu_growth**k
+        loss = float("nan")
+        if epochs_per_step:
+            opt = make_optimizer(model.parameters(), optimizer, lr * lr_decay**k, momentum)
+
+            def lc_penalty(mu: float = mu, q: dict = q, lam: dict = lam) -> torch.Tensor:
+                return sum(penalty(w[n], q[n], lam[n], mu) for n in view.names)
+
+            for epoch in range(epochs_per_step):
+                loss = train_epoch(model, ctx.task, opt, batch_size, ctx.seed * 7919 + k * 101 + epoch, ctx.device,
+                                   penalty=lc_penalty)
+        with torch.no_grad():
+            projections = c_step(view, csteps, {n: w[n] - lam[n] / mu for n in view.names})
+            q = decompress(view, projections, w)
+            if multipliers:
+                lam = {n: update_multipliers(lam[n], w[n].detach(), q[n], mu) for n in view.names}
+        _log_step(ctx, model, view, q, k, mu=mu, train_loss=loss)
+    return projections, lam
+
+
+def iterated_direct_compression(model: nn.Module, view: ParamView, csteps: list[CStep], ctx: RunContext, *,
+                                steps: int, epochs_per_step: int, optimizer: str, lr: float, momentum: float,
+                                lr_decay: float, batch_size: int) -> list[Projection]:
+    """iDC: quantize, then train from the quantized weights, repeatedly (no μ, no λ)."""
+    params = dict(model.named_parameters())
+    w = {n: params[n] for n in view.names}
+    projections = c_step(view, csteps, w)
+    for k in ctx.progress(range(steps), desc="iDC steps"):
+        with torch.no_grad():
+            for n, t in decompress(view, projections, w).items():
+                w[n].copy_(t)
+        opt = make_optimizer(model.parameters(), optimizer, lr * lr_decay**k, momentum)
+        loss = float("nan")
+        for epoch in range(epochs_per_step):
+            loss = train_epoch(model, ctx.task, opt, batch_size, ctx.seed * 7919 + k * 101 + epoch, ctx.device)
+        projections = c_step(view, csteps, w)
+        _log_step(ctx, model, view, decompress(view, projections, w), k, train_loss=loss)
+    return projections
+
+

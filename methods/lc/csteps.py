@@ -1,0 +1,158 @@
+"""LC compression types: the C step Θ = argmin_Θ ||w − Δ(Θ)||² for each codebook family.
+
+Every C step maps a flat float64 vector ``w`` to a :class:`Projection` (codebook values and
+one code per weight) that is the *exact* minimiser of its projection problem:
+
+* :class:`AdaptiveCodebook`  K = 2^b free centroids: 1-D k-means, exact by dynamic programming
+  (or Lloyd warm-started from the previous centroids, the paper's choice, as an option);
+* :class:`Binary`            {−1, +1}: c = sign(w);
+* :class:`ScaledBinary`      {−a, +a}: a = mean |w|;
+* :class:`ScaledTernary`     {−a, 0, +a}: with |w| sorted decreasingly and s_j the sum of the j
+  largest, j* = argmax_j s_j² / j, a = s_j* / j*, the j* largest magnitudes map to ±a;
+* :class:`ScaledCodebook`    {a·u : u ∈ U} for a fixed unit codebook U and a learned a > 0
+  (exact sweep over the breakpoints of a, below); :class:`PowersOfTwo` is U = {0, ±2^−k}.
+
+Scaled codebook sweep: for fixed a every weight takes the nearest a·u, and the error
+E(a) = Σw² − 2a·P + a²·Q with P = Σ w_i u(i), Q = Σ u(i)² is quadratic between the values
+a = w_i / m_j (m_j the midpoints of U) where an assignment changes. Sorting those breakpoints
+and minimising the quadratic on every interval (a* = clip(P/Q)) gives the global optimum.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from methods.lc.kmeans1d import assign_nearest, kmeans1d_exact, kmeans1d_lloyd
+
+
+@dataclass
+class Projection:
+    values: np.ndarray  # the codebook (ascending)
+    codes: np.ndarray  # index into ``values`` of every weight
+
+    def dense(self) -> np.ndarray:
+        return self.values[self.codes]
+
+    def distortion(self, w: np.ndarray) -> float:
+        return float(np.sum((w - self.dense()) ** 2))
+
+
+class CStep:
+    """A codebook family; ``levels`` is its size K, the number of distinct codes."""
+
+    levels: int
+
+    def project(self, w: np.ndarray) -> Projection:
+        raise NotImplementedError
+
+
+class AdaptiveCodebook(CStep):
+    """K free centroids (1-D k-means). ``exact``: global optimum; ``lloyd``: warm-started."""
+
+    def __init__(self, levels: int, algorithm: str = "exact") -> None:
+        self.levels, self.algorithm = levels, algorithm
+        self.centroids: np.ndarray | None = None  # Lloyd's warm start
+
+    def project(self, w: np.ndarray) -> Projection:
+        if self.algorithm == "lloyd" and self.centroids is not None and self.centroids.size == self.levels:
+            values, codes = kmeans1d_lloyd(w, self.centroids)
+        elif self.algorithm == "lloyd":  # first call: deterministic quantile initialisation
+            init = np.quantile(w, (np.arange(self.levels) + 0.5) / self.levels)
+            values, codes = kmeans1d_lloyd(w, init)
+        else:
+            values, codes = kmeans1d_exact(w, self.levels)
+        self.centroids = values
+        return Projection(values, codes)
+
+
+class Binary(CStep):
+    """{−1, +1}: the nearest is sign(w) (0 maps to +1)."""
+
+    levels = 2
+
+    def project(self, w: np.ndarray) -> Projection:
+        return Projection(np.array([-1.0, 1.0]), (w >= 0).astype(np.int64))
+
+
+class ScaledBinary(CStep):
+    """{−a, +a}: codes sign(w), a = mean |w| (set ∂/∂a Σ(|w_i| − a)² = 0)."""
+
+    levels = 2
+
+    def project(self, w: np.ndarray) -> Projection:
+        a = float(np.mean(np.abs(w))) if w.size else 0.0
+        return Projection(np.array([-a, a]), (w >= 0).astype(np.int64))
+
+
+class ScaledTernary(CStep):
+    """{−a, 0, +a}: keep the j* largest |w|, j* = argmax s_j²/j, a = s_j*/j*."""
+
+    levels = 3
+
+    def project(self, w: np.ndarray) -> Projection:
+        mag = np.abs(w)
+        order = np.argsort(-mag, kind="stable")
+        sums = np.cumsum(mag[order])
+        j = np.arange(1, w.size + 1)
+        best = int(np.argmax(sums**2 / j))
+        a = float(sums[best] / (best + 1))
+        codes = np.ones(w.size, dtype=np.int64)  # code 1 is 0
+        keep = order[: best + 1]
+        codes[keep] = np.where(w[keep] >= 0, 2, 0)
+        return Projection(np.array([-a, 0.0, a]), codes)
+
+
+class ScaledCodebook(CStep):
+    """{a·u : u ∈ U} with U fixed and a > 0 learned: exact sweep over the breakpoints of a."""
+
+    def __init__(self, unit: list[float] | np.ndarray) -> None:
+        self.unit = np.unique(np.asarray(unit, dtype=np.float64))
+        if self.unit.size < 2:
+            raise ValueError("a scaled codebook needs at least two distinct unit values")
+        self.levels = self.unit.size
+
+    def project(self, w: np.ndarray) -> Projection:
+        u = self.unit
+        mids = (u[1:] + u[:-1]) / 2
+        # assignment as a -> 0+: w/a -> ±inf, so the extreme levels; 0 stays at the level nearest 0
+        start = np.where(w > 0, u.size - 1, np.where(w < 0, 0, assign_nearest(np.zeros(1), u)[0]))
+        p0 = float(np.sum(w * u[start]))
+        q0 = float(np.sum(u[start] ** 2))
+        # events: weight i crosses midpoint j at a = w_i / m_j (same signs), moving one level inwards
+        pos_j = np.flatnonzero(mids > 0)
+        neg_j = np.flatnonzero(mids < 0)
+        wp, wn = w[w > 0], w[w < 0]
+        a_ev = np.concatenate([(wp[:, None] / mids[pos_j][None, :]).ravel(),
+                               (wn[:, None] / mids[neg_j][None, :]).ravel()])
+        dp = np.concatenate([(wp[:, None] * (u[pos_j] - u[pos_j + 1])[None, :]).ravel(),
+                             (wn[:, None] * (u[neg_j + 1] - u[neg_j])[None, :]).ravel()])
+        dq = np.concatenate([np.broadcast_to(u[pos_j] ** 2 - u[pos_j + 1] ** 2, (wp.size, pos_j.size)).ravel(),
+                             np.broadcast_to(u[neg_j + 1] ** 2 - u[neg_j] ** 2, (wn.size, neg_j.size)).ravel()])
+        order = np.argsort(a_ev, kind="stable")
+        a_ev, dp, dq = a_ev[order], dp[order], dq[order]
+        p = p0 + np.concatenate([[0.0], np.cumsum(dp)])  # P on interval m = [a_ev[m-1], a_ev[m]]
+        q = q0 + np.concatenate([[0.0], np.cumsum(dq)])
+        lo = np.concatenate([[0.0], a_ev])
+        hi = np.concatenate([a_ev, [np.inf]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a_star = np.clip(np.where(q > 0, p / q, lo), lo, hi)
+        err = -2 * a_star * p + a_star**2 * q
+        m = int(np.argmin(err))
+        a = float(a_star[m])
+        if not (a > 0 and math.isfinite(a)):
+            a = 1.0  # w = 0 (or nothing to scale): every scale is optimal
+        codes = assign_nearest(w / a, u)
+        return Projection(a * u, codes)
+
+
+class PowersOfTwo(ScaledCodebook):
+    """{0, ±a·2^−k, k = 0..2^(b−1) − 2}: 2^b − 1 levels at b >= 2 bits, scale a learned."""
+
+    def __init__(self, bits: int) -> None:
+        if bits < 2:
+            raise ValueError("the powers-of-two codebook needs b >= 2 (0 and ±a at b = 2)")
+        mags = 2.0 ** -np.arange(2 ** (bits - 1) - 1)
+        super().__init__(np.concatenate([-mags, [0.0], mags]))
