@@ -117,31 +117,32 @@ class ScaledCodebook(CStep):
     def project(self, w: np.ndarray) -> Projection:
         u = self.unit
         mids = (u[1:] + u[:-1]) / 2
-        # assignment as a -> 0+: w/a -> ±inf, so the extreme levels; 0 stays at the level nearest 0
-        start = np.where(w > 0, u.size - 1, np.where(w < 0, 0, assign_nearest(np.zeros(1), u)[0]))
-        p0 = float(np.sum(w * u[start]))
-        q0 = float(np.sum(u[start] ** 2))
-        # events: weight i crosses midpoint j at a = w_i / m_j (same signs), moving one level inwards
-        pos_j = np.flatnonzero(mids > 0)
-        neg_j = np.flatnonzero(mids < 0)
+        # a -> infinity: w/a -> 0±, every weight sits at the level nearest 0 on its side
+        inner = np.where(w > 0, np.searchsorted(mids, 0.0, side="right"),
+                         np.where(w < 0, np.searchsorted(mids, 0.0, side="left"), assign_nearest(np.zeros(1), u)[0]))
+        p_inf = float(np.sum(w * u[inner]))
+        q_inf = float(np.sum(u[inner] ** 2))
+        # as a decreases, weight i crosses midpoint m_j (same sign) at a = w_i / m_j and moves one
+        # level outwards; every such move increases P = Σ w u and Q = Σ u², so the running sums
+        # (taken from a = ∞ down) add positive terms only and stay accurate over many levels
+        pos_j, neg_j = np.flatnonzero(mids > 0), np.flatnonzero(mids < 0)
         wp, wn = w[w > 0], w[w < 0]
         a_ev = np.concatenate([(wp[:, None] / mids[pos_j][None, :]).ravel(),
                                (wn[:, None] / mids[neg_j][None, :]).ravel()])
-        dp = np.concatenate([(wp[:, None] * (u[pos_j] - u[pos_j + 1])[None, :]).ravel(),
-                             (wn[:, None] * (u[neg_j + 1] - u[neg_j])[None, :]).ravel()])
-        dq = np.concatenate([np.broadcast_to(u[pos_j] ** 2 - u[pos_j + 1] ** 2, (wp.size, pos_j.size)).ravel(),
-                             np.broadcast_to(u[neg_j + 1] ** 2 - u[neg_j] ** 2, (wn.size, neg_j.size)).ravel()])
-        order = np.argsort(a_ev, kind="stable")
+        dp = np.concatenate([(wp[:, None] * (u[pos_j + 1] - u[pos_j])[None, :]).ravel(),
+                             (wn[:, None] * (u[neg_j] - u[neg_j + 1])[None, :]).ravel()])
+        dq = np.concatenate([np.broadcast_to(u[pos_j + 1] ** 2 - u[pos_j] ** 2, (wp.size, pos_j.size)).ravel(),
+                             np.broadcast_to(u[neg_j] ** 2 - u[neg_j + 1] ** 2, (wn.size, neg_j.size)).ravel()])
+        order = np.argsort(-a_ev, kind="stable")
         a_ev, dp, dq = a_ev[order], dp[order], dq[order]
-        p = p0 + np.concatenate([[0.0], np.cumsum(dp)])  # P on interval m = [a_ev[m-1], a_ev[m]]
-        q = q0 + np.concatenate([[0.0], np.cumsum(dq)])
-        lo = np.concatenate([[0.0], a_ev])
-        hi = np.concatenate([a_ev, [np.inf]])
+        p = p_inf + np.concatenate([[0.0], np.cumsum(dp)])  # interval m = [a_ev[m], a_ev[m-1]]
+        q = q_inf + np.concatenate([[0.0], np.cumsum(dq)])
+        hi = np.concatenate([[np.inf], a_ev])
+        lo = np.concatenate([a_ev, [0.0]])
         with np.errstate(divide="ignore", invalid="ignore"):
             a_star = np.clip(np.where(q > 0, p / q, lo), lo, hi)
-        err = -2 * a_star * p + a_star**2 * q
-        m = int(np.argmin(err))
-        a = float(a_star[m])
+            err = np.where(q > 0, -2 * a_star * p + a_star**2 * q, 0.0)
+        a = float(a_star[int(np.argmin(err))])
         if not (a > 0 and math.isfinite(a)):
             a = 1.0  # w = 0 (or nothing to scale): every scale is optimal
         codes = assign_nearest(w / a, u)
