@@ -65,7 +65,7 @@ def _cell(row: pd.Series, pm: str) -> str:
 def wide_table(long: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
     """One task's table: reference row per arch, then one row per method; a column per budget."""
     budgets = sorted(b for b in long["budget"].dropna().unique())
-    header = [f"{b:g} bits" for b in budgets]
+    header = [f"{b:g}-bit" for b in budgets]
     rows = []
     for (arch, method), g in long.groupby(["arch", "method"], sort=False):
         if method == "reference":

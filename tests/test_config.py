@@ -19,7 +19,11 @@ def test_defaults_are_filled_and_grid_expanded():
 
 def test_default_config_file_is_valid():
     cfg = load_config("workflows/config/default.yaml")
-    assert [c.budget for c in cfg.cells] == ["2", "4", "8"]
+    ids = {c.id for c in cfg.cells}
+    for method, budgets in {"rtn": [2, 4, 8], "lc_adaptive": [1, 2, 4], "dc": [1, 2], "idc": [1, 2],
+                            "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [2, 4]}.items():
+        assert {f"digits/lenet300/{method}/b{b}/s0" for b in budgets} <= ids
+    assert "digits/lenet300/lc_ternary/b2/s0" not in ids
 
 
 def test_cells_a_method_cannot_serve_are_skipped_with_a_reason():

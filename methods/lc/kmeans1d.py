@@ -79,7 +79,6 @@ def optimal_breaks(x_sorted: np.ndarray, k: int, table_bytes: int = 2 * 1024**3)
     if k == 1:
         return np.array([0])
     row1 = np.full(n + 1, np.inf)
-    row1[0] = np.inf
     _first_row(s1, s2, row1)
     # rows are grouped in blocks of `block`; D is kept at block starts, splits for one block at a time
     per_row = 4 * (n + 1)
@@ -116,7 +115,7 @@ def kmeans1d_exact(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     order = np.argsort(x, kind="stable")
     xs = x[order]
-    k = min(k, int(np.unique(xs).size))
+    k = min(k, int(np.count_nonzero(np.diff(xs))) + 1)
     breaks = optimal_breaks(xs, k)
     ends = np.append(breaks[1:], xs.size)
     sums = np.add.reduceat(xs, breaks)
