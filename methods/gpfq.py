@@ -1,0 +1,239 @@
+"""GPFQ: greedy path-following post-training quantization (Lybrand & Saab; Zhang, Zhou & Saab),
+its memoryless baseline MSQ, and stochastic rounding (SPFQ) as an option.
+
+Layers are quantized in forward order. For layer ℓ, X is its input in the unquantized network
+and X̃ its input in the network whose earlier layers are already quantized (same calibration
+rows). For every neuron w ∈ R^N, with u_0 = 0:
+
+    q_t = Q( ⟨X̃_t, u_{t−1} + w_t X_t⟩ / ‖X̃_t‖² ),   u_t = u_{t−1} + w_t X_t − q_t X̃_t
+
+(‖X̃_t‖ = 0: q_t = Q(w_t)). Memory-bounded form: with G = X̃ᵀX and H = X̃ᵀX̃ (N × N,
+accumulated over calibration batches, so memory does not grow with the number of rows),
+⟨X̃_t, u_{t−1}⟩ = r_t = Σ_{s<t} G[t,s] w_s − H[t,s] q_s, and
+
+    q_t = Q( (r_t + w_t G[t,t]) / H[t,t] ).
+
+All neurons of a layer are quantized at once (r is an N × n_out matrix). Updates of r are lazy
+in blocks of B columns: inside a block r is updated column by column; after the block the
+remaining rows get one matrix product, r[rest] += G[rest, blk] W[:, blk]ᵀ − H[rest, blk] Q[:, blk]ᵀ.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
+from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.registry import register_method
+from quantbench.uniform import round_to_grid
+
+
+@dataclass
+class GPFQParams:
+    scale_factor: float = 1.0  # C: the alphabet's largest level is C · max|w| (per layer or channel)
+    per_channel: bool = False  # one alphabet per output channel instead of per layer
+    include_zero: bool = True  # 2^b − 1 symmetric levels with 0; false: 2^b levels without 0
+    rounding: Literal["nearest", "stochastic"] = "nearest"  # stochastic: SPFQ
+    calib_samples: int = 1024  # rows of the training split used for calibration (seeded sample)
+    calib_batch: int = 256
+    patch_rate: float = 1.0  # conv layers: fraction of unfolded patches kept (seeded)
+    block: int = 128  # columns per lazy update of r
+
+
+def alphabet(w: torch.Tensor, bits: int, scale_factor: float, per_channel: bool, include_zero: bool
+             ) -> tuple[AffineGrid, int]:
+    """Equispaced levels whose largest is C · max|w|: with 0, {kδ : |k| <= 2^(b−1) − 1};
+    without 0, {(k + ½)δ : −2^(b−1) <= k < 2^(b−1)}. Returns the grid and the largest code."""
+    m = w.detach().double().abs().reshape(w.shape[0] if per_channel else 1, -1).max(dim=1).values
+    top = scale_factor * torch.where(m > 0, m, torch.ones_like(m))
+    if include_zero:
+        half = 2 ** (bits - 1) - 1
+        grid = AffineGrid((top / half).numpy(), np.full(m.numel(), float(half)))
+        qmax = 2 * half
+    else:
+        half = 2 ** (bits - 1) - 0.5
+        grid = AffineGrid((top / half).numpy(), np.full(m.numel(), half))
+        qmax = 2**bits - 1
+    grid.round_to_storage("float32")
+    return grid, qmax
+
+
+def _dequantize(codes: torch.Tensor, grid: AffineGrid) -> torch.Tensor:
+    shape = (grid.channels,) + (1,) * (codes.dim() - 1)
+    scale = torch.from_numpy(grid.scale).reshape(shape)
+    zero = torch.from_numpy(grid.zero).reshape(shape)
+    return scale * (codes.double() - zero)
+
+
+def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGrid, qmax: int,
+               rounding: str = "nearest", gen: torch.Generator | None = None, block: int = 128) -> torch.Tensor:
+    """Codes (n_out × N) of GPFQ for the weights ``w`` (n_out × N) given G = X̃ᵀX and H = X̃ᵀX̃."""
+    wt = w.detach().double().T.contiguous()  # row t = the t-th weight of every neuron
+    n, n_out = wt.shape
+    gt, ht = g.double().T.contiguous(), h.double().T.contiguous()  # row t of gt = column t of G
+    diag_g, diag_h = torch.diagonal(g).double(), torch.diagonal(h).double()
+    r = torch.zeros(n, n_out, dtype=torch.float64)  # r[t] = ⟨X̃_t, u_{t−1}⟩ for every neuron
+    qt = torch.zeros(n, n_out, dtype=torch.float64)
+    codes = torch.zeros(n, n_out, dtype=torch.long)
+    scale = torch.from_numpy(grid.scale)  # one value, or one per neuron
+    zero = torch.from_numpy(grid.zero)
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        for t in range(b0, b1):
+            v = (r[t] + wt[t] * diag_g[t]) / diag_h[t] if diag_h[t] > 0 else wt[t]
+            if rounding == "stochastic":
+                pos = v / scale + zero
+                low = torch.floor(pos)
+                c = low + (torch.rand(n_out, generator=gen, dtype=torch.float64) < pos - low).double()
+            else:
+                c = torch.round(v / scale + zero)
+            c = torch.clamp(c, 0, qmax)
+            codes[t] = c.long()
+            qt[t] = scale * (c - zero)
+            if t + 1 < b1:
+                r[t + 1:b1].addr_(gt[t, t + 1:b1], wt[t]).addr_(ht[t, t + 1:b1], qt[t], alpha=-1)
+        if b1 < n:
+            r[b1:] += g[b1:, b0:b1].double() @ wt[b0:b1] - h[b1:, b0:b1].double() @ qt[b0:b1]
+    return codes.T.contiguous()
+
+
+# --------------------------------------------------------------------------- layer inputs
+def layer_rows(module: nn.Module, x: torch.Tensor, group: int, patch_rate: float,
+               gen: torch.Generator) -> torch.Tensor:
+    """The rows X that multiply the neurons of ``module`` (for conv: unfolded patches of one group)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError(f"GPFQ needs numeric zero padding, got padding={module.padding!r} "
+                             f"mode={module.padding_mode!r}")
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                        stride=module.stride)  # (B, C_in·kh·kw, L), channel-major like the weight
+        per_group = cols.shape[1] // module.groups
+        rows = cols[:, group * per_group:(group + 1) * per_group].transpose(1, 2).reshape(-1, per_group)
+        if patch_rate < 1.0:
+            keep = torch.rand(rows.shape[0], generator=gen) < patch_rate
+            rows = rows[keep]
+        return rows
+    raise ValueError(f"GPFQ quantizes Linear and Conv2d layers, not {type(module).__name__}")
+
+
+def _inputs(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The input of ``module`` for every calibration batch (a forward hook)."""
+    seen: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+                yield seen.pop()
+    finally:
+        handle.remove()
+
+
+def _groups(module: nn.Module) -> int:
+    return module.groups if isinstance(module, nn.Conv2d) else 1
+
+
+@torch.no_grad()
+def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, memoryless: bool
+                     ) -> dict[str, QuantizedTensor]:
+    """GPFQ (or MSQ when ``memoryless``) of every linear/conv weight of ``ref``, in forward order."""
+    original = copy.deepcopy(ref).eval()
+    quant = copy.deepcopy(ref).eval()
+    modules = dict(quant.named_modules())
+    names = compressible(quant)
+    order = _forward_order(quant, [n.rsplit(".", 1)[0] if "." in n else "" for n in names], ctx, p)
+    gen = ctx.generator(1)
+    batches = _calibration(ctx, p)
+    records = {}
+    for mod_name in ctx.progress(order, desc="GPFQ layers" if not memoryless else "MSQ layers"):
+        module = modules[mod_name]
+        w = module.weight.detach().double()
+        grid, qmax = alphabet(w, bits, p.scale_factor, p.per_channel, p.include_zero)
+        if memoryless:
+            codes = round_to_grid(w, grid, qmax)
+        else:
+            groups = _groups(module)
+            out_per_group = w.shape[0] // groups
+            flat = w.reshape(w.shape[0], -1)
+            codes = torch.zeros_like(flat, dtype=torch.long)
+            orig_module = dict(original.named_modules())[mod_name]
+            for gi in range(groups):
+                n = flat.shape[1]
+                g_mat = torch.zeros(n, n, dtype=torch.float64)
+                h_mat = torch.zeros(n, n, dtype=torch.float64)
+                for x, xt in zip(_inputs(original, orig_module, batches), _inputs(quant, module, batches), strict=True):
+                    state = gen.get_state()
+                    rows = layer_rows(module, x.double(), gi, p.patch_rate, gen)
+                    gen.set_state(state)  # the same patches of X and X̃
+                    rows_t = layer_rows(module, xt.double(), gi, p.patch_rate, gen)
+                    g_mat += rows_t.T @ rows
+                    h_mat += rows_t.T @ rows_t
+                sl = slice(gi * out_per_group, (gi + 1) * out_per_group)
+                sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
+                codes[sl] = gpfq_layer(flat[sl], g_mat, h_mat, sub, qmax, p.rounding, gen, p.block)
+            codes = codes.reshape(w.shape)
+        record = QuantizedTensor(tuple(w.shape), codes.numpy(), grid, bits=bits)
+        module.weight.copy_(record.dequantize())
+        records[f"{mod_name}.weight" if mod_name else "weight"] = record
+    return records
+
+
+def _calibration(ctx: RunContext, p: GPFQParams) -> list[torch.Tensor]:
+    """A seeded sample of ``calib_samples`` training inputs, in batches of ``calib_batch``."""
+    data = ctx.task.train
+    n = min(p.calib_samples, len(data))
+    idx = torch.randperm(len(data), generator=ctx.generator(0))[:n]
+    x = torch.stack([data[int(i)][0] for i in idx])
+    return [x[i:i + p.calib_batch].to(ctx.device) for i in range(0, n, p.calib_batch)]
+
+
+def _forward_order(model: nn.Module, mod_names: list[str], ctx: RunContext, p: GPFQParams) -> list[str]:
+    """Compressible modules in the order a forward pass calls them."""
+    called: list[str] = []
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: called.append(n)) for n in mod_names]
+    try:
+        with torch.no_grad():
+            model(_calibration(ctx, GPFQParams(calib_samples=1, calib_batch=1))[0])
+    finally:
+        for hd in handles:
+            hd.remove()
+    seen = list(dict.fromkeys(called))
+    return seen + [n for n in mod_names if n not in seen]
+
+
+class _Alphabet(Method):
+    Params = GPFQParams
+
+    @classmethod
+    def serves(cls, budget: Budget, params: GPFQParams) -> bool:
+        b = budget.int_bits
+        return b is not None and (2 if params.include_zero else 1) <= b <= 8
+
+
+@register_method("gpfq")
+class GPFQ(_Alphabet):
+    """Greedy path-following quantization; ``rounding: stochastic`` gives SPFQ."""
+
+    needs = frozenset({"calib_data"})
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        return ctx.assemble(ref, quantize_network(ref, budget.int_bits, self.params, ctx, memoryless=False))
+
+
+@register_method("msq")
+class MSQ(_Alphabet):
+    """Memoryless scalar quantization: every weight rounded to the GPFQ alphabet."""
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        return ctx.assemble(ref, quantize_network(ref, budget.int_bits, self.params, ctx, memoryless=True))
