@@ -1,0 +1,354 @@
+"""DiffQ (Défossez, Adi & Synnaeve): differentiable quantization with pseudo-quantization noise
+and learned per-group bit widths, with a budget controller; and the paper's baselines QAT and LSQ.
+
+Each quantized tensor w is split into groups of g consecutive weights (g = 0: one group); group
+j has a bit width b_j = b_min + σ(ℓ_j)(b_max − b_min), logits ℓ initialised at ``init_bits``.
+
+* training forward:  w̃ = w + Δ_j ε,  Δ_j = (max w − min w) / (2^b_j − 1) (range over the tensor),
+  ε ~ U[−½, ½] (the paper) or N(0, ¼) (the authors' code);
+* eval forward and the artifact: true quantization with b_j rounded, on the tensor's range:
+  code = round((w − min w)/(max w − min w) · (2^b_j − 1)), w = min w + code (max w − min w)/(2^b_j − 1);
+* loss = task loss + λ · size, size in MB, differentiable in b:
+  size = Σ_j n_j b_j + 4 · #groups + 2 · 32 (per quantized tensor: codes, group widths, range)
+         + 32 · (every weight kept dense), / (8 · 2^20) — the packed format's own accounting;
+* budget controller (ours): after every step a dual update λ ← λ · exp(η (bpw − target) / target),
+  with bpw the expected bits per quantized weight (side information included); and at the end
+  of every epoch a projection onto the budget: one common shift δ of all logits, found by
+  bisection, the largest with bpw(round(b(ℓ + δ))) <= target. The shift keeps the relative
+  allocation DiffQ learned, and the last one makes the artifact meet the budget (with rounded
+  widths). ``budget_control: false`` keeps λ fixed at ``size_penalty`` and never shifts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from models import build_model
+from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
+from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.registry import register_method
+from quantbench.train import make_optimizer
+from quantbench.uniform import quantize_uniform, round_to_grid
+
+RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
+
+
+def range_record(w: torch.Tensor, bits: torch.Tensor, group_size: int) -> QuantizedTensor:
+    """True quantization of ``w`` on its [min, max] range with integer per-group widths ``bits``."""
+    flat = w.detach().reshape(-1).double().cpu()
+    grid = RangeGrid(float(flat.min()), float(flat.max()))
+    grid.round_to_storage("float32")
+    levels = 2.0 ** torch.repeat_interleave(bits.double().cpu(), group_size)[: flat.numel()] - 1
+    span = grid.hi - grid.lo if grid.hi > grid.lo else 1.0
+    codes = torch.minimum(torch.round((flat - grid.lo) / span * levels).clamp(min=0), levels)
+    return QuantizedTensor(tuple(w.shape), codes.long().numpy(), grid, group_size=group_size,
+                           group_bits=bits.long().cpu().numpy())
+
+
+class PseudoQuantizer(nn.Module):
+    """The parametrization of one weight: pseudo-quantization noise in training, true quantization in eval."""
+
+    def __init__(self, numel: int, group_size: int, min_bits: float, max_bits: float, init_bits: float,
+                 noise: str, generator: torch.Generator) -> None:
+        super().__init__()
+        self.numel = numel
+        self.group_size = group_size if group_size > 0 else numel
+        self.n_groups = math.ceil(numel / self.group_size)
+        self.min_bits, self.max_bits, self.noise, self.generator = min_bits, max_bits, noise, generator
+        t = (init_bits - min_bits) / (max_bits - min_bits)
+        self.logit = nn.Parameter(torch.full((self.n_groups,), math.log(t / (1 - t))))
+        sizes = torch.full((self.n_groups,), float(self.group_size))
+        sizes[-1] = numel - self.group_size * (self.n_groups - 1)
+        self.register_buffer("group_sizes", sizes, persistent=False)
+
+    def bits(self) -> torch.Tensor:
+        """b = b_min + σ(ℓ) (b_max − b_min), per group."""
+        return self.min_bits + torch.sigmoid(self.logit) * (self.max_bits - self.min_bits)
+
+    def rounded_bits(self) -> torch.Tensor:
+        return self.bits().detach().round().clamp(max(1, math.ceil(self.min_bits)), min(16, int(self.max_bits)))
+
+    def size_bits(self) -> torch.Tensor:
+        """Differentiable size of this tensor in the packed format: codes, group widths, range."""
+        return (self.group_sizes * self.bits()).sum() + GROUP_WIDTH_BITS * self.n_groups + RANGE_BITS
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return range_record(w, self.rounded_bits(), self.group_size).dequantize().to(w)
+        flat = w.reshape(-1)
+        widths = torch.repeat_interleave(self.bits(), self.group_size)[: self.numel]
+        step = (flat.max() - flat.min()) / (2**widths - 1)
+        if self.noise == "uniform":
+            eps = torch.rand(flat.shape, generator=self.generator, device=w.device) - 0.5
+        else:
+            eps = torch.randn(flat.shape, generator=self.generator, device=w.device) / 2
+        return (flat + step * eps).view_as(w)
+
+
+@dataclass
+class DiffQParams:
+    group_size: int = 16  # g consecutive weights share a bit width (0: one per tensor)
+    min_bits: float = 1.0
+    max_bits: float = 15.0
+    init_bits: float = 8.0
+    noise: Literal["uniform", "gaussian"] = "uniform"  # the paper: uniform; authors' code: gaussian
+    min_size: float = 0.0  # MB: smaller weights stay dense (fp32)
+    mode: Literal["finetune", "scratch"] = "finetune"  # start from the reference, or from a fresh init
+    epochs: int = 20
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    batch_size: int = 64
+    bits_lr: float = 0.05  # Adam learning rate of the bit-width logits
+    size_penalty: float = 1.0  # λ (initial λ when the controller is on), per MB
+    budget_control: bool = True  # steer λ so the final bpw meets the budget
+    control_rate: float = 0.05  # η of the controller
+
+
+def _view(model: nn.Module, p: DiffQParams) -> list[str]:
+    params = dict(model.named_parameters())
+    return [n for n in compressible(model) if params[n].numel() * 4 / 2**20 >= p.min_size]
+
+
+def _quantizers(model: nn.Module, names: list[str]) -> dict[str, PseudoQuantizer]:
+    modules = dict(model.named_modules())
+    out = {}
+    for n in names:
+        mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+        out[n] = mod.parametrizations.weight[0]
+    return out
+
+
+def expected_bpw(quantizers: dict[str, PseudoQuantizer]) -> torch.Tensor:
+    """Bits per quantized weight of the current (continuous) widths, side information included."""
+    return sum(q.size_bits() for q in quantizers.values()) / sum(q.numel for q in quantizers.values())
+
+
+def rounded_bpw(quantizers: dict[str, PseudoQuantizer], shift: float = 0.0) -> float:
+    """Bits per quantized weight of the artifact if the logits were shifted by ``shift``."""
+    total = 0.0
+    for q in quantizers.values():
+        t = torch.sigmoid(q.logit.detach() + shift)
+        bits = (q.min_bits + t * (q.max_bits - q.min_bits)).round()
+        bits = bits.clamp(max(1, math.ceil(q.min_bits)), min(16, int(q.max_bits)))
+        total += float((q.group_sizes * bits).sum()) + GROUP_WIDTH_BITS * q.n_groups + RANGE_BITS
+    return total / sum(q.numel for q in quantizers.values())
+
+
+@torch.no_grad()
+def project_to_budget(quantizers: dict[str, PseudoQuantizer], target: float, iterations: int = 60) -> float:
+    """Shift all logits by the largest δ with rounded bpw <= target (bisection); returns δ."""
+    lo, hi = -40.0, 40.0
+    if rounded_bpw(quantizers, lo) > target:
+        hi = lo  # even the narrowest widths exceed the budget: take them
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if rounded_bpw(quantizers, mid) <= target else (lo, mid)
+    for q in quantizers.values():
+        q.logit.add_(lo)
+    return lo
+
+
+@register_method("diffq")
+class DiffQ(Method):
+    """DiffQ with the budget controller (``budget_control: false``: fixed λ = ``size_penalty``)."""
+
+    Params = DiffQParams
+    needs = frozenset({"train_data"})
+
+    @classmethod
+    def serves(cls, budget: Budget, params: DiffQParams) -> bool:
+        return params.min_bits + GROUP_WIDTH_BITS / max(params.group_size, 1) <= budget.bits <= params.max_bits
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        p = self.params
+        model = copy.deepcopy(ref) if p.mode == "finetune" else build_model(ctx.arch, **ctx.arch_kwargs)
+        model.to(ctx.device)
+        names = _view(model, p)
+        dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
+        gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 17)
+        modules = dict(model.named_modules())
+        for n in names:
+            mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+            parametrize.register_parametrization(
+                mod, "weight", PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits,
+                                               p.init_bits, p.noise, gen))
+        quantizers = _quantizers(model, names)
+        logits = [q.logit for q in quantizers.values()]
+        weights = [par for n, par in model.named_parameters() if not n.endswith(".logit")]
+        opt = make_optimizer(weights, p.optimizer, p.lr, p.momentum)
+        opt_bits = torch.optim.Adam(logits, lr=p.bits_lr)
+        lam = p.size_penalty
+        step = 0
+        for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
+            model.train()
+            total, count = 0.0, 0
+            for x, y in ctx.task.loader("train", p.batch_size, seed=ctx.seed * 7919 + epoch):
+                x, y = x.to(ctx.device), y.to(ctx.device)
+                size_mb = (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
+                task_loss = ctx.task.loss(model(x), y)
+                loss = task_loss + lam * size_mb
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"DiffQ loss is {loss.item()} at epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                opt_bits.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                opt_bits.step()
+                if p.budget_control:
+                    with torch.no_grad():
+                        gap = (float(expected_bpw(quantizers)) - budget.bits) / budget.bits
+                    lam *= math.exp(p.control_rate * gap)
+                total += task_loss.item() * y.numel()
+                count += y.numel()
+                step += 1
+            if p.budget_control:
+                ctx.log_metric("diffq/shift", project_to_budget(quantizers, budget.bits), epoch)
+            with torch.no_grad():
+                ctx.log_metric("diffq/train_loss", total / count, epoch)
+                ctx.log_metric("diffq/lambda", lam, epoch)
+                ctx.log_metric("diffq/bpw", float(expected_bpw(quantizers)), epoch)
+                for n, q in quantizers.items():
+                    ctx.log_metric(f"diffq/bits/{n}", float(q.bits().mean()), epoch)
+        model.eval()
+        records = {}
+        for n, q in quantizers.items():
+            mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+            records[n] = range_record(mod.parametrizations.weight.original, q.rounded_bits(), q.group_size)
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
+        return ctx.assemble(model, records)
+
+
+# --------------------------------------------------------------------------- baselines
+class _FakeQuant(torch.autograd.Function):
+    """Straight-through estimator: forward ``q``, backward identity."""
+
+    @staticmethod
+    def forward(ctx, w, q):
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+@dataclass
+class QATParams:
+    epochs: int = 10
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    per_channel: bool = False
+
+
+def _train_quantized(model: nn.Module, ctx: RunContext, p, forward_weights, extra_params=()) -> None:
+    """Train ``model`` with its compressible weights replaced by ``forward_weights(name, w)``."""
+    names = compressible(model)
+    params = dict(model.named_parameters())
+    opt = make_optimizer(list(model.parameters()) + list(extra_params), p.optimizer, p.lr, p.momentum)
+    for epoch in ctx.progress(range(p.epochs), desc="QAT epochs"):
+        model.train()
+        total, count = 0.0, 0
+        for x, y in ctx.task.loader("train", p.batch_size, seed=ctx.seed * 7919 + epoch):
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            weights = {n: forward_weights(n, params[n]) for n in names}
+            out = torch.func.functional_call(model, weights, (x,))
+            loss = ctx.task.loss(out, y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * y.numel()
+            count += y.numel()
+        ctx.log_metric("qat/train_loss", total / count, epoch)
+
+
+def _int_budget(budget: Budget, low: int = 2) -> bool:
+    return budget.int_bits is not None and low <= budget.int_bits <= 16
+
+
+@register_method("qat")
+class QAT(Method):
+    """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
+
+    Params = QATParams
+    needs = frozenset({"train_data"})
+
+    @classmethod
+    def serves(cls, budget: Budget, params: QATParams) -> bool:
+        return _int_budget(budget, 1)
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        p, bits = self.params, budget.int_bits
+        model = copy.deepcopy(ref).to(ctx.device)
+
+        def fake(name: str, w: torch.Tensor) -> torch.Tensor:
+            q = quantize_uniform(w.detach().cpu(), bits, "minmax", p.per_channel).dequantize().to(w)
+            return _FakeQuant.apply(w, q)
+
+        _train_quantized(model, ctx, p, fake)
+        state = model.state_dict()
+        return ctx.assemble(model, {n: quantize_uniform(state[n].cpu(), bits, "minmax", p.per_channel)
+                                    for n in compressible(model)})
+
+
+@dataclass
+class LSQParams(QATParams):
+    step_lr_scale: float = 1.0  # extra factor on the step-size gradient scale g
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float) -> torch.Tensor:
+    """LSQ (Esser et al.): ŵ = round(clamp(w/s, −Q_N, Q_P)) · s with the step's gradient scaled by
+    g = 1/sqrt(numel · Q_P); Q_N = 2^(b−1), Q_P = 2^(b−1) − 1."""
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    s_scaled = s * grad_scale + (s - s * grad_scale).detach()  # value s, gradient g·∂/∂s
+    return _RoundSTE.apply(torch.clamp(w / s_scaled, -qn, qp)) * s_scaled
+
+
+@register_method("lsq")
+class LSQ(Method):
+    """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
+
+    Params = LSQParams
+    needs = frozenset({"train_data"})
+
+    @classmethod
+    def serves(cls, budget: Budget, params: LSQParams) -> bool:
+        return _int_budget(budget, 2)
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        p, bits = self.params, budget.int_bits
+        model = copy.deepcopy(ref).to(ctx.device)
+        names = compressible(model)
+        params = dict(model.named_parameters())
+        qp = 2 ** (bits - 1) - 1
+        steps = {n: nn.Parameter(2 * params[n].detach().abs().mean() / math.sqrt(qp)) for n in names}
+        scales = {n: p.step_lr_scale / math.sqrt(params[n].numel() * qp) for n in names}
+        _train_quantized(model, ctx, p, lambda n, w: lsq_quantize(w, steps[n], bits, scales[n]),
+                         extra_params=steps.values())
+        records = {}
+        for n in names:  # codes round(clamp(w/s, −Q_N, Q_P)) + Q_N on the grid s · (code − Q_N)
+            grid = AffineGrid([float(steps[n].detach())], [2 ** (bits - 1)])
+            grid.round_to_storage("float32")
+            records[n] = QuantizedTensor(tuple(params[n].shape), round_to_grid(params[n].cpu(), grid, 2**bits - 1),
+                                         grid, bits=bits)
+        return ctx.assemble(model, records)
