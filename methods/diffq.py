@@ -22,8 +22,9 @@ j has a bit width b_j = b_min + σ(ℓ_j)(b_max − b_min), logits ℓ initialis
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -224,6 +225,29 @@ class DiffQ(Method):
             records[n] = range_record(mod.parametrizations.weight.original, q.rounded_bits(), q.group_size)
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
         return ctx.assemble(model, records)
+
+
+@dataclass
+class DiffQFixedParams(DiffQParams):
+    budget_control: bool = False
+    penalties: dict = field(default_factory=lambda: {2: 20.0, 3: 4.0, 4: 1.5, 8: 0.3})  # budget column -> λ
+
+
+@register_method("diffq_fixed")
+class DiffQFixed(DiffQ):
+    """DiffQ as in the paper: a fixed λ (``penalties[budget]``) and no controller. The budget only
+    names the table column and picks λ; the achieved bpw is whatever that λ gives."""
+
+    Params = DiffQFixedParams
+
+    @classmethod
+    def serves(cls, budget: Budget, params: DiffQFixedParams) -> bool:
+        return any(abs(float(b) - budget.bits) < 1e-9 for b in params.penalties)
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        lam = next(v for b, v in self.params.penalties.items() if abs(float(b) - budget.bits) < 1e-9)
+        self.params = dataclasses.replace(self.params, size_penalty=float(lam), budget_control=False)
+        return super().compress(ref, budget, ctx)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -18,8 +18,6 @@ from quantbench.method import Budget, RunContext, make_params
 from quantbench.registry import get_method
 from quantbench.train import TrainSettings, seed_everything, train
 
-official = pytest.importorskip("diffq", reason="the authors' diffq package (dev extra) is the oracle")
-
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
@@ -39,6 +37,7 @@ def _ours(model: nn.Module, group_size: int, logits: list[torch.Tensor]) -> list
 
 @pytest.mark.parametrize("group_size", [4, 16])
 def test_size_term_and_quantized_weights_agree_with_the_official_package(group_size):
+    official = pytest.importorskip("diffq", reason="the authors' diffq package (dev extra) is the oracle")
     model = _mlp()
     theirs = official.DiffQuantizer(copy.deepcopy(model), min_size=0.0, group_size=group_size, min_bits=2,
                                     max_bits=15, init_bits=8)
@@ -119,6 +118,14 @@ def test_controller_meets_three_bits_within_five_percent(digits_reference):
 def test_fixed_lambda_keeps_lambda(digits_reference):
     _, _, ctx = _run("diffq", 3.0, digits_reference, epochs=2, budget_control=False, size_penalty=5.0)
     assert {v for k, v, _ in ctx.step_metrics if k == "diffq/lambda"} == {5.0}
+    assert not any(k == "diffq/shift" for k, _, _ in ctx.step_metrics)
+    cls = get_method("diffq_fixed")
+    params = make_params(cls.Params, {"penalties": {2: 7.0}, "epochs": 1}, "diffq_fixed")
+    assert cls.serves(Budget(2), params) and not cls.serves(Budget(3), params)
+    task, kwargs, ref = digits_reference
+    ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
+    cls(params).compress(ref, Budget(2), ctx)
+    assert {v for k, v, _ in ctx.step_metrics if k == "diffq/lambda"} == {7.0}
 
 
 def test_lsq_step_gradient_matches_the_paper():
