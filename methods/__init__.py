@@ -1,3 +1,3 @@
 """Compression methods. Importing this package registers the built-in ones."""
 
-from methods import diffq, gpfq, lc, rtn  # noqa: F401
+from methods import diffq, gpfq, lc, opq, rtn  # noqa: F401

@@ -23,7 +23,8 @@ def test_default_config_file_is_valid():
     for method, budgets in {"rtn": [2, 4, 8], "lc_adaptive": [1, 2, 4], "dc": [1, 2], "idc": [1, 2],
                             "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [2, 4],
                             "gpfq": [2, 3, 4], "msq": [2, 3, 4], "qat": [2, 4, 8], "lsq": [2, 4, 8],
-                            "diffq": [2, 3, 4, 8]}.items():
+                            "diffq": [2, 3, 4, 8], "diffq_fixed": [2, 3, 4, 8], "opq": [1, 2, 4],
+                            "opq_oneshot": [1, 2, 4], "prune_quant_uniform": [1, 2, 4]}.items():
         assert {f"digits/lenet300/{method}/b{b}/s0" for b in budgets} <= ids
     assert "digits/lenet300/lc_ternary/b2/s0" not in ids
 
