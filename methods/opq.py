@@ -33,7 +33,7 @@ from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.registry import register_method
 from quantbench.train import make_optimizer
 
-MAX_BITS = 8
+MAX_BITS = 10
 P_GRID = np.unique(np.concatenate([np.geomspace(1e-3, 1.0, 600), np.linspace(0.01, 1.0, 400)]))
 
 
@@ -137,16 +137,17 @@ def allocate(layers: list[LayerStats], budget: float) -> list[Allocation]:
         else:
             hi = mid
     picks, used = choose(hi)
-    # spend what the discrete choices left: raise the keep fraction of layers at their chosen k
+    # spend what the discrete choices left: each layer (largest first) takes its lowest-error
+    # option whose extra bits fit in the room left
     for i in np.argsort([-layer.numel for layer in layers]):
         err, b, _ = tables[i]
         k, j = picks[i]
-        room = total - used
-        better = [jj for jj in range(j + 1, b.shape[1]) if b[k, jj] - b[k, j] <= room and err[k, jj] < err[k, j]]
-        if better:
-            jj = max(better, key=lambda x: b[k, x])
-            used += b[k, jj] - b[k, j]
-            picks[i] = (k, jj)
+        fits = b - b[k, j] <= total - used
+        masked = np.where(fits, err, np.inf)
+        kk, jj = np.unravel_index(int(np.argmin(masked)), masked.shape)
+        if masked[kk, jj] < err[k, j]:
+            used += b[kk, jj] - b[k, j]
+            picks[i] = (int(kk), int(jj))
     return [Allocation(k + 1, float(tables[i][2][j])) for i, (k, j) in enumerate(picks)]
 
 
