@@ -35,7 +35,7 @@ from models import build_model
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.registry import register_method
-from quantbench.train import make_optimizer
+from quantbench.train import make_optimizer, straight_through, train_quantized
 from quantbench.uniform import quantize_uniform, round_to_grid
 
 RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
@@ -251,18 +251,6 @@ class DiffQFixed(DiffQ):
 
 
 # --------------------------------------------------------------------------- baselines
-class _FakeQuant(torch.autograd.Function):
-    """Straight-through estimator: forward ``q``, backward identity."""
-
-    @staticmethod
-    def forward(ctx, w, q):
-        return q
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 @dataclass
 class QATParams:
     epochs: int = 10
@@ -274,26 +262,10 @@ class QATParams:
 
 
 def _train_quantized(model: nn.Module, ctx: RunContext, p, forward_weights, extra_params=()) -> None:
-    """Train ``model`` with its compressible weights replaced by ``forward_weights(name, w)``."""
-    names = compressible(model)
-    params = dict(model.named_parameters())
-    opt = make_optimizer(list(model.parameters()) + list(extra_params), p.optimizer, p.lr, p.momentum)
-    for epoch in ctx.progress(range(p.epochs), desc="QAT epochs"):
-        model.train()
-        total, count = 0.0, 0
-        for x, y in ctx.task.loader("train", p.batch_size, seed=ctx.seed * 7919 + epoch):
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            weights = {n: forward_weights(n, params[n]) for n in names}
-            out = torch.func.functional_call(model, weights, (x,))
-            loss = ctx.task.loss(out, y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * y.numel()
-            count += y.numel()
-        ctx.log_metric("qat/train_loss", total / count, epoch)
+    train_quantized(model, ctx.task, forward_weights, compressible(model), epochs=p.epochs, optimizer=p.optimizer,
+                    lr=p.lr, momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
+                    extra_params=extra_params, progress=lambda it: ctx.progress(it, desc="QAT epochs"),
+                    log=lambda loss, epoch: ctx.log_metric("qat/train_loss", loss, epoch))
 
 
 def _int_budget(budget: Budget, low: int = 2) -> bool:
@@ -317,7 +289,7 @@ class QAT(Method):
 
         def fake(name: str, w: torch.Tensor) -> torch.Tensor:
             q = quantize_uniform(w.detach().cpu(), bits, "minmax", p.per_channel).dequantize().to(w)
-            return _FakeQuant.apply(w, q)
+            return straight_through(w, q)
 
         _train_quantized(model, ctx, p, fake)
         state = model.state_dict()

@@ -31,7 +31,7 @@ from torch import nn
 from quantbench.format import COUNT_BITS, Codebook, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.registry import register_method
-from quantbench.train import make_optimizer
+from quantbench.train import straight_through, train_quantized
 
 MAX_BITS = 10
 P_GRID = np.unique(np.concatenate([np.geomspace(1e-3, 1.0, 600), np.linspace(0.01, 1.0, 400)]))
@@ -213,45 +213,22 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
     return out
 
 
-class _STEQuant(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, q):
-        return q
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
 def finetune(model: nn.Module, records: dict[str, QuantizedTensor], allocs: dict[str, Allocation],
              scales: dict[str, torch.Tensor], ctx: RunContext, p) -> dict[str, QuantizedTensor]:
     """Masks, codebooks and channel scales fixed; weights trained through the quantizer (STE);
     pruned weights stay 0 (their gradient is masked)."""
+    masks = {n: np.ones(r.numel, bool) if r.mask is None else r.mask for n, r in records.items()}
+
+    def quantized(n: str, w: torch.Tensor) -> torch.Tensor:
+        q = make_record(w, allocs[n], masks[n], scales[n]).dequantize().to(w)
+        return straight_through(w, q) * torch.as_tensor(masks[n]).reshape(w.shape).to(w)
+
+    train_quantized(model, ctx.task, quantized, list(records), epochs=p.epochs, optimizer=p.optimizer, lr=p.lr,
+                    momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
+                    progress=lambda it: ctx.progress(it, desc="OPQ finetune"),
+                    log=lambda loss, epoch: ctx.log_metric("opq/train_loss", loss, epoch))
     params = dict(model.named_parameters())
-    masks = {n: torch.as_tensor(r.mask if r.mask is not None else np.ones(r.numel, bool)).reshape(r.shape)
-             for n, r in records.items()}
-    opt = make_optimizer(model.parameters(), p.optimizer, p.lr, p.momentum)
-    for epoch in ctx.progress(range(p.epochs), desc="OPQ finetune"):
-        model.train()
-        total, count = 0.0, 0
-        for x, y in ctx.task.loader("train", p.batch_size, seed=ctx.seed * 7919 + epoch):
-            x, y = x.to(ctx.device), y.to(ctx.device)
-            weights = {}
-            for n in records:
-                q = make_record(params[n], allocs[n], records[n].mask if records[n].mask is not None
-                                else np.ones(records[n].numel, bool), scales[n]).dequantize().to(params[n])
-                weights[n] = _STEQuant.apply(params[n], q) * masks[n].to(params[n])
-            loss = ctx.task.loss(torch.func.functional_call(model, weights, (x,)), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"OPQ finetune loss is {loss.item()} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * y.numel()
-            count += y.numel()
-        ctx.log_metric("opq/train_loss", total / count, epoch)
-    return {n: make_record(params[n], allocs[n], records[n].mask if records[n].mask is not None
-                           else np.ones(records[n].numel, bool), scales[n]) for n in records}
+    return {n: make_record(params[n], allocs[n], masks[n], scales[n]) for n in records}
 
 
 @dataclass

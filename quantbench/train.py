@@ -73,6 +73,47 @@ def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_
     return total / n
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, q):
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def straight_through(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward ``q`` (a quantized ``w``), backward the identity to ``w`` (the STE)."""
+    return _StraightThrough.apply(w, q)
+
+
+def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str, torch.Tensor], torch.Tensor],
+                    names: list[str], *, epochs: int, optimizer: str, lr: float, momentum: float, batch_size: int,
+                    seed: int, device: torch.device, extra_params=(), progress=range,
+                    log: Callable[[float, int], None] | None = None) -> None:
+    """Train ``model`` with each parameter in ``names`` replaced, in the forward pass, by
+    ``forward_weights(name, parameter)`` (a fake-quantized weight, usually via the STE)."""
+    params = dict(model.named_parameters())
+    opt = make_optimizer(list(model.parameters()) + list(extra_params), optimizer, lr, momentum)
+    for epoch in progress(range(epochs)):
+        model.train()
+        total, count = 0.0, 0
+        for x, y in task.loader("train", batch_size, seed=seed * 7919 + epoch):
+            x, y = x.to(device), y.to(device)
+            weights = {n: forward_weights(n, params[n]) for n in names}
+            loss = task.loss(torch.func.functional_call(model, weights, (x,)), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * y.numel()
+            count += y.numel()
+        if log is not None:
+            log(total / count, epoch)
+
+
 def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: torch.device,
           show_progress: bool = True) -> list[float]:
     """Train ``model`` in place (the reference recipe); returns the mean training loss per epoch."""

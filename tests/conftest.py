@@ -3,6 +3,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+from models import build_model
+from quantbench.data import build_task
+from quantbench.format import CompressedModel
+from quantbench.method import Budget, RunContext, make_params
+from quantbench.registry import get_method
+from quantbench.train import TrainSettings, seed_everything, train
 
 
 @pytest.fixture
@@ -14,3 +22,25 @@ def tiny_config(tmp_path: Path) -> dict:
         "budgets": [2, 8],
         "reference": {"epochs": 3},
     }
+
+
+@pytest.fixture(scope="session")
+def digits_reference():
+    """digits/lenet300 trained with the default recipe, seed 0: (task, builder kwargs, model)."""
+    seed_everything(0)
+    task = build_task("digits")
+    kwargs = {"input_shape": [1, 8, 8], "num_classes": 10}
+    ref = build_model("lenet300", **kwargs)
+    train(ref, task, TrainSettings(), 0, torch.device("cpu"), show_progress=False)
+    return task, kwargs, ref
+
+
+def compress_digits(name: str, bits: float, digits_reference, **params):
+    """Run method ``name`` on the digits reference; returns the model unpacked from its packed
+    bytes, the test metrics of the network rebuilt from it, and the run context."""
+    task, kwargs, ref = digits_reference
+    cls = get_method(name)
+    ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
+    packed = cls(make_params(cls.Params, params, name)).compress(ref, Budget(bits), ctx).pack()
+    cm = CompressedModel.unpack(packed)
+    return cm, task.evaluate(cm.to_dense(build_model("lenet300", **kwargs))), ctx

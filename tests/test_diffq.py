@@ -8,15 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compress_digits
 from torch import nn
 from torch.nn.utils import parametrize
 
 from methods.diffq import PseudoQuantizer, lsq_quantize, range_record
-from models import build_model
-from quantbench.data import build_task
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.registry import get_method
-from quantbench.train import TrainSettings, seed_everything, train
 
 
 def _mlp() -> nn.Module:
@@ -86,22 +84,9 @@ def test_training_forward_adds_noise_of_the_quantization_step(noise):
     assert torch.equal(q(w), range_record(w, q.rounded_bits(), 50).dequantize())
 
 
-@pytest.fixture(scope="module")
-def digits_reference():
-    seed_everything(0)
-    task = build_task("digits")
-    kwargs = {"input_shape": [1, 8, 8], "num_classes": 10}
-    ref = build_model("lenet300", **kwargs)
-    train(ref, task, TrainSettings(), 0, torch.device("cpu"), show_progress=False)
-    return task, kwargs, ref
-
-
 def _run(name, bits, digits_reference, **params):
-    task, kwargs, ref = digits_reference
-    cls = get_method(name)
-    ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
-    cm = cls(make_params(cls.Params, params, name)).compress(ref, Budget(bits), ctx)
-    return cm, task.evaluate(cm.to_dense(build_model("lenet300", **kwargs)))["accuracy"], ctx
+    cm, metrics, ctx = compress_digits(name, bits, digits_reference, **params)
+    return cm, metrics["accuracy"], ctx
 
 
 def test_controller_meets_three_bits_within_five_percent(digits_reference):

@@ -8,16 +8,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import compress_digits
 
 from methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
 from methods.lc.csteps import AdaptiveCodebook, Binary, PowersOfTwo, ScaledBinary, ScaledCodebook, ScaledTernary
 from methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
 from models import build_model
-from quantbench.data import build_task
-from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.registry import get_method
-from quantbench.train import TrainSettings, seed_everything, train
 
 
 # ----------------------------------------------------------------------------- 1-D k-means
@@ -184,23 +182,9 @@ class _ToyTask:
         return {"accuracy": 0.0}
 
 
-@pytest.fixture(scope="module")
-def digits_reference():
-    seed_everything(0)
-    task = build_task("digits")
-    kwargs = {"input_shape": [1, 8, 8], "num_classes": 10}
-    ref = build_model("lenet300", **kwargs)
-    train(ref, task, TrainSettings(), 0, torch.device("cpu"), show_progress=False)
-    return task, kwargs, ref
-
-
 def _compress(name, bits, digits_reference, **params):
-    task, kwargs, ref = digits_reference
-    cls = get_method(name)
-    ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
-    cm = CompressedModel.unpack(cls(make_params(cls.Params, params, name)).compress(ref, Budget(bits), ctx).pack())
-    model = cm.to_dense(build_model("lenet300", **kwargs))
-    return cm, model, task.evaluate(model)["error"], ctx
+    cm, metrics, ctx = compress_digits(name, bits, digits_reference, **params)
+    return cm, cm.to_dense(build_model("lenet300", **digits_reference[1])), metrics["error"], ctx
 
 
 def test_lc_beats_direct_compression_at_one_bit(digits_reference):

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import compress_digits
 
 from methods.opq import (
     _STEPS,
@@ -19,11 +20,6 @@ from methods.opq import (
     shared_codebook,
     survivor_distortion,
 )
-from models import build_model
-from quantbench.data import build_task
-from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
-from quantbench.train import TrainSettings, seed_everything, train
 
 V = np.linspace(0.0, 30.0, 60001)  # quadrature grid for |v|, v ~ Laplace(0, 1)
 PDF = np.exp(-V)  # density of |v|
@@ -87,22 +83,9 @@ def test_allocation_matches_a_brute_force_grid_search_for_two_layers():
     assert ours <= best * 1.02, (ours, best)
 
 
-@pytest.fixture(scope="module")
-def digits_reference():
-    seed_everything(0)
-    task = build_task("digits")
-    kwargs = {"input_shape": [1, 8, 8], "num_classes": 10}
-    ref = build_model("lenet300", **kwargs)
-    train(ref, task, TrainSettings(), 0, torch.device("cpu"), show_progress=False)
-    return task, kwargs, ref
-
-
 def _run(name, bits, digits_reference, **params):
-    task, kwargs, ref = digits_reference
-    cls = get_method(name)
-    ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
-    cm = cls(make_params(cls.Params, params, name)).compress(ref, Budget(bits), ctx)
-    return cm, task.evaluate(cm.to_dense(build_model("lenet300", **kwargs)))["accuracy"]
+    cm, metrics, _ = compress_digits(name, bits, digits_reference, **params)
+    return cm, metrics["accuracy"]
 
 
 def test_records_masks_and_codebooks(digits_reference):
