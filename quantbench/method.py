@@ -14,6 +14,7 @@ or talks to MLflow: per-step metrics go through ``ctx.log_metric`` and progress 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
         if value not in choices:
             raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {list(choices)}")
         return
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(hint):
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -124,8 +125,6 @@ class _CodebookMethod(Method):
 
 
 def _copy(ref: nn.Module) -> nn.Module:
-    import copy
-
     model = copy.deepcopy(ref)
     for p in model.parameters():
         p.requires_grad_(True)
