@@ -167,20 +167,21 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
             flat = w.reshape(w.shape[0], -1)
             codes = torch.zeros_like(flat, dtype=torch.long)
             orig_module = dict(original.named_modules())[mod_name]
-            for gi in range(groups):
-                n = flat.shape[1]
-                g_mat = torch.zeros(n, n, dtype=torch.float64)
-                h_mat = torch.zeros(n, n, dtype=torch.float64)
-                for x, xt in zip(_inputs(original, orig_module, batches), _inputs(quant, module, batches), strict=True):
+            n = flat.shape[1]
+            g_mats = torch.zeros(groups, n, n, dtype=torch.float64)  # one forward pass serves every group
+            h_mats = torch.zeros(groups, n, n, dtype=torch.float64)
+            for x, xt in zip(_inputs(original, orig_module, batches), _inputs(quant, module, batches), strict=True):
+                for gi in range(groups):
                     state = gen.get_state()
                     rows = layer_rows(module, x.double(), gi, p.patch_rate, gen)
                     gen.set_state(state)  # the same patches of X and X̃
                     rows_t = layer_rows(module, xt.double(), gi, p.patch_rate, gen)
-                    g_mat += rows_t.T @ rows
-                    h_mat += rows_t.T @ rows_t
+                    g_mats[gi] += rows_t.T @ rows
+                    h_mats[gi] += rows_t.T @ rows_t
+            for gi in range(groups):
                 sl = slice(gi * out_per_group, (gi + 1) * out_per_group)
                 sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
-                codes[sl] = gpfq_layer(flat[sl], g_mat, h_mat, sub, qmax, p.rounding, gen, p.block)
+                codes[sl] = gpfq_layer(flat[sl], g_mats[gi], h_mats[gi], sub, qmax, p.rounding, gen, p.block)
             codes = codes.reshape(w.shape)
         record = QuantizedTensor(tuple(w.shape), codes.numpy(), grid, bits=bits)
         module.weight.copy_(record.dequantize())
