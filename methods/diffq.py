@@ -119,10 +119,9 @@ def _view(model: nn.Module, p: DiffQParams) -> list[str]:
 
 
 def _quantizers(model: nn.Module, names: list[str]) -> dict[str, PseudoQuantizer]:
-    modules = dict(model.named_modules())
     out = {}
     for n in names:
-        mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+        mod = model.get_submodule(n.rpartition(".")[0])
         out[n] = mod.parametrizations.weight[0]
     return out
 
@@ -175,9 +174,8 @@ class DiffQ(Method):
         names = _view(model, p)
         dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 17)
-        modules = dict(model.named_modules())
         for n in names:
-            mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+            mod = model.get_submodule(n.rpartition(".")[0])
             parametrize.register_parametrization(
                 mod, "weight", PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits,
                                                p.init_bits, p.noise, gen))
@@ -221,7 +219,7 @@ class DiffQ(Method):
         model.eval()
         records = {}
         for n, q in quantizers.items():
-            mod = modules[n.rsplit(".", 1)[0] if "." in n else ""]
+            mod = model.get_submodule(n.rpartition(".")[0])
             records[n] = range_record(mod.parametrizations.weight.original, q.rounded_bits(), q.group_size)
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
         return ctx.assemble(model, records)
@@ -302,22 +300,13 @@ class LSQParams(QATParams):
     step_lr_scale: float = 1.0  # extra factor on the step-size gradient scale g
 
 
-class _RoundSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
 def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float) -> torch.Tensor:
     """LSQ (Esser et al.): ŵ = round(clamp(w/s, −Q_N, Q_P)) · s with the step's gradient scaled by
     g = 1/sqrt(numel · Q_P); Q_N = 2^(b−1), Q_P = 2^(b−1) − 1."""
     qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
     s_scaled = s * grad_scale + (s - s * grad_scale).detach()  # value s, gradient g·∂/∂s
-    return _RoundSTE.apply(torch.clamp(w / s_scaled, -qn, qp)) * s_scaled
+    v = torch.clamp(w / s_scaled, -qn, qp)
+    return straight_through(v, torch.round(v)) * s_scaled
 
 
 @register_method("lsq")

@@ -66,13 +66,6 @@ def alphabet(w: torch.Tensor, bits: int, scale_factor: float, per_channel: bool,
     return grid, qmax
 
 
-def _dequantize(codes: torch.Tensor, grid: AffineGrid) -> torch.Tensor:
-    shape = (grid.channels,) + (1,) * (codes.dim() - 1)
-    scale = torch.from_numpy(grid.scale).reshape(shape)
-    zero = torch.from_numpy(grid.zero).reshape(shape)
-    return scale * (codes.double() - zero)
-
-
 def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGrid, qmax: int,
                rounding: str = "nearest", gen: torch.Generator | None = None, block: int = 128) -> torch.Tensor:
     """Codes (n_out × N) of GPFQ for the weights ``w`` (n_out × N) given G = X̃ᵀX and H = X̃ᵀX̃."""
@@ -151,7 +144,7 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
     quant = copy.deepcopy(ref).eval()
     modules = dict(quant.named_modules())
     names = compressible(quant)
-    order = _forward_order(quant, [n.rsplit(".", 1)[0] if "." in n else "" for n in names], ctx, p)
+    order = _forward_order(quant, [n.rpartition(".")[0] for n in names], ctx, p)
     gen = ctx.generator(1)
     batches = _calibration(ctx, p)
     records = {}

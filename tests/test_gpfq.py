@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from methods.gpfq import GPFQParams, _dequantize, alphabet, gpfq_layer, layer_rows, quantize_network
+from methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from quantbench.data import Task
+from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.registry import get_method
 from quantbench.uniform import round_to_grid
@@ -50,6 +51,11 @@ def test_vectorised_quantizer_matches_the_per_weight_loop(bits, per_channel, inc
     for block in (1, 8, 128):  # lazy updates in blocks must not change anything
         codes = gpfq_layer(w, xt.T @ x, xt.T @ xt, grid, qmax, block=block)
         assert np.array_equal(codes.numpy(), expected)
+
+
+def _dequantize(codes: torch.Tensor, grid) -> torch.Tensor:
+    """Through the format's own dequantization."""
+    return QuantizedTensor(tuple(codes.shape), codes.numpy(), grid, bits=8).dequantize().double()
 
 
 def _relative_error(x, w, q):
