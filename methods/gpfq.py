@@ -143,8 +143,9 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
     original = copy.deepcopy(ref).eval()
     quant = copy.deepcopy(ref).eval()
     modules = dict(quant.named_modules())
-    names = compressible(quant)
-    order = _forward_order(quant, [n.rpartition(".")[0] for n in names], ctx, p)
+    owners = [n.rpartition(".")[0] for n in compressible(quant)]
+    # a weight is quantized where a Linear/Conv2d owns it (one tied to an embedding stays dense)
+    order = _forward_order(quant, [m for m in owners if isinstance(modules[m], (nn.Linear, nn.Conv2d))], ctx, p)
     gen = ctx.generator(1)
     batches = _calibration(ctx, p)
     records = {}

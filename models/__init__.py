@@ -37,4 +37,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
         raise ConfigError(f"arch_params.{name}: {e}") from e
 
 
-from models import lenet  # noqa: E402,F401
+from models import lenet, resnet, transformer_lm, vgg, vit  # noqa: E402,F401

@@ -1,20 +1,45 @@
 """Tasks: a dataset split, its loss and its metric. One registry, one builder per task.
 
-``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, ships with scikit-learn),
-pixels scaled to [0, 1], a fixed stratified train/test split (``split_seed``, default 0) that
-does not depend on the cell's seed, so every seed is evaluated on the same test images.
+Every builder takes ``root`` (where its files live) and ``download`` (allow a download; nothing
+touches the network otherwise). With files missing and no download, the error names the files
+and where to put them.
+
+* ``digits``: scikit-learn's 8x8 digits (ships with scikit-learn, offline), pixels in [0, 1], a
+  fixed stratified train/test split (``split_seed``) shared by every cell's seed.
+* ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``: torchvision, the standard splits;
+  CIFAR trains with random crop (pad 4) + horizontal flip.
+* ``mnist_t10k``: the official MNIST *test* set only (``<root>/mnist-t10k/``, md5-checked), split
+  8,000 / 2,000 (stratified, ``split_seed``); a small real data set, not the MNIST protocol.
+* ``imagenet``: ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*.JPEG``; random-resized
+  crop 224 + flip for training, resize 256 + centre crop 224 for evaluation.
+* ``wikitext2``, ``wikitext103``: the tokenised ``wiki.{train,valid,test}.tokens``; word-level
+  vocabulary from train (by frequency), one ``<eos>`` per line as fairseq does.
+* ``tinyshakespeare``: ``<root>/tinyshakespeare/input.txt`` (md5-checked), character level, the
+  first 90 % for training and the last 10 % for testing.
+
+Language-modelling tasks use fairseq's ``Dictionary`` layout (0 ``<s>``, 1 ``<pad>``,
+2 ``</s>``, 3 ``<unk>``, then the symbols), cut the token stream into blocks of
+``tokens_per_sample`` and report perplexity (lower is better).
 """
 
 from __future__ import annotations
 
+import collections
+import gzip
+import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from quantbench.method import ConfigError
+
+SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary's first four indices
+UNK = 3
 
 
 @dataclass
@@ -22,8 +47,8 @@ class Task:
     """Train/test data of a classification task, evaluated by top-1 accuracy (%)."""
 
     name: str
-    train: TensorDataset
-    test: TensorDataset
+    train: Dataset
+    test: Dataset
     input_shape: tuple[int, ...]
     num_classes: int
     metric: str = "accuracy"  # reported in percent; higher is better
@@ -36,7 +61,8 @@ class Task:
         return DataLoader(data, batch_size=batch_size, shuffle=seed is not None, generator=gen)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(output, target)
+        """Mean cross-entropy; class scores on the last axis (any leading shape)."""
+        return torch.nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batch_size: int = 512, device: str | torch.device = "cpu") -> dict:
@@ -51,6 +77,29 @@ class Task:
             n += y.numel()
         acc = 100.0 * correct / n
         return {"accuracy": acc, "error": 100.0 - acc, "loss": loss / n}
+
+
+@dataclass
+class LanguageModelingTask(Task):
+    """Next-token prediction on blocks of tokens; ``num_classes`` is the vocabulary size."""
+
+    metric: str = "perplexity"
+    higher_is_better: bool = False
+    vocabulary: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
+        """``{"perplexity": exp(loss), "loss": mean NLL per token (nats), "bits_per_token"}`` on test."""
+        model.eval()
+        total, n = 0.0, 0
+        for x, y in self.loader("test", batch_size):
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            total += torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                                       reduction="sum").item()
+            n += y.numel()
+        loss = total / n
+        return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "bits_per_token": loss / math.log(2)}
 
 
 _TASKS: dict[str, Callable[..., Task]] = {}
@@ -75,20 +124,254 @@ def build_task(name: str, root: str = "data", download: bool = False, **kwargs) 
         raise ConfigError(f"task_params.{name}: {e}") from e
 
 
+def missing_files(task: str, files: list[Path], hint: str) -> FileNotFoundError:
+    listed = ", ".join(str(f) for f in files)
+    return FileNotFoundError(f"task {task}: data files not found: {listed}. {hint}")
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def check_md5(task: str, path: Path, expected: str) -> None:
+    got = md5_of(path)
+    if got != expected:
+        raise ValueError(f"task {task}: {path} has md5 {got}, expected {expected} (a damaged or different file)")
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, test_size: float | int, split_seed: int):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(x, y, test_size=test_size, random_state=split_seed, stratify=y)
+
+
+def _tensor_task(name: str, x_tr, x_te, y_tr, y_te, num_classes: int) -> Task:
+    return Task(name=name, train=TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+                test=TensorDataset(torch.from_numpy(x_te), torch.from_numpy(y_te)),
+                input_shape=tuple(x_tr.shape[1:]), num_classes=num_classes)
+
+
 @register_task
 def digits(root: str = "data", download: bool = False, test_fraction: float = 0.2, split_seed: int = 0) -> Task:
     """scikit-learn's digits; offline (the data ships with scikit-learn)."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=split_seed, stratify=y)
-    return Task(
-        name="digits",
-        train=TensorDataset(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-        test=TensorDataset(torch.from_numpy(x_te), torch.from_numpy(y_te)),
-        input_shape=(1, 8, 8),
-        num_classes=10,
-    )
+    return _tensor_task("digits", *_stratified_split(x, y, test_fraction, split_seed), num_classes=10)
+
+
+MNIST_T10K = {"t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+              "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip) as an array: magic (0, 0, dtype, ndim), big-endian int32 dims, data."""
+    raw = gzip.decompress(path.read_bytes())
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(dims):
+        raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} values")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+@register_task
+def mnist_t10k(root: str = "data", download: bool = False, test_size: int = 2000, split_seed: int = 0) -> Task:
+    """The official MNIST test set (10,000 images) split 8,000 / 2,000; no download offered."""
+    folder = Path(root) / "mnist-t10k"
+    files = [folder / f for f in MNIST_T10K]
+    if not all(f.is_file() for f in files):
+        raise missing_files("mnist_t10k", files, "Copy the official MNIST t10k files (IDX, gzip) there.")
+    for f, md5 in zip(files, MNIST_T10K.values(), strict=True):
+        check_md5("mnist_t10k", f, md5)
+    x = ((read_idx(files[0]).astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[:, None]
+    y = read_idx(files[1]).astype(np.int64)
+    return _tensor_task("mnist_t10k", *_stratified_split(x, y, test_size, split_seed), num_classes=10)
+
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _torchvision_task(name: str, dataset_cls: str, root: str, download: bool, train_tf, test_tf,
+                      input_shape: tuple[int, ...], num_classes: int, expected: list[str]) -> Task:
+    import torchvision
+
+    cls = getattr(torchvision.datasets, dataset_cls)
+    try:
+        train = cls(root, train=True, download=download, transform=train_tf)
+        test = cls(root, train=False, download=download, transform=test_tf)
+    except RuntimeError as e:
+        if download:
+            raise
+        raise missing_files(name, [Path(root) / p for p in expected],
+                            f"Set `download: true` in the config (torchvision fetches them) or copy them there. ({e})"
+                            ) from None
+    return Task(name=name, train=train, test=test, input_shape=input_shape, num_classes=num_classes)
+
+
+def _mnist_like(name: str, cls: str, root: str, download: bool) -> Task:
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.ToTensor(), T.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    raw = [f"{cls}/raw/{s}-{k}-idx{d}-ubyte" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    return _torchvision_task(name, cls, root, download, tf, tf, (1, 28, 28), 10, raw)
+
+
+@register_task
+def mnist(root: str = "data", download: bool = False) -> Task:
+    """MNIST, 60,000 training / 10,000 test images (torchvision)."""
+    return _mnist_like("mnist", "MNIST", root, download)
+
+
+@register_task
+def fashion_mnist(root: str = "data", download: bool = False) -> Task:
+    """Fashion-MNIST (torchvision)."""
+    return _mnist_like("fashion_mnist", "FashionMNIST", root, download)
+
+
+def _cifar(name: str, root: str, download: bool, augment: bool) -> Task:
+    from torchvision import transforms as T
+
+    norm = T.Normalize(*CIFAR_STATS[name])
+    test_tf = T.Compose([T.ToTensor(), norm])
+    train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]) \
+        if augment else test_tf
+    folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
+    cls = "CIFAR10" if name == "cifar10" else "CIFAR100"
+    return _torchvision_task(name, cls, root, download, train_tf, test_tf, (3, 32, 32),
+                             10 if name == "cifar10" else 100, [folder])
+
+
+@register_task
+def cifar10(root: str = "data", download: bool = False, augment: bool = True) -> Task:
+    """CIFAR-10 (torchvision); ``augment``: random crop (pad 4) + flip for training."""
+    return _cifar("cifar10", root, download, augment)
+
+
+@register_task
+def cifar100(root: str = "data", download: bool = False, augment: bool = True) -> Task:
+    """CIFAR-100 (torchvision)."""
+    return _cifar("cifar100", root, download, augment)
+
+
+@register_task
+def imagenet(root: str = "data", download: bool = False, image_size: int = 224) -> Task:
+    """ILSVRC-2012 in ImageFolder layout under ``<root>/imagenet``; it cannot be downloaded."""
+    import torchvision
+    from torchvision import transforms as T
+
+    folder = Path(root) / "imagenet"
+    splits = [folder / "train", folder / "val"]
+    if not all(s.is_dir() for s in splits):
+        raise missing_files("imagenet", splits, "ImageNet cannot be downloaded by quantbench: put the ILSVRC-2012 "
+                            "train and val images there, one folder per class (ImageFolder layout).")
+    norm = T.Normalize(*IMAGENET_STATS)
+    train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    test_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
+    train = torchvision.datasets.ImageFolder(str(splits[0]), transform=train_tf)
+    test = torchvision.datasets.ImageFolder(str(splits[1]), transform=test_tf)
+    return Task("imagenet", train, test, (3, image_size, image_size), len(train.classes))
+
+
+# ---- language modelling -------------------------------------------------------------------------
+
+def build_vocabulary(train_tokens: list[str]) -> tuple[str, ...]:
+    """fairseq layout: the four specials, then train symbols by descending count (ties by symbol)."""
+    counts = collections.Counter(train_tokens)
+    symbols = sorted((s for s in counts if s not in SPECIAL_SYMBOLS), key=lambda s: (-counts[s], s))
+    return SPECIAL_SYMBOLS + tuple(symbols)
+
+
+def encode(tokens: list[str], vocabulary: tuple[str, ...]) -> torch.Tensor:
+    index = {s: i for i, s in enumerate(vocabulary)}
+    index.setdefault("<unk>", UNK)
+    return torch.tensor([index.get(t, UNK) for t in tokens], dtype=torch.long)
+
+
+def blocks(stream: torch.Tensor, length: int, max_tokens: int | None = None) -> TensorDataset:
+    """Non-overlapping (input, next-token target) blocks of ``length`` tokens from ``stream``."""
+    if max_tokens is not None:
+        stream = stream[: max_tokens + 1]
+    n = (stream.numel() - 1) // length
+    if n < 1:
+        raise ValueError(f"a stream of {stream.numel()} tokens holds no block of {length}")
+    x = stream[: n * length].view(n, length)
+    y = stream[1: n * length + 1].view(n, length)
+    return TensorDataset(x, y)
+
+
+def _lm_task(name: str, train: list[str], test: list[str], tokens_per_sample: int,
+             max_train_tokens: int | None) -> LanguageModelingTask:
+    vocab = build_vocabulary(train)
+    return LanguageModelingTask(name=name, train=blocks(encode(train, vocab), tokens_per_sample, max_train_tokens),
+                                test=blocks(encode(test, vocab), tokens_per_sample), input_shape=(tokens_per_sample,),
+                                num_classes=len(vocab), vocabulary=vocab)
+
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"
+
+
+@register_task
+def tinyshakespeare(root: str = "data", download: bool = False, tokens_per_sample: int = 128,
+                    max_train_tokens: int | None = None) -> LanguageModelingTask:
+    """Character-level tiny Shakespeare; ``max_train_tokens`` caps the training stream (toy runs)."""
+    path = Path(root) / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        if not download:
+            raise missing_files("tinyshakespeare", [path], "Set `download: true` or copy input.txt there.")
+        from torchvision.datasets.utils import download_url
+
+        download_url(TINYSHAKESPEARE_URL, str(path.parent), "input.txt", md5=TINYSHAKESPEARE_MD5)
+    check_md5("tinyshakespeare", path, TINYSHAKESPEARE_MD5)
+    text = path.read_text(encoding="utf-8")
+    cut = int(0.9 * len(text))
+    return _lm_task("tinyshakespeare", list(text[:cut]), list(text[cut:]), tokens_per_sample, max_train_tokens)
+
+
+WIKITEXT_URLS = {"wikitext2": "https://wikitext.smerity.com/wikitext-2-v1.zip",
+                 "wikitext103": "https://wikitext.smerity.com/wikitext-103-v1.zip"}
+
+
+def read_wikitext(path: Path) -> list[str]:
+    """Whitespace tokens of every line plus ``</s>`` per line (fairseq's preprocessing)."""
+    out: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            out.extend(line.split())
+            out.append("</s>")
+    return out
+
+
+def _wikitext(name: str, folder_name: str, root: str, download: bool, tokens_per_sample: int,
+              max_train_tokens: int | None) -> LanguageModelingTask:
+    folder = Path(root) / folder_name
+    files = [folder / f"wiki.{s}.tokens" for s in ("train", "test")]
+    if not all(f.is_file() for f in files):
+        if not download:
+            raise missing_files(name, files, f"Set `download: true` or unpack {WIKITEXT_URLS[name]} under {root}.")
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(WIKITEXT_URLS[name], root)
+    return _lm_task(name, read_wikitext(files[0]), read_wikitext(files[1]), tokens_per_sample, max_train_tokens)
+
+
+@register_task
+def wikitext2(root: str = "data", download: bool = False, tokens_per_sample: int = 512,
+              max_train_tokens: int | None = None) -> LanguageModelingTask:
+    """WikiText-2 (word level, 33k vocabulary)."""
+    return _wikitext("wikitext2", "wikitext-2", root, download, tokens_per_sample, max_train_tokens)
+
+
+@register_task
+def wikitext103(root: str = "data", download: bool = False, tokens_per_sample: int = 512,
+                max_train_tokens: int | None = None) -> LanguageModelingTask:
+    """WikiText-103 (word level, 267k vocabulary; the DiffQ/fairseq adaptive-input LM's data)."""
+    return _wikitext("wikitext103", "wikitext-103", root, download, tokens_per_sample, max_train_tokens)

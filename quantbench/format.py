@@ -442,6 +442,22 @@ def _fields_bits(fields: list[Field]) -> int:
 
 
 # --------------------------------------------------------------------------- the model
+def tied_keys(model: torch.nn.Module) -> dict[str, str]:
+    """State-dict keys whose tensor is an earlier key's tensor (tied weights, e.g. an LM's input
+    embedding and output projection): ``{alias: first key}``. Only the first key is recorded."""
+    first: dict[tuple, str] = {}
+    aliases = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if value.numel() == 0:
+            continue
+        ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride()), value.dtype)
+        if ident in first:
+            aliases[key] = first[ident]
+        else:
+            first[ident] = key
+    return aliases
+
+
 @dataclass
 class CompressedModel:
     """An architecture id with its builder kwargs, and one record per state-dict entry."""
@@ -533,8 +549,10 @@ class CompressedModel:
         return {name: r.dequantize() for name, r in self.records.items()}
 
     def to_dense(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Load the dequantized weights into ``model`` (strict: every entry must match)."""
-        own = model.state_dict()
+        """Load the dequantized weights into ``model`` (strict: every entry must match; a tied
+        weight's second name, see :func:`tied_keys`, has no record of its own)."""
+        tied = tied_keys(model)
+        own = {k: v for k, v in model.state_dict().items() if k not in tied}
         missing = sorted(set(own) - set(self.records))
         extra = sorted(set(self.records) - set(own))
         if missing or extra:
@@ -543,7 +561,9 @@ class CompressedModel:
         for name, tensor in self.state_dict().items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise FormatError(f"{name}: record shape {tuple(tensor.shape)}, model has {tuple(own[name].shape)}")
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.state_dict().items()})
+        result = model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.state_dict().items()}, strict=False)
+        if set(result.missing_keys) - set(tied) or result.unexpected_keys:
+            raise FormatError(f"{self.arch}: could not load {result}")
         return model
 
     def verify_on_codebook(self, model: torch.nn.Module) -> None:

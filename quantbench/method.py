@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from quantbench.format import CompressedModel, DenseTensor, QuantizedTensor
+from quantbench.format import CompressedModel, DenseTensor, QuantizedTensor, tied_keys
 
 
 class ConfigError(ValueError):
@@ -74,8 +74,11 @@ class RunContext:
     def assemble(self, ref: nn.Module, quantized: dict[str, QuantizedTensor]) -> CompressedModel:
         """The compressed model: ``quantized`` records, every other state entry kept dense (fp32)."""
         params = dict(ref.named_parameters())
+        tied = tied_keys(ref)
         records = {}
         for name, tensor in ref.state_dict().items():
+            if name in tied:
+                continue
             if name in quantized:
                 records[name] = quantized[name]
             else:
@@ -108,11 +111,15 @@ class Method:
 
 
 def compressible(model: nn.Module) -> list[str]:
-    """The parameters quantized by default: weights of linear and conv layers (ndim >= 2)."""
-    names = []
-    for mod_name, module in model.named_modules():
+    """The parameters quantized by default: weights of linear and conv layers, each under its
+    first name in ``named_parameters`` (a weight tied to an embedding is listed once, by that name)."""
+    canonical = {id(p): n for n, p in reversed(list(model.named_parameters()))}
+    names: list[str] = []
+    for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            names.append(f"{mod_name}.weight" if mod_name else "weight")
+            name = canonical.get(id(module.weight))
+            if name is not None and name not in names:
+                names.append(name)
     return names
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -21,15 +22,25 @@ from quantbench.data import Task
 
 @dataclass
 class TrainSettings:
-    """Reference training recipe (config: ``reference``)."""
+    """Reference training recipe (config: ``reference``, per (task, arch) ``recipes``).
+
+    ``lr_schedule``: cosine to 0 over ``epochs``, constant, or step (× ``gamma`` at each epoch in
+    ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: bfloat16/float16 autocast,
+    used only on CUDA. ``grad_clip``: max global gradient norm (0: none).
+    """
 
     epochs: int = 30
     batch_size: int = 64
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0005
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    amp: bool = True
+    grad_clip: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -46,11 +57,36 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_d
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; allowed: ['sgd', 'adam']")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; allowed: ['sgd', 'adam', 'adamw']")
+
+
+def make_schedule(opt: torch.optim.Optimizer, s: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate factor: linear warm-up, then cosine / constant / step decay."""
+    def factor(epoch: int) -> float:
+        if epoch < s.warmup_epochs:
+            return (epoch + 1) / (s.warmup_epochs + 1)
+        if s.lr_schedule == "cosine":
+            t = (epoch - s.warmup_epochs) / max(1, s.epochs - s.warmup_epochs)
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if s.lr_schedule == "step":
+            return s.gamma ** sum(epoch >= m for m in s.milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bfloat16 where supported); a no-op on CPU, so CPU runs stay exact."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
 
 
 def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_size: int, seed: int,
-                device: torch.device, penalty: Callable[[], torch.Tensor] | None = None) -> float:
+                device: torch.device, penalty: Callable[[], torch.Tensor] | None = None, amp: bool = False,
+                grad_clip: float = 0.0) -> float:
     """One pass over the training split (order fixed by ``seed``); returns the mean objective.
 
     The objective is the task loss plus ``penalty()`` when given (e.g. LC's quadratic term).
@@ -61,12 +97,15 @@ def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_
     for x, y in task.loader("train", batch_size, seed=seed):
         x, y = x.to(device), y.to(device)
         opt.zero_grad(set_to_none=True)
-        loss = task.loss(model(x), y)
+        with autocast(device, amp):
+            loss = task.loss(model(x), y)
         if penalty is not None:
             loss = loss + penalty()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()}")
         loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         total += loss.item() * y.numel()
         n += y.numel()
@@ -119,18 +158,17 @@ def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: tor
     """Train ``model`` in place (the reference recipe); returns the mean training loss per epoch."""
     model.to(device)
     opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, s.epochs))
-             if s.lr_schedule == "cosine" else None)
+    sched = make_schedule(opt, s)
     history = []
     bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
     for epoch in bar:
         try:
-            history.append(train_epoch(model, task, opt, s.batch_size, seed * 10_007 + epoch, device))
+            history.append(train_epoch(model, task, opt, s.batch_size, seed * 10_007 + epoch, device,
+                                       amp=s.amp, grad_clip=s.grad_clip))
         except FloatingPointError as e:
             raise FloatingPointError(f"{e} at epoch {epoch}") from None
         bar.set_postfix(loss=f"{history[-1]:.4f}")
-        if sched is not None:
-            sched.step()
+        sched.step()
     return history
 
 
