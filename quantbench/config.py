@@ -82,6 +82,11 @@ def _check_kwargs(fn, params: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key}: unknown parameter; allowed: {allowed}")
 
 
+def task_archs(raw: dict, task: str) -> list[str]:
+    """The archs ``task`` runs: ``archs`` itself, or ``archs[task]`` when it is a mapping."""
+    return raw["archs"][task] if isinstance(raw["archs"], dict) else raw["archs"]
+
+
 def format_budget(bits: float) -> str:
     """The budget as it appears in paths and tables: 2, 1.58, 4.5."""
     return f"{float(bits):g}"
@@ -124,8 +129,18 @@ class Config:
 
         return resolve_tracking_uri(self.raw["tracking_uri"], self.results)
 
-    def train_settings(self) -> TrainSettings:
-        return make_params(TrainSettings, self.raw["reference"], "config.reference")
+    def train_settings(self, task: str | None = None, arch: str | None = None) -> TrainSettings:
+        """``reference`` overlaid with ``recipes.<task>.<arch>``."""
+        recipe = self.raw["recipes"].get(task, {}).get(arch, {}) if task else {}
+        where = f"config.recipes.{task}.{arch}" if recipe else "config.reference"
+        return make_params(TrainSettings, {**self.raw["reference"], **recipe}, where)
+
+    def paper_value(self, task: str, arch: str, method: str, budget: str | None = None) -> float | None:
+        """The published figure for this (task, arch, method[, budget]), if the config has one."""
+        entry = self.raw["paper"].get("figures", {}).get(task, {}).get(arch, {}).get(method)
+        if isinstance(entry, dict):
+            entry = {format_budget(float(b)): v for b, v in entry.items()}.get(budget)
+        return None if entry is None else float(entry)
 
     def method_params(self, method: str) -> dict:
         from quantbench.registry import get_method
@@ -142,13 +157,14 @@ class Config:
             "device": self.raw["device"],
             "task": task, "task_params": self.raw["task_params"].get(task, {}),
             "arch": arch, "arch_params": self.raw["arch_params"].get(arch, {}),
-            "seed": seed, "train": dataclasses.asdict(self.train_settings()),
+            "seed": seed, "train": dataclasses.asdict(self.train_settings(task, arch)),
+            "paper": self.paper_value(task, arch, "reference"), "paper_source": self.raw["paper"].get("source", ""),
         }
 
     def cell_spec(self, cell: Cell) -> dict:
         spec = self.reference_spec(cell.task, cell.arch, cell.seed)
         spec.update(kind="cell", method=cell.method, method_params=self.method_params(cell.method),
-                    budget=float(cell.budget))
+                    budget=float(cell.budget), paper=self.paper_value(cell.task, cell.arch, cell.method, cell.budget))
         return spec
 
 
@@ -164,10 +180,23 @@ def load_config(source: str | Path | dict) -> Config:
     from quantbench.data import _TASKS, available_tasks
     from quantbench.registry import available_methods, get_method
 
-    for key, known in (("tasks", available_tasks()), ("archs", available_models()), ("methods", available_methods())):
-        for i, name in enumerate(raw[key]):
+    if isinstance(raw["archs"], dict):
+        for task in raw["archs"]:
+            if task not in raw["tasks"]:
+                raise ConfigError(f"config.archs.{task}: {task!r} is not in config.tasks {raw['tasks']}")
+        missing = [t for t in raw["tasks"] if t not in raw["archs"]]
+        if missing:
+            raise ConfigError(f"config.archs: no archs for task(s) {missing}; give each task in config.tasks a list")
+        arch_lists = {f"archs.{t}": archs for t, archs in raw["archs"].items()}
+    else:
+        arch_lists = {"archs": raw["archs"]}
+    lists = [("tasks", raw["tasks"], available_tasks()), ("methods", raw["methods"], available_methods())]
+    lists += [(where, archs, available_models()) for where, archs in arch_lists.items()]
+    for where, names, known in lists:
+        for i, name in enumerate(names):
             if name not in known:
-                raise ConfigError(f"config.{key}[{i}]: unknown {key[:-1]} {name!r}; allowed values: {known}")
+                kind = "arch" if where.startswith("archs") else where[:-1]
+                raise ConfigError(f"config.{where}[{i}]: unknown {kind} {name!r}; allowed values: {known}")
     for key, known in (("task_params", _TASKS), ("arch_params", _MODELS)):
         for name, params in raw[key].items():
             if name not in known:
@@ -177,12 +206,18 @@ def load_config(source: str | Path | dict) -> Config:
         if name not in available_methods():
             raise ConfigError(f"config.method_params.{name}: unknown method; allowed values: {available_methods()}")
 
+    pairs = [(t, a) for t in raw["tasks"] for a in task_archs(raw, t)]
+    for task, by_arch in raw["recipes"].items():
+        for arch in by_arch:
+            if (task, arch) not in pairs:
+                raise ConfigError(f"config.recipes.{task}.{arch}: ({task}, {arch}) is not in the grid; "
+                                  f"its (task, arch) pairs: {pairs}")
     cfg = Config(raw, [], [])
-    cfg.train_settings()  # validates config.reference
+    for task, arch in pairs:
+        cfg.train_settings(task, arch)  # validates config.reference and the recipes
     params = {m: make_params(get_method(m).Params, raw["method_params"].get(m, {}), f"config.method_params.{m}")
               for m in raw["methods"]}
-    for task, arch, method, bits, seed in itertools.product(
-            raw["tasks"], raw["archs"], raw["methods"], raw["budgets"], raw["seeds"]):
+    for (task, arch), method, bits, seed in itertools.product(pairs, raw["methods"], raw["budgets"], raw["seeds"]):
         cell = Cell(task, arch, method, format_budget(bits), seed)
         if get_method(method).serves(Budget(float(bits)), params[method]):
             cfg.cells.append(cell)

@@ -74,6 +74,8 @@ def _tags(spec: dict, device: torch.device, cell_id: str, metric: str, status: s
         tags.update(method=spec["method"], budget=f"{spec['budget']:g}")
     if reason:
         tags["failure_reason"] = reason
+    if spec.get("paper") is not None:
+        tags.update(paper_value=f"{spec['paper']:g}", paper_source=spec.get("paper_source", ""))
     return tags
 
 

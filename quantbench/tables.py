@@ -49,6 +49,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "bpw": ok["metrics.bpw"].astype(float).mean() if len(ok) else np.nan,
             "compression_ratio": ok["metrics.compression_ratio"].astype(float).mean() if len(ok) else np.nan,
             "status": "ok" if failed.empty else "/".join(sorted(set(failed["tags.status"]))),
+            "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
         })
     out = pd.DataFrame(rows)
     out["order"] = (out["method"] != "reference").astype(int)
@@ -62,17 +63,26 @@ def _cell(row: pd.Series, pm: str) -> str:
     return f"{value} ({row['bpw']:.2f} bpw, {row['compression_ratio']:.1f}×)"
 
 
+def _paper(row: pd.Series | None) -> str:
+    return NOT_RUN if row is None or pd.isna(row["paper"]) else f"{row['paper']:.2f}"
+
+
 def wide_table(long: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
-    """One task's table: reference row per arch, then one row per method; a column per budget."""
+    """One task's table: reference row per arch, then one row per method; a column per budget,
+    each followed by a "paper" column when the record carries published figures."""
     budgets = sorted(b for b in long["budget"].dropna().unique())
-    header = [f"{b:g}-bit" for b in budgets]
+    with_paper = bool(long["paper"].notna().any()) if "paper" in long else False
+    header = []
+    for b in budgets:
+        header += [f"{b:g}-bit"] + ([f"{b:g}-bit paper"] if with_paper else [])
     rows = []
     for (arch, method), g in long.groupby(["arch", "method"], sort=False):
-        if method == "reference":
-            rows.append([arch, method] + [_cell(g.iloc[0], pm)] * len(budgets))
-            continue
         by_budget = {row["budget"]: row for _, row in g.iterrows()}
-        rows.append([arch, method] + [_cell(by_budget[b], pm) if b in by_budget else NOT_RUN for b in budgets])
+        cells = []
+        for b in budgets:
+            row = g.iloc[0] if method == "reference" else by_budget.get(b)
+            cells += [_cell(row, pm) if row is not None else NOT_RUN] + ([_paper(row)] if with_paper else [])
+        rows.append([arch, method] + cells)
     return pd.DataFrame(rows, columns=["arch", "method"] + header)
 
 
@@ -93,8 +103,9 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         if part.empty:
             raise LookupError(f"the MLflow record has no runs for task {task!r}")
         metric = part["metric"].iloc[0]
-        caption = (f"{task}: test {metric} (%), mean ± std over seeds, with achieved bits per weight and "
-                   f"compression ratio.")
+        unit = " (%)" if metric in ("accuracy", "error") else ""
+        caption = (f"{task}: test {metric}{unit}, mean ± std over seeds, with achieved bits per weight and "
+                   f"compression ratio" + ("; 'paper': the published figure." if part["paper"].notna().any() else "."))
         md = wide_table(part).to_markdown(index=False)
         tex_table = wide_table(part, pm=r"$\pm$")
         for col in ("arch", "method"):

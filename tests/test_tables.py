@@ -61,3 +61,30 @@ def test_unknown_experiment_is_a_clear_error(record):
     uri, out = record
     with pytest.raises(LookupError, match="no MLflow experiment 'missing'"):
         tables_from_mlflow(uri, "missing", out)
+
+
+def test_published_figures_get_a_paper_column(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.ensure_experiment("p", tmp_path / "artifacts")
+    base = {"task": "mnist", "arch": "lenet300", "seed": "0", "metric": "accuracy", "status": "ok"}
+    tracker.record_run(exp, "r", {}, {"accuracy": 98.0, "bpw": 32.0, "compression_ratio": 1.0}, [],
+                       {**base, "kind": "reference", "cell_id": "mnist/lenet300/reference/s0", "paper_value": "97.87"},
+                       [])
+    for budget, acc, paper in ((1, 97.0, "97.44"), (2, 97.5, None)):
+        tags = {**base, "kind": "cell", "cell_id": f"mnist/lenet300/lc/b{budget}/s0", "method": "lc",
+                "budget": str(budget)}
+        if paper:
+            tags["paper_value"] = paper
+        tracker.record_run(exp, "c", {}, {"accuracy": acc, "bpw": float(budget), "compression_ratio": 32.0 / budget},
+                           [], tags, [])
+    tables_from_mlflow(uri, "p", tmp_path / "tables")
+    md = (tmp_path / "tables" / "mnist.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| arch"))
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["arch", "method", "1-bit", "1-bit paper", "2-bit",
+                                                             "2-bit paper"]
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+            for line in md.splitlines() if line.startswith("| lenet300")}
+    assert rows["reference"][1] == rows["reference"][3] == "97.87"
+    assert rows["lc"][1] == "97.44" and rows["lc"][3] == "—"
+    assert "'paper': the published figure" in md

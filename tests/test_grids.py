@@ -1,0 +1,119 @@
+"""The shipped grids: each validates and dry-runs with Snakemake; every (task, arch) pair of the
+paper grids builds at paper size and takes one training step; published figures reach the runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import build_model
+from quantbench.config import Cell, load_config, task_archs
+from quantbench.data import TASK_SHAPES, build_task
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "workflows" / "config").glob("*.yaml"))
+PAPER = sorted((REPO / "workflows" / "config").glob("paper_*.yaml"))
+
+
+def test_there_is_one_paper_grid_per_seed_paper():
+    assert [p.stem for p in PAPER] == ["paper_diffq", "paper_gpfq", "paper_lc", "paper_opq"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_grid_dry_runs(path, tmp_path):
+    cfg = load_config(path)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(path), "--config", f"results_dir={tmp_path / 'results'}", "-n", "--quiet", "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
+    pairs = {(c.task, c.arch, c.seed) for c in cfg.cells}
+    assert int(counts["cell"]) == len(cfg.cells) and int(counts["reference"]) == len(pairs)
+
+
+def _pairs():
+    for path in PAPER:
+        cfg = load_config(path)
+        for task in cfg["tasks"]:
+            for arch in task_archs(cfg.raw, task):
+                yield pytest.param(path, task, arch, id=f"{path.stem}-{task}-{arch}")
+
+
+@pytest.mark.parametrize("path,task,arch", list(_pairs()))
+def test_paper_size_pair_takes_one_training_step(path, task, arch):
+    if arch == "transformer_lm":
+        pytest.importorskip("fairseq", reason="the lm extra (fairseq-fixed) is not installed")
+    cfg = load_config(path)
+    spec = cfg.reference_spec(task, arch, 0)
+    shape, classes = TASK_SHAPES[task]
+    torch.manual_seed(0)
+    model = build_model(arch, shape, classes, **spec["arch_params"])
+    if len(shape) == 1:  # a language model: a short block of tokens is enough for one step
+        x = torch.randint(4, classes, (1, 32))
+        y = torch.randint(4, classes, (1, 32))
+    else:
+        x, y = torch.randn(2, *shape), torch.randint(0, classes, (2,))
+    settings = cfg.train_settings(task, arch)
+    from quantbench.train import make_optimizer
+
+    opt = make_optimizer(model.parameters(), settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
+    out = model(x)
+    loss = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and out.shape[-1] == classes
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.numel() > 0)
+
+
+def test_published_figures_reach_the_specs():
+    cfg = load_config(REPO / "workflows" / "config" / "paper_lc.yaml")
+    assert cfg.reference_spec("mnist", "lenet300", 0)["paper"] == 97.87
+    assert cfg.cell_spec(Cell("mnist", "lenet300", "lc_adaptive", "1", 0))["paper"] == 97.44
+    assert cfg.cell_spec(Cell("mnist", "lenet300", "lc_adaptive", "2", 0))["paper"] is None
+    assert cfg.cell_spec(Cell("mnist", "lenet5", "dc", "1", 0))["paper"] is None
+
+
+def test_recipes_override_the_reference_per_pair():
+    cfg = load_config({"name": "r", "tasks": ["digits"], "archs": ["lenet300", "lenet5"],
+                       "reference": {"epochs": 7, "lr": 0.01}, "recipes": {"digits": {"lenet5": {"epochs": 3}}}})
+    assert cfg.reference_spec("digits", "lenet5", 0)["train"]["epochs"] == 3
+    assert cfg.reference_spec("digits", "lenet5", 0)["train"]["lr"] == 0.01
+    assert cfg.reference_spec("digits", "lenet300", 0)["train"]["epochs"] == 7
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"archs": {"digits": ["lenet300"], "mnist": ["lenet5"]}}, r"config.archs.mnist: 'mnist' is not in config.tasks"),
+    ({"tasks": ["digits", "mnist"], "archs": {"digits": ["lenet300"]}}, r"no archs for task\(s\) \['mnist'\]"),
+    ({"archs": {"digits": ["resnet9000"]}}, r"config.archs.digits\[0\]: unknown arch 'resnet9000'"),
+    ({"recipes": {"digits": {"vgg16": {"epochs": 1}}}}, r"config.recipes.digits.vgg16: \(digits, vgg16\) is not in"),
+    ({"recipes": {"digits": {"lenet300": {"epoch": 1}}}}, r"config.recipes.digits.lenet300.epoch: unknown parameter"),
+    ({"paper": {"figures": {"digits": {"lenet300": {"rtn": {"2": "high"}}}}}}, r"config.paper.figures"),
+])
+def test_bad_grid_keys_name_the_key(config, message):
+    from quantbench.method import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config({"name": "bad", **config})
+
+
+def test_archs_mapping_pairs_tasks_with_their_own_archs():
+    cfg = load_config({"name": "m", "tasks": ["digits", "mnist"], "archs": {"digits": ["lenet300"], "mnist": ["lenet5"]},
+                       "methods": ["rtn"], "budgets": [2]})
+    assert [(c.task, c.arch) for c in cfg.cells] == [("digits", "lenet300"), ("mnist", "lenet5")]
+
+
+def test_the_task_shapes_match_the_builders():
+    assert build_task("digits").input_shape == (1, 8, 8)
+    shared = REPO.parent / "shared" / "data"
+    if (shared / "tinyshakespeare").is_dir():
+        task = build_task("tinyshakespeare", root=str(shared))
+        assert (task.input_shape, task.num_classes) == TASK_SHAPES["tinyshakespeare"]
+    if (shared / "mnist-t10k").is_dir():
+        task = build_task("mnist_t10k", root=str(shared))
+        assert (task.input_shape, task.num_classes) == TASK_SHAPES["mnist_t10k"]
