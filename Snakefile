@@ -19,3 +19,12 @@ rule all:
     default_target: True
     input:
         table_files(),
+        plot_files("png"),
+
+
+onerror:
+    # a grid that ends with failed cells (--keep-going) still gets tables that mark them
+    shell(
+        f"mkdir -p {LOGS} && quantbench tables --experiment {EXP} --results-dir {RESULTS} {TRACKING_URI_ARG}"
+        f" > {LOGS}/tables-onerror.log 2>&1 || true"
+    )

@@ -158,6 +158,7 @@ def project_to_budget(quantizers: dict[str, PseudoQuantizer], target: float, ite
 
 @register_method("diffq")
 class DiffQ(Method):
+    family = "DiffQ"
     """DiffQ with the budget controller (``budget_control: false``: fixed λ = ``size_penalty``)."""
 
     Params = DiffQParams
@@ -272,6 +273,7 @@ def _int_budget(budget: Budget, low: int = 2) -> bool:
 
 @register_method("qat")
 class QAT(Method):
+    family = "DiffQ"
     """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
 
     Params = QATParams
@@ -311,6 +313,7 @@ def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float)
 
 @register_method("lsq")
 class LSQ(Method):
+    family = "DiffQ"
     """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
 
     Params = LSQParams

@@ -208,6 +208,7 @@ def _forward_order(model: nn.Module, mod_names: list[str], ctx: RunContext, p: G
 
 
 class _Alphabet(Method):
+    family = "GPFQ"
     Params = GPFQParams
 
     @classmethod

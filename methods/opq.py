@@ -241,6 +241,7 @@ class OPQParams:
 
 
 class _OPQBase(Method):
+    family = "OPQ"
     Params = OPQParams
     finetuned = True
     uniform = False

@@ -26,6 +26,7 @@ class RTNParams:
 
 @register_method("rtn")
 class RTN(Method):
+    family = "baseline"
     Params = RTNParams
 
     @classmethod

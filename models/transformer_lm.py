@@ -8,7 +8,7 @@ Baevski & Auli, 16 layers, 247M parameters); the size keywords override it.
 The task supplies ``input_shape = (tokens_per_sample,)`` and ``num_classes`` = the vocabulary
 size in fairseq ``Dictionary`` layout (0 bos, 1 pad, 2 eos, 3 unk, then the symbols). The module
 returns log-probabilities (B, T, V), so adaptive softmax and plain outputs look the same to the
-loss, ``cross_entropy`` over the last axis.
+loss, ``cross_entropy`` over the last axis (log_softmax of log-probabilities is the identity).
 """
 
 from __future__ import annotations
@@ -51,7 +51,25 @@ class FairseqLM(nn.Module):
                 module._set_skip_embed_dim_check()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.lm.get_normalized_probs(self.lm(tokens), log_probs=True)
+        out = self.lm(tokens)
+        asm = getattr(self.lm.decoder, "adaptive_softmax", None)
+        if asm is None:
+            return torch.log_softmax(out[0].float(), dim=-1)
+        return adaptive_log_probs(asm, out[0])
+
+
+def adaptive_log_probs(asm: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """log p(w) of every word under fairseq's ``AdaptiveSoftmax`` (Grave et al.), differentiably
+    (fairseq's ``get_log_prob`` writes in place and cannot be trained through):
+    head words: log_softmax(head)[w]; word w of tail cluster i: log_softmax(head)[c0 + i] +
+    log_softmax(tail_i)[w - cutoff_i]."""
+    x = asm.dropout_module(features.reshape(-1, features.shape[-1]))
+    head = torch.log_softmax(asm.head(x).float(), dim=-1)
+    c0 = asm.cutoff[0]
+    parts = [head[:, :c0]]
+    for i, tail in enumerate(asm.tail):
+        parts.append(torch.log_softmax(tail(x).float(), dim=-1) + head[:, c0 + i, None])
+    return torch.cat(parts, dim=-1).reshape(*features.shape[:-1], -1)
 
 
 @register_model

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from quantbench.method import ConfigError
+from quantbench.method import ConfigError, JobFailed
 
 
 def _common_job(p: argparse.ArgumentParser) -> None:
@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LookupError, FileNotFoundError) as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except JobFailed as e:
+        print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -135,6 +135,27 @@ class Config:
         where = f"config.recipes.{task}.{arch}" if recipe else "config.reference"
         return make_params(TrainSettings, {**self.raw["reference"], **recipe}, where)
 
+    def _cached(self, key: tuple, build):
+        """Specs are built once per (kind, ...) key: planning a 10k-cell grid asks for each many times."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = build()
+        return copy.deepcopy(cache[key])
+
+    def rule_resource(self, rule: str, key: str):
+        """A Snakemake resource value for ``rule``: a constant when no arch overrides ``key`` (cheap
+        to plan), else a function of the job's wildcards."""
+        if not any(key in r.get(rule, {}) for r in self.raw["resources"].get("archs", {}).values()):
+            return self.resources(rule, "")[key]
+        return lambda wildcards: self.resources(rule, wildcards.arch)[key]
+
+    def resources(self, rule: str, arch: str) -> dict:
+        """Scheduler resources of a ``rule`` job for ``arch``: defaults < resources.<rule> <
+        resources.archs.<arch>.<rule>."""
+        res = self.raw["resources"]
+        return {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0,
+                **res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+
     def paper_value(self, task: str, arch: str, method: str, budget: str | None = None) -> float | None:
         """The published figure for this (task, arch, method[, budget]), if the config has one."""
         entry = self.raw["paper"].get("figures", {}).get(task, {}).get(arch, {}).get(method)
@@ -143,14 +164,24 @@ class Config:
         return None if entry is None else float(entry)
 
     def method_params(self, method: str) -> dict:
+        """The resolved ``Params`` of a method label: ``method_params.<method>``, and for a
+        variant label ``<method>@<variant>`` also ``variants.<method>.<variant>`` on top."""
+
+        return self._cached(("method", method), lambda: self._method_params(method))
+
+    def _method_params(self, method: str) -> dict:
         from quantbench.registry import get_method
 
-        cls = get_method(method)
-        return dataclasses.asdict(make_params(cls.Params, self.raw["method_params"].get(method, {}),
-                                              f"config.method_params.{method}"))
+        base, _, variant = method.partition("@")
+        overrides = {**self.raw["method_params"].get(base, {}), **self.raw["variants"].get(base, {}).get(variant, {})}
+        where = f"config.variants.{base}.{variant}" if variant else f"config.method_params.{base}"
+        return dataclasses.asdict(make_params(get_method(base).Params, overrides, where))
 
     def reference_spec(self, task: str, arch: str, seed: int) -> dict:
         """Everything a reference job needs, as plain JSON (also logged as the run's params)."""
+        return self._cached(("reference", task, arch, seed), lambda: self._reference_spec(task, arch, seed))
+
+    def _reference_spec(self, task: str, arch: str, seed: int) -> dict:
         return {
             "kind": "reference", "experiment": self.name, "tracking_uri": self.raw["tracking_uri"],
             "results_dir": str(self.results), "data_root": self.raw["data_root"], "download": self.raw["download"],
@@ -162,6 +193,9 @@ class Config:
         }
 
     def cell_spec(self, cell: Cell) -> dict:
+        return self._cached(("cell", cell), lambda: self._cell_spec(cell))
+
+    def _cell_spec(self, cell: Cell) -> dict:
         spec = self.reference_spec(cell.task, cell.arch, cell.seed)
         spec.update(kind="cell", method=cell.method, method_params=self.method_params(cell.method),
                     budget=float(cell.budget), paper=self.paper_value(cell.task, cell.arch, cell.method, cell.budget))
@@ -215,12 +249,16 @@ def load_config(source: str | Path | dict) -> Config:
     cfg = Config(raw, [], [])
     for task, arch in pairs:
         cfg.train_settings(task, arch)  # validates config.reference and the recipes
-    params = {m: make_params(get_method(m).Params, raw["method_params"].get(m, {}), f"config.method_params.{m}")
-              for m in raw["methods"]}
-    for (task, arch), method, bits, seed in itertools.product(pairs, raw["methods"], raw["budgets"], raw["seeds"]):
-        cell = Cell(task, arch, method, format_budget(bits), seed)
-        if get_method(method).serves(Budget(float(bits)), params[method]):
+    for base in raw["variants"]:
+        if base not in raw["methods"]:
+            raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")
+    labels = [label for m in raw["methods"] for label in [m] + [f"{m}@{v}" for v in raw["variants"].get(m, {})]]
+    params = {label: make_params(get_method(label.partition("@")[0]).Params, cfg.method_params(label), label)
+              for label in labels}
+    for (task, arch), label, bits, seed in itertools.product(pairs, labels, raw["budgets"], raw["seeds"]):
+        cell = Cell(task, arch, label, format_budget(bits), seed)
+        if get_method(label.partition("@")[0]).serves(Budget(float(bits)), params[label]):
             cfg.cells.append(cell)
         else:
-            cfg.skipped.append((cell, f"{method} does not serve a {format_budget(bits)}-bit budget"))
+            cfg.skipped.append((cell, f"{label} does not serve a {format_budget(bits)}-bit budget"))
     return cfg

@@ -31,6 +31,10 @@ class ConfigError(ValueError):
     """Invalid configuration: the message names the key path and what is allowed."""
 
 
+class JobFailed(RuntimeError):
+    """A job whose run is recorded as failed (e.g. diverged): it must exit non-zero."""
+
+
 @dataclass(frozen=True)
 class Budget:
     """Target average bits per compressed weight, side information included."""
@@ -95,6 +99,7 @@ class Method:
     """Base class of compression methods; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
+    family: ClassVar[str] = "other"  # the table groups rows by it: baseline, LC, GPFQ, OPQ, DiffQ, other
     Params: ClassVar[type] = NoParams
     needs: ClassVar[frozenset[str]] = frozenset()
 

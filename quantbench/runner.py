@@ -1,9 +1,15 @@
 """One Snakemake job = one function here: train/load a reference, or run one grid cell.
 
-A cell: load the reference, ``method.compress`` it, pack the result to ``model.qbc``, rebuild a
-fresh network **from that file**, check every weight is on its codebook, evaluate it, record
-the run in MLflow, and finally write ``metrics.json`` atomically (the Snakemake output; it
-appears only when everything before it succeeded).
+A cell: open its MLflow run (RUNNING), load the reference, ``method.compress`` it, pack the
+result to ``model.qbc``, rebuild a fresh network **from that file**, check every weight is on
+its codebook, evaluate it, close the run, and finally write ``metrics.json`` atomically (the
+Snakemake output; it appears only when everything before it succeeded).
+
+Outcomes: FINISHED (``status=ok``) and ``metrics.json``; a diverged training (non-finite loss or
+metrics) or any error: the run is closed FAILED with ``status=diverged|failed`` and the reason,
+and the job exits non-zero; SIGTERM/SIGINT (a cancelled or timed-out job): KILLED
+(``status=killed``), exit 128 + signal. A run left RUNNING by a job that could not close it
+(SIGKILL) is marked KILLED when its cell runs again.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,12 +30,13 @@ import torch
 from models import build_model
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
-from quantbench.method import Budget, RunContext, make_params
+from quantbench.method import Budget, JobFailed, RunContext, make_params
 from quantbench.registry import get_method
 from quantbench.tracking import Tracker, environment_tags, flatten, resolve_tracking_uri
 from quantbench.train import (
     TrainSettings,
     content_hash,
+    file_sha256,
     load_checkpoint,
     reference_key,
     save_checkpoint,
@@ -35,6 +45,28 @@ from quantbench.train import (
 )
 
 log = logging.getLogger("quantbench")
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGINT arrived: the run is closed KILLED and the job exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into :class:`Terminated` (SLURM sends SIGTERM on cancel/timeout)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
@@ -74,6 +106,8 @@ def _tags(spec: dict, device: torch.device, cell_id: str, metric: str, status: s
         tags.update(method=spec["method"], budget=f"{spec['budget']:g}")
     if reason:
         tags["failure_reason"] = reason
+    if spec["kind"] == "cell" and "@" in spec["method"]:
+        tags["variant"] = spec["method"].partition("@")[2]
     if spec.get("paper") is not None:
         tags.update(paper_value=f"{spec['paper']:g}", paper_source=spec.get("paper_source", ""))
     return tags
@@ -94,28 +128,32 @@ def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: 
     model = build_model(spec["arch"], **arch_kwargs)
     ckpt, digest = checkpoint_path(spec)
     cell_id = f"{spec['task']}/{spec['arch']}/reference/s{spec['seed']}"
-    status, reason, history = "ok", "", []
+    run = _open_run(spec, cell_id, device, task)
+    history: list[float] = []
     t0 = time.perf_counter()
-    if ckpt.is_file():
-        log.info("reference %s: cached checkpoint %s", cell_id, ckpt)
-        load_checkpoint(ckpt, model)
-    else:
-        log.info("reference %s: training %s", cell_id, spec["train"])
-        try:
+    with _recorded(run, log_file, lambda: []):
+        sidecar = ckpt.with_name(ckpt.name + ".sha256")
+        if ckpt.is_file() and sidecar.is_file() and sidecar.read_text().strip() == file_sha256(ckpt):
+            log.info("reference %s: cached checkpoint %s", cell_id, ckpt)
+            load_checkpoint(ckpt, model)
+        else:
+            if ckpt.is_file():
+                log.warning("reference %s: cached checkpoint %s does not match its sha256; retraining", cell_id, ckpt)
+            log.info("reference %s: training %s", cell_id, spec["train"])
             history = train(model, task, TrainSettings(**spec["train"]), spec["seed"], device, show_progress)
+            sidecar.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
-        except FloatingPointError as e:
-            status, reason = "diverged", str(e)
-    t_train = time.perf_counter() - t0
-    metrics = task.evaluate(model.to(device), device=device) if status == "ok" else {}
+            sidecar.write_text(file_sha256(ckpt) + "\n")
+        t_train = time.perf_counter() - t0
+        metrics = task.evaluate(model.to(device), device=device)
+        _check_finite(metrics)
     n_params = sum(p.numel() for p in model.parameters())
-    result = {"status": status, "reason": reason, "cell_id": cell_id, "checkpoint": str(ckpt), "hash": digest,
-              "cached": not history and status == "ok", "metric": task.metric, "metrics": metrics,
-              "n_params": n_params, "size_bits": 32 * n_params, "time_train_s": t_train}
+    result = {"status": "ok", "reason": "", "cell_id": cell_id, "checkpoint": str(ckpt), "hash": digest,
+              "checkpoint_sha256": file_sha256(ckpt), "cached": not history, "metric": task.metric,
+              "metrics": metrics, "n_params": n_params, "size_bits": 32 * n_params, "time_train_s": t_train}
     run_metrics = {**metrics, "n_params": n_params, "size_bits": 32 * n_params, "bpw": 32.0,
                    "compression_ratio": 1.0, "time_train_s": t_train}
-    return _finish(spec, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)],
-                   _tags(spec, device, cell_id, task.metric, status, reason), [log_file])
+    return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file])
 
 
 def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
@@ -124,16 +162,17 @@ def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = Non
     task, arch_kwargs, device = _setup(spec, threads)
     cell_id = f"{spec['task']}/{spec['arch']}/{spec['method']}/b{spec['budget']:g}/s{spec['seed']}"
     ref_info = json.loads(Path(reference).read_text())
-    tracker, exp_id = _tracker(spec)
-    method_cls = get_method(spec["method"])
+    run = _open_run(spec, cell_id, device, task)
+    method_cls = get_method(spec["method"].partition("@")[0])
     ctx = RunContext(task, spec["arch"], arch_kwargs, spec["seed"], device, show_progress=show_progress)
-    status, reason, metrics, stats = "ok", "", {}, {}
     artifact = out.parent / "model.qbc"
     times = {}
-    try:
-        if ref_info["status"] != "ok":
-            raise FloatingPointError(f"reference {ref_info['cell_id']} is {ref_info['status']}")
-        ref = load_checkpoint(Path(ref_info["checkpoint"]), build_model(spec["arch"], **arch_kwargs))
+    with _recorded(run, log_file, lambda: ctx.step_metrics):
+        ckpt = Path(ref_info["checkpoint"])
+        if not ckpt.is_file() or file_sha256(ckpt) != ref_info["checkpoint_sha256"]:
+            raise ValueError(f"reference checkpoint {ckpt} is missing or does not match the sha256 its reference "
+                             f"recorded (damaged or replaced); rebuild it: snakemake --forcerun reference")
+        ref = load_checkpoint(ckpt, build_model(spec["arch"], **arch_kwargs))
         params = make_params(method_cls.Params, spec["method_params"], f"method_params.{spec['method']}")
         t0 = time.perf_counter()
         compressed = method_cls(params).compress(ref.to(device), Budget(spec["budget"]), ctx)
@@ -148,34 +187,69 @@ def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = Non
         metrics = task.evaluate(model.to(device), device=device)
         times["time_eval_s"] = time.perf_counter() - t0
         stats = {**packed.stats(), "file_bytes": float(file_bytes)}
-        if not all(math.isfinite(v) for v in metrics.values()):
-            status, reason = "diverged", f"non-finite test metrics {metrics}"
-    except FloatingPointError as e:
-        status, reason = "diverged", str(e)
-    except Exception as e:
-        tracker.record_run(exp_id, cell_id, flatten(spec), {}, ctx.step_metrics,
-                           _tags(spec, device, cell_id, task.metric, "failed", f"{type(e).__name__}: {e}"),
-                           [log_file] if log_file else [], "FAILED")
-        log.error("cell %s failed:\n%s", cell_id, traceback.format_exc())
-        raise
-    ref_metric = ref_info.get("metrics", {}).get(task.metric, float("nan"))
-    result = {"status": status, "reason": reason, "cell_id": cell_id, "metric": task.metric, "metrics": metrics,
-              "reference_metrics": ref_info.get("metrics", {}), "stats": stats, **times,
-              "budget": spec["budget"], "method": spec["method"]}
+        _check_finite(metrics)
+    ref_metric = ref_info["metrics"].get(task.metric, float("nan"))
+    result = {"status": "ok", "reason": "", "cell_id": cell_id, "metric": task.metric, "metrics": metrics,
+              "reference_metrics": ref_info["metrics"], "stats": stats, **times, "budget": spec["budget"],
+              "method": spec["method"], "artifact_sha256": file_sha256(artifact)}
     run_metrics = {**metrics, **stats, **times, f"reference_{task.metric}": ref_metric}
-    tags = _tags(spec, device, cell_id, task.metric, status, reason)
-    return _finish(spec, result, out, run_metrics, ctx.step_metrics, tags, [artifact, log_file], (tracker, exp_id))
+    return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file])
 
 
-def _finish(spec: dict, result: dict, out: Path, metrics: dict, step_metrics: list, tags: dict,
-            artifacts: list[Path | None], tracker: tuple[Tracker, str] | None = None) -> dict:
-    """Record the run (with ``metrics.json`` among its artifacts), then publish ``out`` atomically."""
-    tracker, exp_id = tracker or _tracker(spec)
+def _check_finite(metrics: dict) -> None:
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(f"non-finite test metrics {metrics}")
+
+
+def _open_run(spec: dict, cell_id: str, device: torch.device, task) -> tuple:
+    """Close runs of this cell left RUNNING by a dead job, then open this job's run."""
+    tracker, exp_id = _tracker(spec)
+    stale = tracker.close_abandoned(exp_id, cell_id)
+    if stale:
+        log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
+    tags = _tags(spec, device, cell_id, task.metric, "running")
+    tags.update(higher_is_better=str(task.higher_is_better).lower(), family=_family(spec))
+    run_id = tracker.start_run(exp_id, cell_id, flatten(spec), tags)
+    return tracker, run_id, cell_id
+
+
+def _family(spec: dict) -> str:
+    if spec["kind"] == "reference":
+        return "reference"
+    return get_method(spec["method"].partition("@")[0]).family
+
+
+@contextmanager
+def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
+    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete."""
+    tracker, run_id, cell_id = run
+    logs = [log_file] if log_file else []
+    try:
+        with signals_as_exceptions():
+            yield
+    except FloatingPointError as e:
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
+                           "FAILED")
+        raise JobFailed(f"{cell_id} diverged: {e}") from None
+    except Terminated as e:
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "killed", "failure_reason": str(e)}, logs, "KILLED")
+        log.error("%s: %s; run %s closed as KILLED", cell_id, e, run_id)
+        raise SystemExit(128 + e.signum) from None
+    except Exception as e:
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "failed",
+                                                        "failure_reason": f"{type(e).__name__}: {e}"}, logs, "FAILED")
+        log.error("%s failed:\n%s", cell_id, traceback.format_exc())
+        raise
+
+
+def _finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
+            artifacts: list[Path | None]) -> dict:
+    """Close the run FINISHED (with ``metrics.json`` among its artifacts), then publish ``out``."""
+    tracker, run_id, _ = run
     pending = out.parent / ".pending" / out.name
+    result["run_id"] = run_id
     write_json_atomic(result, pending)
-    result["run_id"] = tracker.record_run(
-        exp_id, result["cell_id"], flatten(spec), metrics, step_metrics, tags,
-        [pending] + [a for a in artifacts if a], "FINISHED" if result["status"] == "ok" else "FAILED")
+    tracker.finish_run(run_id, metrics, step_metrics, {"status": "ok"}, [pending] + [a for a in artifacts if a])
     write_json_atomic(result, out)
     pending.unlink(missing_ok=True)
     return result

@@ -1,11 +1,12 @@
-"""Paper-style tables, regenerated from the MLflow record alone (``mlflow.search_runs``).
+"""Paper-style tables and plots, regenerated from the MLflow record alone.
 
-Per task: rows = (arch, reference first, then methods), columns = budgets. A cell reads
-``mean ± std`` of the task metric over seeds (just the mean for one seed) and the achieved
-``bpw`` / compression ratio; a failed or diverged run reads as such, never as a number.
-When a cell was run more than once, its latest run counts.
-Written as ``<task>.md`` (markdown), ``<task>.tex`` (LaTeX booktabs) and ``<task>.csv`` (long
-format: one row per arch/method/budget with the numbers).
+Per task: rows = (arch, reference first, then the methods grouped by paper family: baseline,
+LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads ``mean ± std`` of the task metric
+over seeds (just the mean for one seed) and the achieved ``bpw`` / compression ratio; the best
+mean of each (arch, budget) column is bold; a failed, diverged or killed run reads as such,
+never as a number. When a cell was run more than once, its latest run counts. Written as
+``<task>.md`` (markdown), ``<task>.tex`` (LaTeX booktabs) and ``<task>.csv`` (long format: one
+row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench.plots`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ import pandas as pd
 from quantbench.tracking import Tracker
 
 NOT_RUN = "—"
+FAMILIES = ("reference", "baseline", "LC", "GPFQ", "OPQ", "DiffQ", "other")
+LOWER_IS_BETTER = ("error", "loss", "perplexity", "bits_per_token")
+
+
+def _mean(rows: pd.DataFrame, column: str) -> float:
+    return rows[column].astype(float).mean() if len(rows) and column in rows else np.nan
+
+
+def _tag(g: pd.DataFrame, name: str, default: str) -> str:
+    values = g.get(f"tags.{name}", pd.Series(dtype=object)).dropna()
+    return str(values.iloc[-1]) if len(values) else default
 
 
 def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -39,6 +51,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     for (task, arch, method, budget), g in runs.groupby(["tags.task", "tags.arch", "method", "budget"], dropna=False):
         metric = g["tags.metric"].iloc[0]
         ok = g[g["tags.status"] == "ok"]
+        higher = _tag(g, "higher_is_better", str(metric not in LOWER_IS_BETTER).lower()) == "true"
         values = ok.get(f"metrics.{metric}", pd.Series(dtype=float)).astype(float)
         failed = g[g["tags.status"] != "ok"]
         rows.append({
@@ -46,30 +59,48 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "seeds": len(g), "ok": len(ok),
             "mean": values.mean() if len(ok) else np.nan,
             "std": values.std(ddof=1) if len(ok) > 1 else np.nan,
-            "bpw": ok["metrics.bpw"].astype(float).mean() if len(ok) else np.nan,
-            "compression_ratio": ok["metrics.compression_ratio"].astype(float).mean() if len(ok) else np.nan,
+            "bpw": _mean(ok, "metrics.bpw"),
+            "compression_ratio": _mean(ok, "metrics.compression_ratio"),
+            "size_kib": _mean(ok, "metrics.size_bits") / 8192,
+            "family": "reference" if method == "reference" else _tag(g, "family", "other"),
+            "higher_is_better": higher,
             "status": "ok" if failed.empty else "/".join(sorted(set(failed["tags.status"]))),
             "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
         })
     out = pd.DataFrame(rows)
-    out["order"] = (out["method"] != "reference").astype(int)
+    out["order"] = [FAMILIES.index(f) if f in FAMILIES else len(FAMILIES) for f in out["family"]]
     return out.sort_values(["task", "arch", "order", "method", "budget"]).drop(columns="order").reset_index(drop=True)
 
 
-def _cell(row: pd.Series, pm: str) -> str:
+def _cell(row: pd.Series, pm: str, bold=None) -> str:
     if row["status"] != "ok":
         return f"{row['status']} ({row['ok']}/{row['seeds']} ok)" if row["ok"] else row["status"]
-    value = f"{row['mean']:.2f}" + (f" {pm} {row['std']:.2f}" if row["seeds"] > 1 else "")
+    value = f"{row['mean']:.2f}"
+    if bold is not None:
+        value = bold(value)
+    value += f" {pm} {row['std']:.2f}" if row["seeds"] > 1 else ""
     return f"{value} ({row['bpw']:.2f} bpw, {row['compression_ratio']:.1f}×)"
+
+
+def best_rows(long: pd.DataFrame) -> set:
+    """Index labels of the best mean per (arch, budget) among the methods (ties: all of them)."""
+    cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna()]
+    best = set()
+    for _, g in cells.groupby(["arch", "budget"]):
+        target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()
+        best |= set(g.index[g["mean"] == target])
+    return best
 
 
 def _paper(row: pd.Series | None) -> str:
     return NOT_RUN if row is None or pd.isna(row["paper"]) else f"{row['paper']:.2f}"
 
 
-def wide_table(long: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
-    """One task's table: reference row per arch, then one row per method; a column per budget,
-    each followed by a "paper" column when the record carries published figures."""
+def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") -> pd.DataFrame:
+    """One task's table: reference row per arch, then one row per method (with its family); a
+    column per budget, each followed by a "paper" column when the record carries published
+    figures; the best mean per column in ``bold``."""
+    best = best_rows(long)
     budgets = sorted(b for b in long["budget"].dropna().unique())
     with_paper = bool(long["paper"].notna().any()) if "paper" in long else False
     header = []
@@ -77,13 +108,14 @@ def wide_table(long: pd.DataFrame, pm: str = "±") -> pd.DataFrame:
         header += [f"{b:g}-bit"] + ([f"{b:g}-bit paper"] if with_paper else [])
     rows = []
     for (arch, method), g in long.groupby(["arch", "method"], sort=False):
-        by_budget = {row["budget"]: row for _, row in g.iterrows()}
+        by_budget = {row["budget"]: (i, row) for i, row in g.iterrows()}
         cells = []
         for b in budgets:
-            row = g.iloc[0] if method == "reference" else by_budget.get(b)
-            cells += [_cell(row, pm) if row is not None else NOT_RUN] + ([_paper(row)] if with_paper else [])
-        rows.append([arch, method] + cells)
-    return pd.DataFrame(rows, columns=["arch", "method"] + header)
+            i, row = (g.index[0], g.iloc[0]) if method == "reference" else by_budget.get(b, (None, None))
+            text = NOT_RUN if row is None else _cell(row, pm, bold if i in best else None)
+            cells += [text] + ([_paper(row)] if with_paper else [])
+        rows.append([arch, g["family"].iloc[0], method] + cells)
+    return pd.DataFrame(rows, columns=["arch", "family", "method"] + header)
 
 
 def _write(text: str, path: Path) -> None:
@@ -104,10 +136,12 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
             raise LookupError(f"the MLflow record has no runs for task {task!r}")
         metric = part["metric"].iloc[0]
         unit = " (%)" if metric in ("accuracy", "error") else ""
-        caption = (f"{task}: test {metric}{unit}, mean ± std over seeds, with achieved bits per weight and "
-                   f"compression ratio" + ("; 'paper': the published figure." if part["paper"].notna().any() else "."))
+        better = "higher" if part["higher_is_better"].iloc[0] else "lower"
+        caption = (f"{task}: test {metric}{unit} ({better} is better; best per column in bold), mean ± std over "
+                   f"seeds, with achieved bits per weight and compression ratio"
+                   + ("; 'paper': the published figure." if part["paper"].notna().any() else "."))
         md = wide_table(part).to_markdown(index=False)
-        tex_table = wide_table(part, pm=r"$\pm$")
+        tex_table = wide_table(part, pm=r"$\pm$", bold=lambda v: rf"\textbf{{{v}}}")
         for col in ("arch", "method"):
             tex_table[col] = tex_table[col].str.replace("_", r"\_")
         tex = tex_table.to_latex(index=False, escape=False, caption=caption.replace("±", r"$\pm$"),
@@ -120,6 +154,35 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
     return written
 
 
+def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
+                tasks: list[str] | None = None) -> list[Path]:
+    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task."""
+    from quantbench.plots import size_plot, steps_plot
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks or sorted(long["task"].unique()):
+        part = long[long["task"] == task]
+        written += size_plot(part, task, out_dir)
+        written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
+                              part["metric"].iloc[0], out_dir)
+    return written
+
+
 def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
                        tasks: list[str] | None = None) -> list[Path]:
-    return write_tables(Tracker(tracking_uri).runs(experiment), out_dir, tasks)
+    """Tables and plots of ``experiment`` from its MLflow record alone."""
+    from quantbench.plots import STEP_CURVES
+
+    tracker = Tracker(tracking_uri)
+    runs = tracker.runs(experiment)
+    written = write_tables(runs, out_dir, tasks)
+    latest = latest_runs(runs)
+    latest = latest[latest.get("tags.family", pd.Series(index=latest.index, dtype=object)).isin(["LC", "DiffQ"])]
+    keys = {key.format(metric=m) for key, _, _ in STEP_CURVES for m in latest.get("tags.metric", [])}
+    rows = [(latest.loc[latest["run_id"] == r, "tags.task"].iloc[0], latest.loc[latest["run_id"] == r,
+             "tags.cell_id"].iloc[0], k, step, v) for r, k, step, v in tracker.metric_histories(
+             list(latest["run_id"]), sorted(keys))]
+    histories = pd.DataFrame(rows, columns=["task", "cell_id", "key", "step", "value"])
+    return written + write_plots(summarize(runs), histories, out_dir, tasks)

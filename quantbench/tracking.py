@@ -104,27 +104,65 @@ class Tracker:
                 raise
             return with_retry(self.client.get_experiment_by_name, name).experiment_id
 
-    def record_run(self, experiment_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
-                   step_metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: list[Path],
-                   status: str = "FINISHED") -> str:
-        """Write one complete run; returns its id. ``status``: FINISHED or FAILED."""
-        from mlflow.entities import Metric, Param
+    def start_run(self, experiment_id: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
+        """Open a run (status RUNNING) with its params and tags; returns its id."""
+        from mlflow.entities import Param
 
-        now = int(time.time() * 1000)
         run = with_retry(self.client.create_run, experiment_id, run_name=run_name,
                          tags={k: str(v)[:5000] for k, v in tags.items()})
         run_id = run.info.run_id
         for chunk in _chunks([Param(k, v[:6000]) for k, v in params.items()], 100):
             with_retry(self.client.log_batch, run_id, params=chunk)
+        return run_id
+
+    def finish_run(self, run_id: str, metrics: dict[str, float], step_metrics: list[tuple[str, float, int]],
+                   tags: dict[str, str], artifacts: list[Path], status: str = "FINISHED") -> None:
+        """Log the outcome and close the run. ``status``: FINISHED, FAILED or KILLED."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
         metric_rows = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
         metric_rows += [Metric(k, float(v), now, s) for k, v, s in step_metrics]
         for chunk in _chunks(metric_rows, 1000):
             with_retry(self.client.log_batch, run_id, metrics=chunk)
+        tag_rows = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for chunk in _chunks(tag_rows, 100):
+            with_retry(self.client.log_batch, run_id, tags=chunk)
         for path in artifacts:
             if Path(path).is_file():
                 with_retry(self.client.log_artifact, run_id, str(path))
         with_retry(self.client.set_terminated, run_id, status=status)
+
+    def record_run(self, experiment_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
+                   step_metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: list[Path],
+                   status: str = "FINISHED") -> str:
+        """Write one complete run at once; returns its id."""
+        run_id = self.start_run(experiment_id, run_name, params, tags)
+        self.finish_run(run_id, metrics, step_metrics, {}, artifacts, status)
         return run_id
+
+    def close_abandoned(self, experiment_id: str, cell_id: str) -> list[str]:
+        """Mark KILLED the runs of ``cell_id`` still RUNNING: their job died without closing them
+        (SIGKILL, node failure, out of memory). Called when the cell starts again."""
+        from mlflow.entities import RunStatus
+
+        found = with_retry(self.client.search_runs, [experiment_id],
+                           filter_string=f"tags.cell_id = '{cell_id}' and attributes.status = 'RUNNING'")
+        for run in found:
+            with_retry(self.client.set_tag, run.info.run_id, "status", "killed")
+            with_retry(self.client.set_tag, run.info.run_id, "failure_reason",
+                       "the job ended without closing its run (killed); found when the cell was run again")
+            with_retry(self.client.set_terminated, run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+        return [r.info.run_id for r in found]
+
+    def metric_histories(self, run_ids: list[str], keys: list[str]) -> list[tuple[str, str, int, float]]:
+        """``(run_id, key, step, value)`` of every logged value (``search_runs`` keeps only the last)."""
+        rows = []
+        for run_id in run_ids:
+            for key in keys:
+                for m in with_retry(self.client.get_metric_history, run_id, key):
+                    rows.append((run_id, key, m.step, m.value))
+        return rows
 
     def runs(self, experiment: str):
         """All runs of ``experiment`` as a pandas DataFrame (``mlflow.search_runs``)."""

@@ -191,6 +191,15 @@ def reference_key(task: str, task_params: dict, arch: str, arch_params: dict, se
             "seed": seed, "train": asdict(settings), "torch": torch.__version__.split("+")[0]}
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (checkpoint and artifact integrity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write atomically (a temp file, then rename) so an interrupted job leaves nothing half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,14 @@ def test_defaults_are_filled_and_grid_expanded():
 def test_default_config_file_is_valid():
     cfg = load_config("workflows/config/default.yaml")
     ids = {c.id for c in cfg.cells}
-    for method, budgets in {"rtn": [2, 4, 8], "lc_adaptive": [1, 2, 4], "dc": [1, 2], "idc": [1, 2],
-                            "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [2, 4],
-                            "gpfq": [2, 3, 4], "msq": [2, 3, 4], "qat": [2, 4, 8], "lsq": [2, 4, 8],
-                            "diffq": [2, 3, 4, 8], "diffq_fixed": [2, 3, 4, 8], "opq": [1, 2, 4],
-                            "opq_oneshot": [1, 2, 4], "prune_quant_uniform": [1, 2, 4]}.items():
-        assert {f"digits/lenet300/{method}/b{b}/s0" for b in budgets} <= ids
+    archs = ["lenet300", "lenet5", "resnet20", "vgg16", "vit"]
+    for method, budgets in {"rtn": [1, 2], "lc_adaptive": [1, 2], "dc": [1, 2], "idc": [1, 2],
+                            "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [2],
+                            "gpfq": [2], "msq": [2], "qat": [1, 2], "lsq": [2],
+                            "diffq": [1.58, 2], "diffq_fixed": [2], "opq": [1, 1.58, 2],
+                            "opq_oneshot": [1, 1.58, 2], "prune_quant_uniform": [1, 1.58, 2]}.items():
+        for arch in archs:  # every method on every architecture family
+            assert {f"digits/{arch}/{method}/b{b}/s0" for b in budgets} <= ids
     assert "digits/lenet300/lc_ternary/b2/s0" not in ids
 
 

@@ -103,8 +103,8 @@ def test_bad_grid_keys_name_the_key(config, message):
 
 
 def test_archs_mapping_pairs_tasks_with_their_own_archs():
-    cfg = load_config({"name": "m", "tasks": ["digits", "mnist"], "archs": {"digits": ["lenet300"], "mnist": ["lenet5"]},
-                       "methods": ["rtn"], "budgets": [2]})
+    cfg = load_config({"name": "m", "tasks": ["digits", "mnist"], "methods": ["rtn"], "budgets": [2],
+                       "archs": {"digits": ["lenet300"], "mnist": ["lenet5"]}})
     assert [(c.task, c.arch) for c in cfg.cells] == [("digits", "lenet300"), ("mnist", "lenet5")]
 
 
@@ -117,3 +117,47 @@ def test_the_task_shapes_match_the_builders():
     if (shared / "mnist-t10k").is_dir():
         task = build_task("mnist_t10k", root=str(shared))
         assert (task.input_shape, task.num_classes) == TASK_SHAPES["mnist_t10k"]
+
+
+def test_variants_run_as_methods_of_their_own():
+    cfg = load_config({"name": "v", "methods": ["rtn", "lc_adaptive"], "budgets": [2],
+                       "method_params": {"lc_adaptive": {"steps": 5, "mu0": 0.01}},
+                       "variants": {"lc_adaptive": {"lloyd": {"kmeans": "lloyd", "steps": 3}}}})
+    assert [c.method for c in cfg.cells] == ["rtn", "lc_adaptive", "lc_adaptive@lloyd"]
+    plain, variant = (cfg.cell_spec(c)["method_params"] for c in cfg.cells[1:])
+    assert (plain["kmeans"], plain["steps"], plain["mu0"]) == ("exact", 5, 0.01)
+    assert (variant["kmeans"], variant["steps"], variant["mu0"]) == ("lloyd", 3, 0.01)
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"variants": {"dc": {"a": {}}}}, r"config.variants.dc: 'dc' is not in config.methods"),
+    ({"methods": ["lc_adaptive"], "variants": {"lc_adaptive": {"a": {"nope": 1}}}},
+     r"config.variants.lc_adaptive.a.nope: unknown parameter"),
+    ({"methods": ["lc_adaptive"], "variants": {"lc_adaptive": {"a-b": {}}}}, r"'a-b' does not match"),
+    ({"resources": {"cell": {"gpus": 1}}}, r"config.resources.cell: unknown key\(s\) \['gpus'\]"),
+])
+def test_bad_variants_and_resources_name_the_key(config, message):
+    from quantbench.method import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config({"name": "bad", **config})
+
+
+@pytest.mark.slow
+def test_jobs_ask_for_the_configured_resources(tmp_path):
+    config = {"name": "res", "archs": ["lenet300", "lenet5"], "budgets": [2], "threads": 2,
+              "resources": {"cell": {"mem_mb": 1234, "runtime": 7},
+                            "archs": {"lenet5": {"cell": {"gpu": 1, "mem_mb": 4321}}}}}
+    path = tmp_path / "config.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(path), "--cores", "4", "-n", "-p"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = re.split(r"\n(?=(?:local)?rule )", proc.stdout + proc.stderr)
+    cells = {re.search(r"arch=(\w+)", j).group(1): j for j in jobs if j.startswith("rule cell")}
+    assert "mem_mb=1234" in cells["lenet300"] and "runtime=7" in cells["lenet300"] and "gpu=0" in cells["lenet300"]
+    assert "mem_mb=4321" in cells["lenet5"] and "gpu=1" in cells["lenet5"] and "runtime=7" in cells["lenet5"]
+    assert "--threads 2" in cells["lenet5"]

@@ -117,3 +117,23 @@ def test_fairseq_lm_is_causal_and_returns_log_probabilities():
     changed = tokens.clone()
     changed[:, 8:] = 5
     assert torch.allclose(model(changed)[:, :8], out[:, :8], atol=1e-5)  # the future does not leak
+
+
+def test_adaptive_softmax_log_probs_match_fairseq_and_train():
+    pytest.importorskip("fairseq", reason="the lm extra (fairseq-fixed) is not installed")
+    from models.transformer_lm import adaptive_log_probs
+
+    torch.manual_seed(0)
+    model = build_model("transformer_lm", (8,), 300, decoder_layers=1, decoder_embed_dim=16, decoder_ffn_embed_dim=32,
+                        decoder_attention_heads=2, dropout=0.0)
+    decoder = model.lm.decoder
+    from fairseq.modules import AdaptiveSoftmax
+
+    decoder.adaptive_softmax = AdaptiveSoftmax(300, 16, [100, 200], dropout=0.0)
+    features = torch.randn(2, 8, 16)
+    ours = adaptive_log_probs(decoder.adaptive_softmax.eval(), features)
+    theirs = decoder.adaptive_softmax.get_log_prob(features, None)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert torch.allclose(ours.exp().sum(-1), torch.ones(2, 8), atol=1e-5)
+    ours.sum().backward()  # fairseq's in-place version cannot be differentiated
+    assert decoder.adaptive_softmax.head.weight.grad is not None

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from models import build_model
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
-from quantbench.runner import checkpoint_path, run_cell, run_reference
+from quantbench.runner import JobFailed, checkpoint_path, run_cell, run_reference
 from quantbench.tracking import Tracker
 
 
@@ -58,25 +57,12 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     assert (cells["metrics.accuracy"] == a["metrics"]["accuracy"]).all()
 
 
-def test_damaged_reference_checkpoint_is_a_clear_error(jobs, tmp_path):
-    cfg, ref_spec, ref_out = jobs
-    info = run_reference(ref_spec, ref_out, show_progress=False)
-    with open(info["checkpoint"], "wb") as f:
-        f.write(b"not a checkpoint")
-    with pytest.raises(ValueError, match="reference checkpoint .* cannot be loaded"):
-        run_cell(cfg.cell_spec(cfg.cells[0]), ref_out, tmp_path / "c" / "metrics.json", show_progress=False)
-    assert not (tmp_path / "c" / "metrics.json").exists()
-    runs = Tracker(cfg.tracking_uri()).runs("tiny")
-    failed = runs[runs["tags.kind"] == "cell"]
-    assert list(failed["status"]) == ["FAILED"] and "cannot be loaded" in failed["tags.failure_reason"].iloc[0]
-
-
-def test_diverged_reference_is_recorded_as_failed(jobs, tmp_path):
+def test_diverged_reference_fails_its_job_and_records_why(jobs, tmp_path):
     cfg, ref_spec, ref_out = jobs
     spec = dict(ref_spec, train={**ref_spec["train"], "lr": 1e6, "momentum": 0.99})
-    info = run_reference(spec, ref_out, show_progress=False)
-    assert info["status"] == "diverged" and "loss is" in info["reason"]
-    cell = run_cell(dict(cfg.cell_spec(cfg.cells[0]), train=spec["train"]), ref_out,
-                    tmp_path / "c" / "metrics.json", show_progress=False)
-    assert cell["status"] == "diverged" and "reference" in cell["reason"]
-    torch.manual_seed(0)
+    with pytest.raises(JobFailed, match="digits/lenet300/reference/s0 diverged: training loss is"):
+        run_reference(spec, ref_out, show_progress=False)
+    assert not ref_out.exists() and not checkpoint_path(spec)[0].exists()
+    runs = Tracker(cfg.tracking_uri()).runs("tiny")
+    assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["diverged"]
+    assert "loss is" in runs["tags.failure_reason"].iloc[0]

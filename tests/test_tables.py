@@ -40,21 +40,22 @@ def record(tmp_path):
 def test_tables_aggregate_seeds_and_mark_failures(record):
     uri, out = record
     paths = tables_from_mlflow(uri, "t", out)
-    assert sorted(p.name for p in paths) == ["digits.csv", "digits.md", "digits.tex"]
+    assert sorted(p.name for p in paths) == ["digits.csv", "digits.md", "digits.tex", "digits_size.pdf",
+                                             "digits_size.png", "digits_steps.pdf", "digits_steps.png"]
     md = (out / "digits.md").read_text()
     mean, std = statistics.mean([90.0, 92.0]), statistics.stdev([90.0, 92.0])
     ref_mean, ref_std = statistics.mean([96.0, 98.0]), statistics.stdev([96.0, 98.0])
-    lines = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| mlp")}
-    assert f"{mean:.2f} ± {std:.2f} (2.10 bpw, 14.0×)" in lines["rtn"]
+    lines = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| mlp")}
+    assert f"**{mean:.2f}** ± {std:.2f} (2.10 bpw, 14.0×)" in lines["rtn"]  # the best at 2 bits: bold
     assert "diverged (1/2 ok)" in lines["rtn"]
     assert f"{ref_mean:.2f} ± {ref_std:.2f} (32.00 bpw, 1.0×)" in lines["reference"]
-    assert "70.00 (2.50 bpw, 12.0×)" in lines["other"] and "—" in lines["other"]
+    assert "| 70.00 (2.50 bpw, 12.0×)" in lines["other"] and "—" in lines["other"]
     assert list(lines) == ["reference", "other", "rtn"]
     csv = pd.read_csv(out / "digits.csv")
     row = csv[(csv.method == "rtn") & (csv.budget == 2)].iloc[0]
     assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std) and row["seeds"] == 2
     tex = (out / "digits.tex").read_text()
-    assert r"\toprule" in tex and r"$\pm$" in tex and "±" not in tex
+    assert r"\toprule" in tex and r"$\pm$" in tex and "±" not in tex and r"\textbf{91.00}" in tex
 
 
 def test_unknown_experiment_is_a_clear_error(record):
@@ -81,9 +82,9 @@ def test_published_figures_get_a_paper_column(tmp_path):
     tables_from_mlflow(uri, "p", tmp_path / "tables")
     md = (tmp_path / "tables" / "mnist.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| arch"))
-    assert [c.strip() for c in header.split("|")[1:-1]] == ["arch", "method", "1-bit", "1-bit paper", "2-bit",
-                                                             "2-bit paper"]
-    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+    assert [c.strip() for c in header.split("|")[1:-1]] == ["arch", "family", "method", "1-bit", "1-bit paper",
+                                                             "2-bit", "2-bit paper"]
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]]
             for line in md.splitlines() if line.startswith("| lenet300")}
     assert rows["reference"][1] == rows["reference"][3] == "97.87"
     assert rows["lc"][1] == "97.44" and rows["lc"][3] == "—"

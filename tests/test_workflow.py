@@ -30,10 +30,10 @@ def test_grid_runs_end_to_end_and_tables_regenerate_from_mlflow(tmp_path):
 
     table = tmp_path / "results/tables/e2e/digits.md"
     md = table.read_text()
-    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
+    rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
     assert set(rows) == {"reference", "rtn"}
     # two seeds -> mean ± std; achieved bpw a little above the budget (side information)
-    assert re.search(r"\d+\.\d\d ± \d+\.\d\d \(2\.0\d bpw, \d+\.\d×\)", rows["rtn"])
+    assert re.search(r"\d+\.\d\d(\*\*)? ± \d+\.\d\d \(2\.0\d bpw, \d+\.\d×\)", rows["rtn"])
     assert re.search(r"\(8\.0\d bpw, 3\.\d×\)", rows["rtn"])
     for cell in ("rtn/b2/s0", "rtn/b2/s1", "rtn/b8/s0", "rtn/b8/s1", "reference/s0", "reference/s1"):
         assert (tmp_path / f"results/runs/e2e/digits/lenet300/{cell}/metrics.json").is_file()
@@ -50,14 +50,16 @@ def test_grid_runs_end_to_end_and_tables_regenerate_from_mlflow(tmp_path):
     snakemake(tmp_path)
     assert table.read_text() == md  # deterministic: the rerun reproduces the cell
 
-    # the record alone regenerates the same tables
-    saved = {p.name: p.read_text() for p in table.parent.iterdir()}
+    # the record alone regenerates the same tables and plots (byte for byte)
+    saved = {p.name: p.read_bytes() for p in table.parent.iterdir()}
+    assert sorted(saved) == ["digits.csv", "digits.md", "digits.tex", "digits_size.pdf", "digits_size.png",
+                             "digits_steps.pdf", "digits_steps.png"]
     shutil.rmtree(tmp_path / "results/runs")
     shutil.rmtree(table.parent)
     proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "tables", "--experiment", "e2e",
                            "--results-dir", str(tmp_path / "results")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert {p.name: p.read_text() for p in table.parent.iterdir()} == saved
+    assert {p.name: p.read_bytes() for p in table.parent.iterdir()} == saved
 
 
 def test_invalid_config_stops_before_planning(tmp_path):

@@ -101,6 +101,7 @@ class IDCParams(TrainParams):
 
 
 class _CodebookMethod(Method):
+    family = "LC"
     codebook: ClassVar[str] = "adaptive"
     needs = frozenset({"train_data"})
 

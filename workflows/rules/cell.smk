@@ -9,10 +9,11 @@ rule cell:
         f"{LOGS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}.log",
     params:
         spec=cell_spec,
-    threads: CFG["threads"]
+    threads: CFG.rule_resource("cell", "threads")
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=CFG.rule_resource("cell", "mem_mb"),
+        runtime=CFG.rule_resource("cell", "runtime"),
+        gpu=CFG.rule_resource("cell", "gpu"),
     conda:
         "../../environment.yml"
     shell:

@@ -22,7 +22,7 @@ TRACKING_URI_ARG = f"--tracking-uri {CFG['tracking_uri']}" if CFG["tracking_uri"
 wildcard_constraints:
     task=r"[A-Za-z0-9_]+",
     arch=r"[A-Za-z0-9_]+",
-    method=r"[A-Za-z0-9_]+",
+    method=r"[A-Za-z0-9_]+(@[A-Za-z0-9_]+)?",
     budget=r"[0-9]+(\.[0-9]+)?",
     seed=r"[0-9]+",
 
@@ -35,8 +35,12 @@ def cell_file(cell):
     return f"{RUNS}/{cell.id}/metrics.json"
 
 
-def table_files():
-    return expand(f"{RESULTS}/tables/{EXP}/{{task}}.{{ext}}", task=CFG["tasks"], ext=["md", "csv", "tex"])
+def table_files(exts=("md", "csv", "tex")):
+    return expand(f"{RESULTS}/tables/{EXP}/{{task}}.{{ext}}", task=CFG["tasks"], ext=list(exts))
+
+
+def plot_files(ext):
+    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
 
 
 def reference_spec(wildcards):

@@ -8,10 +8,11 @@ rule reference:
         f"{LOGS}/{{task}}/{{arch}}/reference/s{{seed}}.log",
     params:
         spec=reference_spec,
-    threads: CFG["threads"]
+    threads: CFG.rule_resource("reference", "threads")
     resources:
-        mem_mb=2000,
-        runtime=60,
+        mem_mb=CFG.rule_resource("reference", "mem_mb"),
+        runtime=CFG.rule_resource("reference", "runtime"),
+        gpu=CFG.rule_resource("reference", "gpu"),
     conda:
         "../../environment.yml"
     shell:

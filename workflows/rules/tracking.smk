@@ -8,6 +8,9 @@ rule tracking:
         experiment=EXP,
         results=lambda wildcards, output: Path(output[0]).parents[2],
         uri=TRACKING_URI_ARG,
+    resources:
+        mem_mb=2000,
+        runtime=30,
     conda:
         "../../environment.yml"
     shell:

@@ -1,0 +1,64 @@
+"""A method plugin installed from its own package (tests/fixtures/quantbench-plugin-example):
+the entry point registers it, a Snakemake grid runs it, and the table has its row."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN = REPO / "tests" / "fixtures" / "quantbench-plugin-example"
+pytestmark = pytest.mark.slow
+
+
+def pip(*args: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def installed_plugin():
+    pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGIN))
+    try:
+        yield
+    finally:
+        pip("uninstall", "-y", "quantbench-plugin-example")
+
+
+def test_the_installed_plugin_is_listed(installed_plugin):
+    out = subprocess.run([sys.executable, "-m", "quantbench.cli", "methods"], capture_output=True, text=True,
+                         timeout=300).stdout
+    assert "rtn_clip" in out and "quantbench_plugin_example.ClippedRTN" in out
+
+
+def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_path):
+    config = {"name": "plugin", "methods": ["rtn", "rtn_clip"], "budgets": [2], "reference": {"epochs": 2},
+              "method_params": {"rtn_clip": {"clip": 0.02}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "--cores", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "results/tables/plugin/digits.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
+    assert "(2.0" in rows["rtn_clip"] and "| other" in rows["rtn_clip"]
+    # the clipped grid, checked by hand on the packed file: 2 % clipped at each end of every layer
+    from quantbench.format import CompressedModel
+
+    packed = CompressedModel.load(tmp_path / "results/runs/plugin/digits/lenet300/rtn_clip/b2/s0/model.qbc")
+    from models import build_model
+    from quantbench.train import load_checkpoint
+
+    ref_info = yaml.safe_load((tmp_path / "results/runs/plugin/digits/lenet300/reference/s0/metrics.json").read_text())
+    ref = load_checkpoint(tmp_path / ref_info["checkpoint"], build_model("lenet300", **packed.arch_kwargs))
+    w = ref.state_dict()["1.weight"].double().flatten()
+    lo, hi = torch.quantile(w, torch.tensor([0.02, 0.98], dtype=torch.float64))
+    values = packed.records["1.weight"].dequantize().double().unique()
+    assert len(values) == 4
+    assert float(values.min()) == pytest.approx(float(lo), rel=1e-6)
+    assert float(values.max()) == pytest.approx(float(hi), rel=1e-6)
