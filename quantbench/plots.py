@@ -40,7 +40,7 @@ def _figure(n: int):
 
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n]), plt
@@ -66,7 +66,10 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     higher = bool(part["higher_is_better"].iloc[0])
     archs = list(dict.fromkeys(part["arch"]))
     fig, axes, plt = _figure(len(archs))
+    from matplotlib.ticker import NullFormatter
+
     for ax, arch in zip(axes, archs, strict=True):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per method
         rows = part[(part["arch"] == arch) & (part["status"] == "ok") & part["mean"].notna() & (part["size_kib"] > 0)]
         if rows.empty:
             ax.text(0.5, 0.5, "no finished runs with a recorded size", ha="center", va="center")
@@ -87,6 +90,7 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
             ax.axhline(r["mean"], color="k", ls="--", lw=1)
             ax.plot([r["size_kib"]], [r["mean"]], "k*", ms=9, label="reference (fp32)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("model size (KiB, all parameters)")
         ax.set_ylabel(f"test {metric}")
         ax.set_title(f"{task} / {arch}")
