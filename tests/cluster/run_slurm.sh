@@ -127,6 +127,7 @@ budgets: [2]
 seeds: [0]
 reference: {epochs: 2}
 CONF
+START=$(date +%Y-%m-%dT%H:%M:%S)  # only this run's jobs count below
 (cd "$WORK" && python -m snakemake --snakefile "$REPO/Snakefile" --directory "$WORK" \
     --configfile "$WORK/config.yaml" --workflow-profile "$REPO/workflows/profiles/slurm" \
     --default-resources slurm_account=quantbench slurm_partition=main --jobs 4 \
@@ -136,8 +137,8 @@ log "checking the table and the accounting"
 TABLE="$WORK/results/tables/slurm/digits.md"
 grep -E "^\| lenet300 +\| baseline +\| rtn +\| (\*\*)?[0-9]+\.[0-9]{2}(\*\*)? \(2\.0[0-9] bpw" "$TABLE"
 grep -E "^\| lenet300 +\| reference +\| reference +\| [0-9]+\.[0-9]{2} \(32\.00 bpw" "$TABLE"
-JOBS=$(sacct -n -X -o JobName%60,State%20 | grep -c COMPLETED || true)
-sacct -X -o JobID,JobName%40,State,Elapsed
+JOBS=$(sacct -n -X -S "$START" -o JobName%60,State%20 | grep -c COMPLETED || true)
+sacct -X -S "$START" -o JobID,JobName%40,State,Elapsed
 [ "$JOBS" -ge 3 ] || { echo "expected >= 3 COMPLETED SLURM jobs (tracking, reference, cell), found $JOBS"; exit 1; }
 log "OK: $JOBS jobs ran through SLURM and the table has the cell"
 rm -rf "$WORK"
