@@ -181,8 +181,8 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     latest = latest_runs(runs)
     latest = latest[latest.get("tags.family", pd.Series(index=latest.index, dtype=object)).isin(["LC", "DiffQ"])]
     keys = {key.format(metric=m) for key, _, _ in STEP_CURVES for m in latest.get("tags.metric", [])}
-    rows = [(latest.loc[latest["run_id"] == r, "tags.task"].iloc[0], latest.loc[latest["run_id"] == r,
-             "tags.cell_id"].iloc[0], k, step, v) for r, k, step, v in tracker.metric_histories(
-             list(latest["run_id"]), sorted(keys))]
+    cells = dict(zip(latest["run_id"], zip(latest["tags.task"], latest["tags.cell_id"], strict=True), strict=True))
+    rows = [(*cells[run_id], key, step, value)
+            for run_id, key, step, value in tracker.metric_histories(list(cells), sorted(keys))]
     histories = pd.DataFrame(rows, columns=["task", "cell_id", "key", "step", "value"])
     return written + write_plots(summarize(runs), histories, out_dir, tasks)
