@@ -253,11 +253,11 @@ def load_config(source: str | Path | dict) -> Config:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")
     labels = [label for m in raw["methods"] for label in [m] + [f"{m}@{v}" for v in raw["variants"].get(m, {})]]
-    params = {label: make_params(get_method(label.partition("@")[0]).Params, cfg.method_params(label), label)
+    params = {label: make_params(get_method(label).Params, cfg.method_params(label), label)
               for label in labels}
     for (task, arch), label, bits, seed in itertools.product(pairs, labels, raw["budgets"], raw["seeds"]):
         cell = Cell(task, arch, label, format_budget(bits), seed)
-        if get_method(label.partition("@")[0]).serves(Budget(float(bits)), params[label]):
+        if get_method(label).serves(Budget(float(bits)), params[label]):
             cfg.cells.append(cell)
         else:
             cfg.skipped.append((cell, f"{label} does not serve a {format_budget(bits)}-bit budget"))

@@ -47,7 +47,9 @@ def available_methods() -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
+    """The class of a method, or of a variant label ``<method>@<variant>`` (config ``variants``)."""
     _load()
-    if name not in _METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {sorted(_METHODS)}")
-    return _METHODS[name]
+    base = name.partition("@")[0]
+    if base not in _METHODS:
+        raise ConfigError(f"unknown method {base!r}; available: {sorted(_METHODS)}")
+    return _METHODS[base]

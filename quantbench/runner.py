@@ -98,16 +98,16 @@ def _tracker(spec: dict) -> tuple[Tracker, str]:
     return tracker, tracker.ensure_experiment(spec["experiment"], results / "mlartifacts")
 
 
-def _tags(spec: dict, device: torch.device, cell_id: str, metric: str, status: str, reason: str = "") -> dict:
-    tags = {**environment_tags(), "kind": spec["kind"], "cell_id": cell_id, "task": spec["task"], "metric": metric,
-            "arch": spec["arch"], "seed": str(spec["seed"]), "device": str(device),
-            "config_hash": content_hash(spec)[:16], "status": status}
+def _tags(spec: dict, device: torch.device, cell_id: str, task) -> dict:
+    """The tags a job's run opens with (``status=running``; the outcome adds its own)."""
+    tags = {**environment_tags(), "kind": spec["kind"], "cell_id": cell_id, "task": spec["task"],
+            "metric": task.metric, "higher_is_better": str(task.higher_is_better).lower(), "arch": spec["arch"],
+            "seed": str(spec["seed"]), "device": str(device), "config_hash": content_hash(spec)[:16],
+            "status": "running", "family": "reference"}
     if spec["kind"] == "cell":
-        tags.update(method=spec["method"], budget=f"{spec['budget']:g}")
-    if reason:
-        tags["failure_reason"] = reason
-    if spec["kind"] == "cell" and "@" in spec["method"]:
-        tags["variant"] = spec["method"].partition("@")[2]
+        tags.update(method=spec["method"], budget=f"{spec['budget']:g}", family=get_method(spec["method"]).family)
+        if "@" in spec["method"]:
+            tags["variant"] = spec["method"].partition("@")[2]
     if spec.get("paper") is not None:
         tags.update(paper_value=f"{spec['paper']:g}", paper_source=spec.get("paper_source", ""))
     return tags
@@ -133,7 +133,8 @@ def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: 
     t0 = time.perf_counter()
     with _recorded(run, log_file, lambda: []):
         sidecar = ckpt.with_name(ckpt.name + ".sha256")
-        if ckpt.is_file() and sidecar.is_file() and sidecar.read_text().strip() == file_sha256(ckpt):
+        sha = file_sha256(ckpt) if ckpt.is_file() and sidecar.is_file() else None
+        if sha is not None and sidecar.read_text().strip() == sha:
             log.info("reference %s: cached checkpoint %s", cell_id, ckpt)
             load_checkpoint(ckpt, model)
         else:
@@ -143,13 +144,14 @@ def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: 
             history = train(model, task, TrainSettings(**spec["train"]), spec["seed"], device, show_progress)
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
-            sidecar.write_text(file_sha256(ckpt) + "\n")
+            sha = file_sha256(ckpt)
+            sidecar.write_text(sha + "\n")
         t_train = time.perf_counter() - t0
         metrics = task.evaluate(model.to(device), device=device)
         _check_finite(metrics)
     n_params = sum(p.numel() for p in model.parameters())
     result = {"status": "ok", "reason": "", "cell_id": cell_id, "checkpoint": str(ckpt), "hash": digest,
-              "checkpoint_sha256": file_sha256(ckpt), "cached": not history, "metric": task.metric,
+              "checkpoint_sha256": sha, "cached": not history, "metric": task.metric,
               "metrics": metrics, "n_params": n_params, "size_bits": 32 * n_params, "time_train_s": t_train}
     run_metrics = {**metrics, "n_params": n_params, "size_bits": 32 * n_params, "bpw": 32.0,
                    "compression_ratio": 1.0, "time_train_s": t_train}
@@ -163,7 +165,7 @@ def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = Non
     cell_id = f"{spec['task']}/{spec['arch']}/{spec['method']}/b{spec['budget']:g}/s{spec['seed']}"
     ref_info = json.loads(Path(reference).read_text())
     run = _open_run(spec, cell_id, device, task)
-    method_cls = get_method(spec["method"].partition("@")[0])
+    method_cls = get_method(spec["method"])
     ctx = RunContext(task, spec["arch"], arch_kwargs, spec["seed"], device, show_progress=show_progress)
     artifact = out.parent / "model.qbc"
     times = {}
@@ -207,16 +209,8 @@ def _open_run(spec: dict, cell_id: str, device: torch.device, task) -> tuple:
     stale = tracker.close_abandoned(exp_id, cell_id)
     if stale:
         log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
-    tags = _tags(spec, device, cell_id, task.metric, "running")
-    tags.update(higher_is_better=str(task.higher_is_better).lower(), family=_family(spec))
-    run_id = tracker.start_run(exp_id, cell_id, flatten(spec), tags)
+    run_id = tracker.start_run(exp_id, cell_id, flatten(spec), _tags(spec, device, cell_id, task))
     return tracker, run_id, cell_id
-
-
-def _family(spec: dict) -> str:
-    if spec["kind"] == "reference":
-        return "reference"
-    return get_method(spec["method"].partition("@")[0]).family
 
 
 @contextmanager
