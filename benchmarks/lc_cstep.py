@@ -6,6 +6,13 @@ the distortion ratio (ours / sklearn: <= 1 means ours is never worse). Data: N(0
 seeded. sklearn cells whose N·K·n_init exceeds --sklearn-budget are skipped (they take
 hours); say --sklearn-budget 0 to run them all.
 
+Two independent exact 1-D k-means implementations are timed too when installed
+(``pip install -e ".[bench]"``): ``ckwrap`` (the C++ of Ckmeans.1d.dp, Wang & Song 2011 / Song &
+Zhong 2020, its O(K N log N) method) and ``kmeans1d`` (C++ of the O(K N) SMAWK algorithm of
+Wu 1991 / Grønlund et al. 2017). Their columns are the time ratio to ours (> 1: ours is
+faster) and must reach the same distortion (ratio 1.000): the context for how fast an exact
+C step can be on this machine.
+
     python benchmarks/lc_cstep.py                    # N = 1e5, 1e6, 1e7; K = 2, 4, 16, 256
     python benchmarks/lc_cstep.py --n 1e5 1e6 --k 2 16
 """
@@ -22,12 +29,42 @@ from sklearn.cluster import KMeans
 from methods.lc.kmeans1d import distortion, kmeans1d_exact
 
 
+def _exact_references() -> dict[str, object]:
+    """Installed independent exact solvers: name -> f(x, k) returning (centroids, labels)."""
+    refs: dict[str, object] = {}
+    try:
+        import ckwrap
+
+        def _ckwrap(x, k):
+            r = ckwrap.ckmeans(x, k, method="loglinear")
+            return np.asarray(r.centers), np.asarray(r.labels)
+
+        refs["ckwrap"] = _ckwrap
+    except ImportError:
+        pass
+    try:
+        import kmeans1d
+
+        def _kmeans1d(x, k):
+            labels, centroids = kmeans1d.cluster(x, k)
+            return np.asarray(centroids), np.asarray(labels)
+
+        refs["kmeans1d"] = _kmeans1d
+    except ImportError:
+        pass
+    return refs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=float, nargs="+", default=[1e5, 1e6, 1e7])
     parser.add_argument("--k", type=int, nargs="+", default=[2, 4, 16, 256])
     parser.add_argument("--sklearn-budget", type=float, default=4e9, help="max N*K*n_init for sklearn (0: no limit)")
+    parser.add_argument("--exact-budget", type=float, default=2e7, help="max N*K, exact references (0: no limit)")
     args = parser.parse_args()
+    references = _exact_references()
+    if not references:
+        print("(ckwrap / kmeans1d not installed: pip install -e '.[bench]' adds their columns)")
     kmeans1d_exact(np.arange(10.0), 2)  # compile once, outside the timings
     rows = []
     for n in (int(v) for v in args.n):
@@ -45,6 +82,13 @@ def main() -> None:
                 row["sklearn_s"] = time.perf_counter() - t0
                 d_sk = distortion(x, km.cluster_centers_.ravel(), km.labels_)
                 row.update(speedup=row["sklearn_s"] / t_ours, distortion_ratio=d_ours / d_sk)
+            for name, solve in references.items():
+                row[f"{name}_vs_ours"] = row[f"{name}_distortion_ratio"] = np.nan
+                if not args.exact_budget or n * k <= args.exact_budget:
+                    t0 = time.perf_counter()
+                    c_ref, labels_ref = solve(x, k)
+                    row[f"{name}_vs_ours"] = (time.perf_counter() - t0) / t_ours
+                    row[f"{name}_distortion_ratio"] = distortion(x, c_ref, labels_ref) / d_ours
             rows.append(row)
             print(pd.DataFrame([row]).to_string(index=False, header=len(rows) == 1), flush=True)
     print()

@@ -177,9 +177,9 @@ class DiffQ(Method):
         gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 17)
         for n in names:
             mod = model.get_submodule(n.rpartition(".")[0])
-            parametrize.register_parametrization(
-                mod, "weight", PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits,
-                                               p.init_bits, p.noise, gen))
+            quantizer = PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits, p.init_bits,
+                                        p.noise, gen).to(mod.weight.device)
+            parametrize.register_parametrization(mod, "weight", quantizer)
         quantizers = _quantizers(model, names)
         logits = [q.logit for q in quantizers.values()]
         weights = [par for n, par in model.named_parameters() if not n.endswith(".logit")]

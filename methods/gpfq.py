@@ -21,6 +21,7 @@ remaining rows get one matrix product, r[rest] += G[rest, blk] W[:, blk]ᵀ − 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -52,7 +53,7 @@ def alphabet(w: torch.Tensor, bits: int, scale_factor: float, per_channel: bool,
              ) -> tuple[AffineGrid, int]:
     """Equispaced levels whose largest is C · max|w|: with 0, {kδ : |k| <= 2^(b−1) − 1};
     without 0, {(k + ½)δ : −2^(b−1) <= k < 2^(b−1)}. Returns the grid and the largest code."""
-    m = w.detach().double().abs().reshape(w.shape[0] if per_channel else 1, -1).max(dim=1).values
+    m = w.detach().double().abs().reshape(w.shape[0] if per_channel else 1, -1).max(dim=1).values.cpu()
     top = scale_factor * torch.where(m > 0, m, torch.ones_like(m))
     if include_zero:
         half = 2 ** (bits - 1) - 1
@@ -68,24 +69,31 @@ def alphabet(w: torch.Tensor, bits: int, scale_factor: float, per_channel: bool,
 
 def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGrid, qmax: int,
                rounding: str = "nearest", gen: torch.Generator | None = None, block: int = 128) -> torch.Tensor:
-    """Codes (n_out × N) of GPFQ for the weights ``w`` (n_out × N) given G = X̃ᵀX and H = X̃ᵀX̃."""
+    """Codes (n_out × N) of GPFQ for the weights ``w`` (n_out × N) given G = X̃ᵀX and H = X̃ᵀX̃.
+
+    Runs on the device of ``w``; ``gen`` (stochastic rounding) is a CPU generator, so the draws
+    do not depend on the device."""
+    device = w.device
     wt = w.detach().double().T.contiguous()  # row t = the t-th weight of every neuron
     n, n_out = wt.shape
-    gt, ht = g.double().T.contiguous(), h.double().T.contiguous()  # row t of gt = column t of G
-    diag_g, diag_h = torch.diagonal(g).double(), torch.diagonal(h).double()
-    r = torch.zeros(n, n_out, dtype=torch.float64)  # r[t] = ⟨X̃_t, u_{t−1}⟩ for every neuron
-    qt = torch.zeros(n, n_out, dtype=torch.float64)
-    codes = torch.zeros(n, n_out, dtype=torch.long)
-    scale = torch.from_numpy(grid.scale)  # one value, or one per neuron
-    zero = torch.from_numpy(grid.zero)
+    g, h = g.to(device, torch.float64), h.to(device, torch.float64)
+    gt, ht = g.T.contiguous(), h.T.contiguous()  # row t of gt = column t of G
+    diag_g, diag_h = torch.diagonal(g), torch.diagonal(h)
+    has_h = (diag_h > 0).tolist()  # host-side, so the loop does not wait on the device per weight
+    r = torch.zeros(n, n_out, dtype=torch.float64, device=device)  # r[t] = ⟨X̃_t, u_{t−1}⟩ for every neuron
+    qt = torch.zeros(n, n_out, dtype=torch.float64, device=device)
+    codes = torch.zeros(n, n_out, dtype=torch.long, device=device)
+    scale = torch.from_numpy(grid.scale).to(device)  # one value, or one per neuron
+    zero = torch.from_numpy(grid.zero).to(device)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         for t in range(b0, b1):
-            v = (r[t] + wt[t] * diag_g[t]) / diag_h[t] if diag_h[t] > 0 else wt[t]
+            v = (r[t] + wt[t] * diag_g[t]) / diag_h[t] if has_h[t] else wt[t]
             if rounding == "stochastic":
                 pos = v / scale + zero
                 low = torch.floor(pos)
-                c = low + (torch.rand(n_out, generator=gen, dtype=torch.float64) < pos - low).double()
+                draw = torch.rand(n_out, generator=gen, dtype=torch.float64).to(device)
+                c = low + (draw < pos - low).double()
             else:
                 c = torch.round(v / scale + zero)
             c = torch.clamp(c, 0, qmax)
@@ -94,7 +102,7 @@ def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGr
             if t + 1 < b1:
                 r[t + 1:b1].addr_(gt[t, t + 1:b1], wt[t]).addr_(ht[t, t + 1:b1], qt[t], alpha=-1)
         if b1 < n:
-            r[b1:] += g[b1:, b0:b1].double() @ wt[b0:b1] - h[b1:, b0:b1].double() @ qt[b0:b1]
+            r[b1:] += g[b1:, b0:b1] @ wt[b0:b1] - h[b1:, b0:b1] @ qt[b0:b1]
     return codes.T.contiguous()
 
 
@@ -113,7 +121,7 @@ def layer_rows(module: nn.Module, x: torch.Tensor, group: int, patch_rate: float
         per_group = cols.shape[1] // module.groups
         rows = cols[:, group * per_group:(group + 1) * per_group].transpose(1, 2).reshape(-1, per_group)
         if patch_rate < 1.0:
-            keep = torch.rand(rows.shape[0], generator=gen) < patch_rate
+            keep = (torch.rand(rows.shape[0], generator=gen) < patch_rate).to(rows.device)
             rows = rows[keep]
         return rows
     raise ValueError(f"GPFQ quantizes Linear and Conv2d layers, not {type(module).__name__}")
@@ -130,6 +138,17 @@ def _inputs(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) ->
                 yield seen.pop()
     finally:
         handle.remove()
+
+
+ROWS_BUDGET = 2**27  # float64 elements of one block of layer rows (1 GiB)
+
+
+def _chunks(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``x`` split along the batch so that one block of its rows stays under ``ROWS_BUDGET``
+    elements (G and H are sums over rows, so the split changes nothing but memory: unfolded
+    224×224 ImageNet patches of a 128-sample batch would take ~30 GB each for VGG16's conv1_2)."""
+    per_sample = x[0].numel() * (math.prod(module.kernel_size) if isinstance(module, nn.Conv2d) else 1)
+    return torch.split(x, max(1, ROWS_BUDGET // max(1, per_sample)))
 
 
 def _groups(module: nn.Module) -> int:
@@ -162,22 +181,23 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
             codes = torch.zeros_like(flat, dtype=torch.long)
             orig_module = dict(original.named_modules())[mod_name]
             n = flat.shape[1]
-            g_mats = torch.zeros(groups, n, n, dtype=torch.float64)  # one forward pass serves every group
-            h_mats = torch.zeros(groups, n, n, dtype=torch.float64)
+            g_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)  # one pass serves every group
+            h_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)
             for x, xt in zip(_inputs(original, orig_module, batches), _inputs(quant, module, batches), strict=True):
-                for gi in range(groups):
-                    state = gen.get_state()
-                    rows = layer_rows(module, x.double(), gi, p.patch_rate, gen)
-                    gen.set_state(state)  # the same patches of X and X̃
-                    rows_t = layer_rows(module, xt.double(), gi, p.patch_rate, gen)
-                    g_mats[gi] += rows_t.T @ rows
-                    h_mats[gi] += rows_t.T @ rows_t
+                for xs, xts in zip(_chunks(module, x), _chunks(module, xt), strict=True):
+                    for gi in range(groups):
+                        state = gen.get_state()
+                        rows = layer_rows(module, xs.double(), gi, p.patch_rate, gen)
+                        gen.set_state(state)  # the same patches of X and X̃
+                        rows_t = layer_rows(module, xts.double(), gi, p.patch_rate, gen)
+                        g_mats[gi] += rows_t.T @ rows
+                        h_mats[gi] += rows_t.T @ rows_t
             for gi in range(groups):
                 sl = slice(gi * out_per_group, (gi + 1) * out_per_group)
                 sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
                 codes[sl] = gpfq_layer(flat[sl], g_mats[gi], h_mats[gi], sub, qmax, p.rounding, gen, p.block)
             codes = codes.reshape(w.shape)
-        record = QuantizedTensor(tuple(w.shape), codes.numpy(), grid, bits=bits)
+        record = QuantizedTensor(tuple(w.shape), codes.cpu().numpy(), grid, bits=bits)
         module.weight.copy_(record.dequantize())
         records[f"{mod_name}.weight" if mod_name else "weight"] = record
     return records

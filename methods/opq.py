@@ -188,7 +188,7 @@ def make_record(w: torch.Tensor, alloc: Allocation, mask: np.ndarray | None = No
                 scales: torch.Tensor | None = None) -> QuantizedTensor:
     """Prune (the kept fraction by normalised magnitude, unless ``mask`` is given) and quantize
     survivors to the shared codebook; per-channel scales b_c in the record."""
-    scales = channel_scales(w) if scales is None else scales
+    scales = (channel_scales(w) if scales is None else scales).detach().double().cpu()
     v = (w.detach().double().cpu().reshape(w.shape[0], -1) / scales[:, None]).reshape(-1).numpy()
     if mask is None:
         kept = max(1, round(alloc.keep * v.size))
@@ -218,10 +218,19 @@ def finetune(model: nn.Module, records: dict[str, QuantizedTensor], allocs: dict
     """Masks, codebooks and channel scales fixed; weights trained through the quantizer (STE);
     pruned weights stay 0 (their gradient is masked)."""
     masks = {n: np.ones(r.numel, bool) if r.mask is None else r.mask for n, r in records.items()}
+    codebooks = {n: torch.as_tensor(shared_codebook(allocs[n])) for n in records}
+    on_device: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def quantized(n: str, w: torch.Tensor) -> torch.Tensor:
-        q = make_record(w, allocs[n], masks[n], scales[n]).dequantize().to(w)
-        return straight_through(w, q) * torch.as_tensor(masks[n]).reshape(w.shape).to(w)
+        """make_record's projection, on the weights' device: nearest codebook value times b_c, 0 where pruned."""
+        if n not in on_device:
+            values = codebooks[n].to(w)
+            on_device[n] = (values, (values[1:] + values[:-1]) / 2, scales[n].to(w)[:, None],
+                            torch.as_tensor(masks[n]).reshape(w.shape).to(w))
+        values, mid, b, keep = on_device[n]
+        v = (w.detach().reshape(w.shape[0], -1) / b).contiguous()
+        q = (values[torch.searchsorted(mid, v)] * b).reshape(w.shape)
+        return straight_through(w, q) * keep
 
     train_quantized(model, ctx.task, quantized, list(records), epochs=p.epochs, optimizer=p.optimizer, lr=p.lr,
                     momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,

@@ -87,6 +87,24 @@ def task_archs(raw: dict, task: str) -> list[str]:
     return raw["archs"][task] if isinstance(raw["archs"], dict) else raw["archs"]
 
 
+def _numbers_from_command_line(raw: dict) -> None:
+    """``snakemake --config budgets=[1,2] seeds=[0,1]`` hands list items over as strings; read
+    those that are numbers as numbers (anything else is left for the schema to reject)."""
+    for key in ("budgets", "seeds"):
+        values = raw.get(key)
+        if isinstance(values, list):
+            raw[key] = [_as_number(v) if isinstance(v, str) else v for v in values]
+
+
+def _as_number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def format_budget(bits: float) -> str:
     """The budget as it appears in paths and tables: 2, 1.58, 4.5."""
     return f"{float(bits):g}"
@@ -205,6 +223,7 @@ class Config:
 def load_config(source: str | Path | dict) -> Config:
     """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
+    _numbers_from_command_line(raw)
     validator = _with_defaults(jsonschema.Draft7Validator)(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
@@ -241,14 +260,17 @@ def load_config(source: str | Path | dict) -> Config:
             raise ConfigError(f"config.method_params.{name}: unknown method; allowed values: {available_methods()}")
 
     pairs = [(t, a) for t in raw["tasks"] for a in task_archs(raw, t)]
-    for task, by_arch in raw["recipes"].items():
-        for arch in by_arch:
-            if (task, arch) not in pairs:
-                raise ConfigError(f"config.recipes.{task}.{arch}: ({task}, {arch}) is not in the grid; "
-                                  f"its (task, arch) pairs: {pairs}")
     cfg = Config(raw, [], [])
-    for task, arch in pairs:
-        cfg.train_settings(task, arch)  # validates config.reference and the recipes
+    # a recipe may name a pair outside this grid (a grid narrowed with --config archs=[...] keeps
+    # its recipes), but only known tasks and archs, and every recipe must be valid
+    for task, by_arch in raw["recipes"].items():
+        if task not in available_tasks():
+            raise ConfigError(f"config.recipes.{task}: unknown task; allowed values: {available_tasks()}")
+        for arch in by_arch:
+            if arch not in available_models():
+                raise ConfigError(f"config.recipes.{task}.{arch}: unknown arch; allowed values: {available_models()}")
+            cfg.train_settings(task, arch)
+    cfg.train_settings()  # config.reference itself
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")

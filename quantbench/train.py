@@ -49,6 +49,9 @@ def seed_everything(seed: int) -> None:
     The CPU kernels used here are deterministic for a fixed thread count already, and
     ``torch.use_deterministic_algorithms`` costs 2-3 s of imports (torch._dynamo) in every job,
     so it is only switched on where it matters (CUDA; set CUBLAS_WORKSPACE_CONFIG=:4096:8 there).
+    With ``warn_only`` (needed: e.g. adaptive pooling has no deterministic CUDA backward) the fused
+    attention kernels (flash, memory-efficient, cuDNN) keep their non-deterministic backward, so
+    scaled-dot-product attention is restricted to its math kernel there (deterministic, slower).
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -56,6 +59,9 @@ def seed_everything(seed: int) -> None:
     if torch.cuda.is_available():
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0

@@ -41,7 +41,7 @@ def uniform_grid(w: torch.Tensor, bits: int, scheme: Scheme = "minmax", per_chan
         scale = flat.abs().max(dim=1).values / half
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero = torch.full_like(scale, float(half))
-    grid = AffineGrid(scale.numpy(), zero.numpy())
+    grid = AffineGrid(scale.cpu().numpy(), zero.cpu().numpy())
     grid.round_to_storage(float_dtype)
     return grid
 
@@ -49,8 +49,8 @@ def uniform_grid(w: torch.Tensor, bits: int, scheme: Scheme = "minmax", per_chan
 def round_to_grid(w: torch.Tensor, grid: AffineGrid, qmax: int) -> torch.Tensor:
     """Nearest code on ``grid`` for every element of ``w`` (int64, same shape)."""
     c = grid.channels
-    scale = torch.from_numpy(grid.scale).reshape((c,) + (1,) * (w.dim() - 1))
-    zero = torch.from_numpy(grid.zero).reshape((c,) + (1,) * (w.dim() - 1))
+    scale = torch.from_numpy(grid.scale).to(w.device).reshape((c,) + (1,) * (w.dim() - 1))
+    zero = torch.from_numpy(grid.zero).to(w.device).reshape((c,) + (1,) * (w.dim() - 1))
     return torch.clamp(torch.round(w.detach().double() / scale + zero), 0, qmax).long()
 
 
@@ -59,4 +59,4 @@ def quantize_uniform(w: torch.Tensor, bits: int, scheme: Scheme = "minmax", per_
     """Round-to-nearest quantization of ``w`` to its b-bit uniform grid, as a format record."""
     grid = uniform_grid(w, bits, scheme, per_channel, float_dtype)
     codes = round_to_grid(w, grid, max_code(bits, scheme))
-    return QuantizedTensor(tuple(w.shape), codes.numpy(), grid, bits=bits, float_dtype=float_dtype)
+    return QuantizedTensor(tuple(w.shape), codes.cpu().numpy(), grid, bits=bits, float_dtype=float_dtype)

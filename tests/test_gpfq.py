@@ -141,6 +141,24 @@ def test_conv_network_quantized_like_the_explicit_computation():
     assert set(records) == {"0.weight", "3.weight"}
 
 
+def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
+    """G and H summed over small blocks of calibration samples (the memory bound for paper-size
+    inputs) give the codes of the one-block computation, conv and linear layers alike."""
+    import methods.gpfq as gpfq
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.randn(20, 3, 6, 6)
+    task = Task("toy", _Data(x), _Data(x[:4]), (3, 6, 6), 5)
+    params = GPFQParams(calib_samples=20, calib_batch=20)
+    whole = quantize_network(model, 3, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    monkeypatch.setattr(gpfq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20
+    assert len(gpfq._chunks(model[0], x)) == 7
+    blocks = quantize_network(model, 3, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    for name in whole:
+        assert np.array_equal(whole[name].codes, blocks[name].codes), name
+
+
 def test_stochastic_rounding_is_seeded_and_unbiased():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(4, 50, generator=gen, dtype=torch.float64)

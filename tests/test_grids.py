@@ -37,6 +37,22 @@ def test_grid_dry_runs(path, tmp_path):
     assert int(counts["cell"]) == len(cfg.cells) and int(counts["reference"]) == len(pairs)
 
 
+@pytest.mark.slow
+def test_the_default_grid_narrowed_on_the_command_line(tmp_path):
+    """``--config archs=[lenet300] budgets=[2]`` (list items arrive as strings) keeps the other
+    archs' recipes and plans only the lenet300 cells at 2 bits."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(REPO / "workflows" / "config" / "default.yaml"),
+           "--config", "archs=[lenet300]", "budgets=[2]", f"results_dir={tmp_path / 'results'}", "-n", "--quiet",
+           "rules"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
+    default = load_config(REPO / "workflows" / "config" / "default.yaml")
+    expected = {c for c in default.cells if c.arch == "lenet300" and c.budget == "2"}
+    assert expected and int(counts["cell"]) == len(expected) and int(counts["reference"]) == 1
+
+
 def _pairs():
     for path in PAPER:
         cfg = load_config(path)
@@ -91,7 +107,9 @@ def test_recipes_override_the_reference_per_pair():
     ({"archs": {"digits": ["lenet300"], "mnist": ["lenet5"]}}, r"config.archs.mnist: 'mnist' is not in config.tasks"),
     ({"tasks": ["digits", "mnist"], "archs": {"digits": ["lenet300"]}}, r"no archs for task\(s\) \['mnist'\]"),
     ({"archs": {"digits": ["resnet9000"]}}, r"config.archs.digits\[0\]: unknown arch 'resnet9000'"),
-    ({"recipes": {"digits": {"vgg16": {"epochs": 1}}}}, r"config.recipes.digits.vgg16: \(digits, vgg16\) is not in"),
+    ({"recipes": {"digits": {"vgg9000": {"epochs": 1}}}}, r"config.recipes.digits.vgg9000: unknown arch"),
+    ({"recipes": {"digitz": {"vgg16": {"epochs": 1}}}}, r"config.recipes.digitz: unknown task"),
+    ({"recipes": {"digits": {"vgg16": {"epoch": 1}}}}, r"config.recipes.digits.vgg16.epoch: unknown parameter"),
     ({"recipes": {"digits": {"lenet300": {"epoch": 1}}}}, r"config.recipes.digits.lenet300.epoch: unknown parameter"),
     ({"paper": {"figures": {"digits": {"lenet300": {"rtn": {"2": "high"}}}}}}, r"config.paper.figures"),
 ])
