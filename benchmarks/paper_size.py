@@ -102,15 +102,13 @@ def main() -> None:
     rows: list[dict] = []
     for grid in args.grids:
         cfg = load_config(CONFIG_DIR / f"{grid}.yaml")
-        first_budget: dict[tuple, float] = {}
-        for c in cfg.cells:  # the smallest budget each (task, arch, method) runs in the grid
-            key = (c.task, c.arch, c.method)
-            first_budget[key] = min(first_budget.get(key, float("inf")), float(c.budget))
-        pairs = dict.fromkeys((t, a) for t, a, _ in first_budget)
+        first_budget: dict[tuple[str, str], dict[str, float]] = {}  # (task, arch) -> method -> bits
+        for c in cfg.cells:  # the smallest budget each method runs at on each pair of the grid
+            per_method = first_budget.setdefault((c.task, c.arch), {})
+            per_method[c.method] = min(per_method.get(c.method, float("inf")), float(c.budget))
         if grid == args.grids[0]:  # methods of no paper grid: on this grid's first pair, at 2 bits
-            task0, arch0 = next(iter(pairs))
-            first_budget.update({(task0, arch0, m): 2.0 for m in args.extra})
-        for task_name, arch in pairs:
+            next(iter(first_budget.values())).update({m: 2.0 for m in args.extra})
+        for (task_name, arch), methods in first_budget.items():
             if args.deadline and time.perf_counter() - start > args.deadline:
                 rows.append({"grid": grid, "task": task_name, "arch": arch, "method": "-", "error": "deadline"})
                 continue
@@ -127,9 +125,8 @@ def main() -> None:
             n_params = sum(p.numel() for p in ref.parameters())
             settings = dataclasses.replace(cfg.train_settings(task_name, arch), batch_size=args.batch)
             ref_epoch = reference_epoch_seconds(ref, task, settings, device)
-            for (t, a, method), bits in first_budget.items():
-                if (t, a) != (task_name, arch):
-                    continue
+            t, a = task_name, arch
+            for method, bits in methods.items():
                 if args.deadline and time.perf_counter() - start > args.deadline:
                     rows.append({"grid": grid, "task": t, "arch": a, "method": method, "error": "deadline"})
                     continue
