@@ -1,11 +1,17 @@
 # quantbench: methods x archs x budgets x seeds -> compressed artifacts -> MLflow -> tables.
-# Run: snakemake --cores 2   (config: workflows/config/default.yaml; override with --configfile)
+# Run: snakemake --cores 2                       (the default grid, workflows/config/default.yaml)
+#      snakemake --cores 2 --configfile G.yaml   (grid G alone, plus the schema's defaults)
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflows/config/default.yaml"
+# A grid file stands alone: `configfile:` would merge a --configfile into the default grid key by
+# key, so the default grid is loaded only when no config file is given. --config overrides apply
+# on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "workflows/config/default.yaml")
 
 
 include: "workflows/rules/common.smk"
@@ -15,16 +21,22 @@ include: "workflows/rules/cell.smk"
 include: "workflows/rules/tables.smk"
 
 
+localrules:
+    all,
+    tracking,
+    tables,
+
+
 rule all:
     default_target: True
     input:
+        # every cell is a target itself: a cell whose output is missing (failed, removed) is planned
+        # again even when the tables are newer (Snakemake does not rebuild a missing intermediate)
+        [cell_file(c) for c in CFG.cells],
         table_files(),
         plot_files("png"),
 
 
 onerror:
     # a grid that ends with failed cells (--keep-going) still gets tables that mark them
-    shell(
-        f"mkdir -p {LOGS} && quantbench tables --experiment {EXP} --results-dir {RESULTS} {TRACKING_URI_ARG}"
-        f" > {LOGS}/tables-onerror.log 2>&1 || true"
-    )
+    shell(f"mkdir -p {LOGS} && {tables_command()} > {LOGS}/tables-onerror.log 2>&1 || true")

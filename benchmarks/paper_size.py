@@ -116,10 +116,10 @@ def main() -> None:
                 rows.append({"grid": grid, "task": task_name, "arch": arch, "method": "-",
                              "error": "fairseq (the lm extra) is not installed"})
                 continue
-            spec = cfg.reference_spec(task_name, arch, 0)
+            job = cfg.reference_identity(task_name, arch, 0)
             task = synthetic_task(task_name, args.samples)
             arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes,
-                           **spec["arch_params"]}
+                           **job.arch_params}
             seed_everything(0)
             ref = build_model(arch, **arch_kwargs).to(device)
             n_params = sum(p.numel() for p in ref.parameters())

@@ -13,21 +13,14 @@ from quantbench.method import ConfigError, JobFailed
 
 
 def _common_job(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", required=True, help="the job's resolved settings, as JSON (written by the Snakefile)")
+    p.add_argument("--spec", required=True, help="what the job computes: its identity, as JSON (quantbench.spec)")
+    p.add_argument("--context", required=True,
+                   help="where it runs: experiment, results dir, data root, tracking URI, download, device, "
+                        "published figures, as JSON (not part of the identity)")
     p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)")
     p.add_argument("--log", type=Path, default=None, help="this job's log file (attached to the MLflow run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def _spec(text: str) -> dict:
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--spec is not valid JSON: {e}") from e
-    if not isinstance(spec, dict) or "kind" not in spec:
-        raise ConfigError("--spec must be a JSON object with a 'kind' key (reference or cell)")
-    return spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("validate", help="validate a config and print the grid it plans")
     p.add_argument("config", type=Path)
+    p.add_argument("--json", action="store_true",
+                   help="print every job's spec (identity) and the grid's context as JSON, as Snakemake runs them")
 
     p = sub.add_parser("methods", help="list the registered methods (built-in and plugins)")
 
@@ -51,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("cell", help="compress and evaluate one grid cell: one Snakemake job")
     _common_job(p)
     p.add_argument("--reference", required=True, type=Path, help="the reference job's metrics.json")
+    p.add_argument("--artifact", type=Path, default=None, help="the packed model (default: model.qbc by --out)")
 
     p = sub.add_parser("tables", help="regenerate the tables of an experiment from MLflow")
     p.add_argument("--experiment", required=True)
@@ -77,9 +73,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from quantbench.config import load_config
 
         cfg = load_config(args.config)
-        print(f"experiment {cfg.name}: {len(cfg.cells)} cells planned, {len(cfg.skipped)} skipped")
-        for cell, why in cfg.skipped:
-            print(f"  skipped {cell.id}: {why}")
+        if args.json:
+            print(json.dumps(cfg.plan(), indent=1, sort_keys=True))
+        else:
+            print(cfg.describe())
     elif args.command == "methods":
         from quantbench.registry import available_methods, get_method
 
@@ -97,13 +94,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.out.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id}) + "\n")
     elif args.command in ("reference", "cell"):
         from quantbench import runner
+        from quantbench.spec import JobContext, JobIdentity, JobSpec
 
-        spec = _spec(args.spec)
+        spec = JobSpec(JobIdentity.from_json(args.spec), JobContext.from_json(args.context))
+        if spec.identity.kind != args.command:
+            raise ConfigError(f"--spec is a {spec.identity.kind} job; quantbench {args.command} runs a {args.command}")
         common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)
         if args.command == "reference":
             result = runner.run_reference(spec, **common)
         else:
-            result = runner.run_cell(spec, args.reference, **common)
+            result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
         print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
     elif args.command == "tables":
         from quantbench.tables import tables_from_mlflow

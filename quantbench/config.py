@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import inspect
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import jsonschema
 import yaml
 
 from quantbench.method import Budget, ConfigError, make_params
+from quantbench.spec import JobContext, JobIdentity, JobSpec, format_budget
 from quantbench.train import TrainSettings
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
@@ -87,27 +89,45 @@ def task_archs(raw: dict, task: str) -> list[str]:
     return raw["archs"][task] if isinstance(raw["archs"], dict) else raw["archs"]
 
 
-def _numbers_from_command_line(raw: dict) -> None:
-    """``snakemake --config budgets=[1,2] seeds=[0,1]`` hands list items over as strings; read
-    those that are numbers as numbers (anything else is left for the schema to reject)."""
-    for key in ("budgets", "seeds"):
-        values = raw.get(key)
-        if isinstance(values, list):
-            raw[key] = [_as_number(v) if isinstance(v, str) else v for v in values]
+def typed_overrides(overrides: Mapping) -> dict:
+    """``snakemake --config`` values as the YAML file would have them.
+
+    Snakemake reads ``key=value`` with YAML's BaseLoader below the top level, so ``budgets=[1,2]``,
+    ``download=true`` and ``method_params={rtn: {per_channel: true}}`` arrive with strings for
+    numbers and booleans. Each string leaf that reads as a boolean, null, integer or float becomes
+    one; every other string stays a string (``archs=[lenet300]``).
+    """
+    def typed(value):
+        if isinstance(value, Mapping):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if value in ("null", "~"):
+            return None
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+
+    return typed(dict(overrides))
 
 
-def _as_number(text: str) -> int | float | str:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def format_budget(bits: float) -> str:
-    """The budget as it appears in paths and tables: 2, 1.58, 4.5."""
-    return f"{float(bits):g}"
+def merged_config(base: Mapping, overrides: Mapping) -> dict:
+    """``base`` with ``overrides`` on top, mappings merged key by key, anything else replaced (as
+    Snakemake merges ``--config`` into a config file)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -174,13 +194,6 @@ class Config:
         return {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0,
                 **res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
 
-    def paper_value(self, task: str, arch: str, method: str, budget: str | None = None) -> float | None:
-        """The published figure for this (task, arch, method[, budget]), if the config has one."""
-        entry = self.raw["paper"].get("figures", {}).get(task, {}).get(arch, {}).get(method)
-        if isinstance(entry, dict):
-            entry = {format_budget(float(b)): v for b, v in entry.items()}.get(budget)
-        return None if entry is None else float(entry)
-
     def method_params(self, method: str) -> dict:
         """The resolved ``Params`` of a method label: ``method_params.<method>``, and for a
         variant label ``<method>@<variant>`` also ``variants.<method>.<variant>`` on top."""
@@ -195,35 +208,65 @@ class Config:
         where = f"config.variants.{base}.{variant}" if variant else f"config.method_params.{base}"
         return dataclasses.asdict(make_params(get_method(base).Params, overrides, where))
 
-    def reference_spec(self, task: str, arch: str, seed: int) -> dict:
-        """Everything a reference job needs, as plain JSON (also logged as the run's params)."""
-        return self._cached(("reference", task, arch, seed), lambda: self._reference_spec(task, arch, seed))
+    def context(self) -> JobContext:
+        """What every job of this grid is given besides its identity (see :mod:`quantbench.spec`)."""
+        return JobContext(experiment=self.name, results_dir=str(self.results), data_root=self.raw["data_root"],
+                          download=self.raw["download"], tracking_uri=self.raw["tracking_uri"],
+                          device=self.raw["device"], paper_source=self.raw["paper"].get("source", ""),
+                          paper_figures=self.raw["paper"].get("figures", {}))
 
-    def _reference_spec(self, task: str, arch: str, seed: int) -> dict:
-        return {
-            "kind": "reference", "experiment": self.name, "tracking_uri": self.raw["tracking_uri"],
-            "results_dir": str(self.results), "data_root": self.raw["data_root"], "download": self.raw["download"],
-            "device": self.raw["device"],
-            "task": task, "task_params": self.raw["task_params"].get(task, {}),
-            "arch": arch, "arch_params": self.raw["arch_params"].get(arch, {}),
-            "seed": seed, "train": dataclasses.asdict(self.train_settings(task, arch)),
-            "paper": self.paper_value(task, arch, "reference"), "paper_source": self.raw["paper"].get("source", ""),
-        }
+    def reference_identity(self, task: str, arch: str, seed: int) -> JobIdentity:
+        """What the reference job of (task, arch, seed) computes."""
+        return self._cached(("reference", task, arch, seed), lambda: JobIdentity(
+            kind="reference", task=task, task_params=self.raw["task_params"].get(task, {}), arch=arch,
+            arch_params=self.raw["arch_params"].get(arch, {}), seed=seed,
+            train=dataclasses.asdict(self.train_settings(task, arch))))
 
-    def cell_spec(self, cell: Cell) -> dict:
-        return self._cached(("cell", cell), lambda: self._cell_spec(cell))
+    def cell_identity(self, cell: Cell) -> JobIdentity:
+        """What the job of ``cell`` computes."""
+        return self._cached(("cell", cell), lambda: self.reference_identity(cell.task, cell.arch, cell.seed).replace(
+            kind="cell", method=cell.method, method_params=self.method_params(cell.method), budget=float(cell.budget)))
 
-    def _cell_spec(self, cell: Cell) -> dict:
-        spec = self.reference_spec(cell.task, cell.arch, cell.seed)
-        spec.update(kind="cell", method=cell.method, method_params=self.method_params(cell.method),
-                    budget=float(cell.budget), paper=self.paper_value(cell.task, cell.arch, cell.method, cell.budget))
-        return spec
+    def references(self) -> list[tuple[str, str, int]]:
+        """The (task, arch, seed) of every reference the planned cells need, in grid order."""
+        return list(dict.fromkeys((c.task, c.arch, c.seed) for c in self.cells))
+
+    def plan(self) -> dict:
+        """Every job as Snakemake runs it: ``{"context": ..., "references": {id: identity},
+        "cells": {id: identity}, "skipped": {id: reason}}`` (``quantbench validate --json``)."""
+        refs = [self.reference_identity(*key) for key in self.references()]
+        cells = [self.cell_identity(c) for c in self.cells]
+        return {"context": dataclasses.asdict(self.context()),
+                "references": {job.cell_id: job.as_dict() for job in refs},
+                "cells": {job.cell_id: job.as_dict() for job in cells},
+                "skipped": {cell.id: why for cell, why in self.skipped}}
+
+    def describe(self) -> str:
+        """The planned grid, one line per (task, arch, method): its budgets and seeds."""
+        lines = [f"experiment {self.name}: {len(self.cells)} cells and {len(self.references())} references planned, "
+                 f"{len(self.skipped)} cells skipped"]
+        groups: dict[tuple[str, str], dict[str, tuple[dict, dict]]] = {}
+        for c in self.cells:
+            budgets, seeds = groups.setdefault((c.task, c.arch), {}).setdefault(c.method, ({}, {}))
+            budgets[c.budget] = seeds[c.seed] = None
+        for (task, arch), methods in groups.items():
+            lines.append(f"  {task}/{arch}")
+            for method, (budgets, seeds) in methods.items():
+                lines.append(f"    {method:24s} budgets {', '.join(budgets)}; seeds {', '.join(map(str, seeds))}")
+        for cell, why in self.skipped:
+            lines.append(f"  skipped {cell.id}: {why}")
+        return "\n".join(lines)
+
+    def reference_spec(self, task: str, arch: str, seed: int) -> JobSpec:
+        return JobSpec(self.reference_identity(task, arch, seed), self.context())
+
+    def cell_spec(self, cell: Cell) -> JobSpec:
+        return JobSpec(self.cell_identity(cell), self.context())
 
 
 def load_config(source: str | Path | dict) -> Config:
     """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
-    _numbers_from_command_line(raw)
     validator = _with_defaults(jsonschema.Draft7Validator)(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
@@ -283,4 +326,7 @@ def load_config(source: str | Path | dict) -> Config:
             cfg.cells.append(cell)
         else:
             cfg.skipped.append((cell, f"{label} does not serve a {format_budget(bits)}-bit budget"))
+    if not cfg.cells:
+        raise ConfigError(f"config: the grid plans no cell: none of config.methods {raw['methods']} serves any of "
+                          f"config.budgets {raw['budgets']}")
     return cfg

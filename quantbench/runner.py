@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -32,10 +33,10 @@ from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, JobFailed, RunContext, make_params
 from quantbench.registry import get_method
-from quantbench.tracking import Tracker, environment_tags, flatten, resolve_tracking_uri
+from quantbench.spec import JobSpec, content_hash
+from quantbench.tracking import Tracker, environment_tags, flatten, method_tags, resolve_tracking_uri
 from quantbench.train import (
     TrainSettings,
-    content_hash,
     file_sha256,
     load_checkpoint,
     reference_key,
@@ -84,51 +85,57 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _setup(spec: dict, threads: int) -> tuple:
+def _setup(spec: JobSpec, threads: int) -> tuple:
+    job, where = spec.identity, spec.context
     torch.set_num_threads(max(1, threads))
-    seed_everything(spec["seed"])
-    task = build_task(spec["task"], root=spec["data_root"], download=spec["download"], **spec["task_params"])
-    arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **spec["arch_params"]}
-    return task, arch_kwargs, pick_device(spec["device"])
+    seed_everything(job.seed)
+    task = build_task(job.task, root=where.data_root, download=where.download, **job.task_params)
+    arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **job.arch_params}
+    return task, arch_kwargs, pick_device(where.device)
 
 
-def _tracker(spec: dict) -> tuple[Tracker, str]:
-    results = Path(spec["results_dir"])
-    tracker = Tracker(resolve_tracking_uri(spec["tracking_uri"], results))
-    return tracker, tracker.ensure_experiment(spec["experiment"], results / "mlartifacts")
+def _tracker(spec: JobSpec) -> tuple[Tracker, str]:
+    results = Path(spec.context.results_dir)
+    tracker = Tracker(resolve_tracking_uri(spec.context.tracking_uri, results))
+    return tracker, tracker.ensure_experiment(spec.context.experiment, results / "mlartifacts")
 
 
-def _tags(spec: dict, device: torch.device, cell_id: str, task) -> dict:
+def _tags(spec: JobSpec, device: torch.device, task) -> dict:
     """The tags a job's run opens with (``status=running``; the outcome adds its own)."""
-    tags = {**environment_tags(), "kind": spec["kind"], "cell_id": cell_id, "task": spec["task"],
-            "metric": task.metric, "higher_is_better": str(task.higher_is_better).lower(), "arch": spec["arch"],
-            "seed": str(spec["seed"]), "device": str(device), "config_hash": content_hash(spec)[:16],
+    job = spec.identity
+    tags = {**environment_tags(), "kind": job.kind, "cell_id": job.cell_id, "task": job.task,
+            "metric": task.metric, "higher_is_better": str(task.higher_is_better).lower(), "arch": job.arch,
+            "seed": str(job.seed), "device": str(device), "config_hash": job.digest()[:16],
             "status": "running", "family": "reference"}
-    if spec["kind"] == "cell":
-        tags.update(method=spec["method"], budget=f"{spec['budget']:g}", family=get_method(spec["method"]).family)
-        if "@" in spec["method"]:
-            tags["variant"] = spec["method"].partition("@")[2]
-    if spec.get("paper") is not None:
-        tags.update(paper_value=f"{spec['paper']:g}", paper_source=spec.get("paper_source", ""))
+    if job.kind == "cell":
+        method = get_method(job.method)
+        tags.update(method=job.method, budget=f"{job.budget:g}", family=method.family, **method_tags(method),
+                    method_params=json.dumps(job.method_params, sort_keys=True))
+        if "@" in job.method:
+            tags["variant"] = job.method.partition("@")[2]
+    paper = spec.context.paper_value(job)
+    if paper is not None:
+        tags.update(paper_value=f"{paper:g}", paper_source=spec.context.paper_source)
     return tags
 
 
-def checkpoint_path(spec: dict) -> tuple[Path, str]:
+def checkpoint_path(spec: JobSpec) -> tuple[Path, str]:
     """Content-addressed location of the reference checkpoint for ``spec``."""
-    key = reference_key(spec["task"], spec["task_params"], spec["arch"], spec["arch_params"], spec["seed"],
-                        TrainSettings(**spec["train"]))
+    job = spec.identity
+    key = reference_key(job.task, job.task_params, job.arch, job.arch_params, job.seed, TrainSettings(**job.train))
     digest = content_hash(key)
-    return Path(spec["results_dir"]) / "cache" / "references" / f"{digest}.pt", digest
+    return Path(spec.context.results_dir) / "cache" / "references" / f"{digest}.pt", digest
 
 
-def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: int = 1,
+def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, threads: int = 1,
                   show_progress: bool = True) -> dict:
     """Train the reference (or reuse the cached checkpoint), evaluate, record, write ``out``."""
     task, arch_kwargs, device = _setup(spec, threads)
-    model = build_model(spec["arch"], **arch_kwargs)
+    job = spec.identity
+    model = build_model(job.arch, **arch_kwargs)
     ckpt, digest = checkpoint_path(spec)
-    cell_id = f"{spec['task']}/{spec['arch']}/reference/s{spec['seed']}"
-    run = _open_run(spec, cell_id, device, task)
+    cell_id = job.cell_id
+    run = _open_run(spec, device, task)
     history: list[float] = []
     t0 = time.perf_counter()
     with _recorded(run, log_file, lambda: []):
@@ -140,8 +147,8 @@ def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: 
         else:
             if ckpt.is_file():
                 log.warning("reference %s: cached checkpoint %s does not match its sha256; retraining", cell_id, ckpt)
-            log.info("reference %s: training %s", cell_id, spec["train"])
-            history = train(model, task, TrainSettings(**spec["train"]), spec["seed"], device, show_progress)
+            log.info("reference %s: training %s", cell_id, job.train)
+            history = train(model, task, TrainSettings(**job.train), job.seed, device, show_progress)
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
             sha = file_sha256(ckpt)
@@ -158,28 +165,29 @@ def run_reference(spec: dict, out: Path, log_file: Path | None = None, threads: 
     return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file])
 
 
-def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
-             show_progress: bool = True) -> dict:
-    """Compress the reference with the cell's method and budget; evaluate the packed artifact."""
+def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
+             show_progress: bool = True, artifact: Path | None = None) -> dict:
+    """Compress the reference with the cell's method and budget; pack it to ``artifact`` (default:
+    ``model.qbc`` beside ``out``) and evaluate the network rebuilt from that file."""
     task, arch_kwargs, device = _setup(spec, threads)
-    cell_id = f"{spec['task']}/{spec['arch']}/{spec['method']}/b{spec['budget']:g}/s{spec['seed']}"
+    job = spec.identity
     ref_info = json.loads(Path(reference).read_text())
-    run = _open_run(spec, cell_id, device, task)
-    method_cls = get_method(spec["method"])
-    ctx = RunContext(task, spec["arch"], arch_kwargs, spec["seed"], device, show_progress=show_progress)
-    artifact = out.parent / "model.qbc"
+    run = _open_run(spec, device, task)
+    method_cls = get_method(job.method)
+    ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device, show_progress=show_progress)
+    artifact = Path(artifact) if artifact else out.parent / "model.qbc"
     times = {}
     with _recorded(run, log_file, lambda: ctx.step_metrics):
         ckpt = Path(ref_info["checkpoint"])
         if not ckpt.is_file() or file_sha256(ckpt) != ref_info["checkpoint_sha256"]:
             raise ValueError(f"reference checkpoint {ckpt} is missing or does not match the sha256 its reference "
                              f"recorded (damaged or replaced); rebuild it: snakemake --forcerun reference")
-        ref = load_checkpoint(ckpt, build_model(spec["arch"], **arch_kwargs))
-        params = make_params(method_cls.Params, spec["method_params"], f"method_params.{spec['method']}")
+        ref = load_checkpoint(ckpt, build_model(job.arch, **arch_kwargs))
+        params = make_params(method_cls.Params, job.method_params, f"method_params.{job.method}")
         t0 = time.perf_counter()
-        compressed = method_cls(params).compress(ref.to(device), Budget(spec["budget"]), ctx)
+        compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
         times["time_compress_s"] = time.perf_counter() - t0
-        out.parent.mkdir(parents=True, exist_ok=True)
+        artifact.parent.mkdir(parents=True, exist_ok=True)
         file_bytes = compressed.save(artifact)
         # evaluate what was written, never the method's in-memory model
         t0 = time.perf_counter()
@@ -191,9 +199,9 @@ def run_cell(spec: dict, reference: Path, out: Path, log_file: Path | None = Non
         stats = {**packed.stats(), "file_bytes": float(file_bytes)}
         _check_finite(metrics)
     ref_metric = ref_info["metrics"].get(task.metric, float("nan"))
-    result = {"status": "ok", "reason": "", "cell_id": cell_id, "metric": task.metric, "metrics": metrics,
-              "reference_metrics": ref_info["metrics"], "stats": stats, **times, "budget": spec["budget"],
-              "method": spec["method"], "artifact_sha256": file_sha256(artifact)}
+    result = {"status": "ok", "reason": "", "cell_id": job.cell_id, "metric": task.metric, "metrics": metrics,
+              "reference_metrics": ref_info["metrics"], "stats": stats, **times, "budget": job.budget,
+              "method": job.method, "artifact_sha256": file_sha256(artifact)}
     run_metrics = {**metrics, **stats, **times, f"reference_{task.metric}": ref_metric}
     return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file])
 
@@ -203,13 +211,16 @@ def _check_finite(metrics: dict) -> None:
         raise FloatingPointError(f"non-finite test metrics {metrics}")
 
 
-def _open_run(spec: dict, cell_id: str, device: torch.device, task) -> tuple:
-    """Close runs of this cell left RUNNING by a dead job, then open this job's run."""
+def _open_run(spec: JobSpec, device: torch.device, task) -> tuple:
+    """Close runs of this cell left RUNNING by a dead job, then open this job's run. Its params
+    are the identity, flattened; the context goes into tags (where it ran, not what it is)."""
     tracker, exp_id = _tracker(spec)
+    cell_id = spec.identity.cell_id
     stale = tracker.close_abandoned(exp_id, cell_id)
     if stale:
         log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
-    run_id = tracker.start_run(exp_id, cell_id, flatten(spec), _tags(spec, device, cell_id, task))
+    tags = {**_tags(spec, device, task), "results_dir": spec.context.results_dir, "data_root": spec.context.data_root}
+    run_id = tracker.start_run(exp_id, cell_id, flatten(spec.identity.as_dict()), tags)
     return tracker, run_id, cell_id
 
 
@@ -240,10 +251,10 @@ def _finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: li
             artifacts: list[Path | None]) -> dict:
     """Close the run FINISHED (with ``metrics.json`` among its artifacts), then publish ``out``."""
     tracker, run_id, _ = run
-    pending = out.parent / ".pending" / out.name
     result["run_id"] = run_id
-    write_json_atomic(result, pending)
-    tracker.finish_run(run_id, metrics, step_metrics, {"status": "ok"}, [pending] + [a for a in artifacts if a])
+    with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
+        attached = Path(staging) / out.name
+        write_json_atomic(result, attached)
+        tracker.finish_run(run_id, metrics, step_metrics, {"status": "ok"}, [attached] + [a for a in artifacts if a])
     write_json_atomic(result, out)
-    pending.unlink(missing_ok=True)
     return result

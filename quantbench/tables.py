@@ -11,6 +11,7 @@ row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import pandas as pd
 
 from quantbench.tracking import Tracker
 
-NOT_RUN = "—"
+UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
+MISSING = "not run"  # the method serves this budget, but the record has no run of the cell
 FAMILIES = ("reference", "baseline", "LC", "GPFQ", "OPQ", "DiffQ", "other")
+VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
 LOWER_IS_BETTER = ("error", "loss", "perplexity", "bits_per_token")
 
 
@@ -66,6 +69,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "higher_is_better": higher,
             "status": "ok" if failed.empty else "/".join(sorted(set(failed["tags.status"]))),
             "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
+            "method_params": _tag(g, "method_params", ""),
         })
     out = pd.DataFrame(rows)
     out["order"] = [FAMILIES.index(f) if f in FAMILIES else len(FAMILIES) for f in out["family"]]
@@ -93,7 +97,22 @@ def best_rows(long: pd.DataFrame) -> set:
 
 
 def _paper(row: pd.Series | None) -> str:
-    return NOT_RUN if row is None or pd.isna(row["paper"]) else f"{row['paper']:.2f}"
+    return UNSERVED if row is None or pd.isna(row["paper"]) else f"{row['paper']:.2f}"
+
+
+def _absent(method: str, params_json: str, budget: float) -> str:
+    """What an absent (method, budget) cell reads: MISSING when the method (as the record's runs
+    configured it) serves the budget, so a planned cell never ran; UNSERVED otherwise, or when
+    the method is not installed here to ask."""
+    from quantbench.method import Budget, make_params
+    from quantbench.registry import get_method
+
+    try:
+        cls = get_method(method)
+        serves = cls.serves(Budget(float(budget)), make_params(cls.Params, json.loads(params_json or "{}"), method))
+    except (LookupError, ValueError):
+        return UNSERVED
+    return MISSING if serves else UNSERVED
 
 
 def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") -> pd.DataFrame:
@@ -112,7 +131,10 @@ def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") ->
         cells = []
         for b in budgets:
             i, row = (g.index[0], g.iloc[0]) if method == "reference" else by_budget.get(b, (None, None))
-            text = NOT_RUN if row is None else _cell(row, pm, bold if i in best else None)
+            if row is None:
+                text = _absent(method, g["method_params"].iloc[0], b)
+            else:
+                text = _cell(row, pm, bold if i in best else None)
             cells += [text] + ([_paper(row)] if with_paper else [])
         rows.append([arch, g["family"].iloc[0], method] + cells)
     return pd.DataFrame(rows, columns=["arch", "family", "method"] + header)
@@ -122,6 +144,16 @@ def _write(text: str, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> str:
+    """`` Runs: torch 2.14.1, ...`` from the runs' ``version.*`` tags (several: joined by /)."""
+    found = []
+    for pkg in packages:
+        values = sorted(set(runs.get(f"tags.version.{pkg}", pd.Series(dtype=object)).dropna()))
+        if values:
+            found.append(f"{pkg} {'/'.join(values)}")
+    return f" Runs: {', '.join(found)}." if found else ""
 
 
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None) -> list[Path]:
@@ -139,7 +171,9 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         better = "higher" if part["higher_is_better"].iloc[0] else "lower"
         caption = (f"{task}: test {metric}{unit} ({better} is better; best per column in bold), mean ± std over "
                    f"seeds, with achieved bits per weight and compression ratio"
-                   + ("; 'paper': the published figure." if part["paper"].notna().any() else "."))
+                   + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
+                   + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run."
+                   + versions_note(runs[runs.get("tags.task") == task]))
         md = wide_table(part).to_markdown(index=False)
         tex_table = wide_table(part, pm=r"$\pm$", bold=lambda v: rf"\textbf{{{v}}}")
         for col in ("arch", "method"):

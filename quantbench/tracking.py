@@ -75,6 +75,21 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+def method_tags(method_cls: type) -> dict[str, str]:
+    """The code a cell ran: the method's module, and the installed distribution that provides it
+    (``quantbench`` for the built-ins, the plugin's package otherwise) with its version."""
+    module = method_cls.__module__
+    dists = metadata.packages_distributions().get(module.partition(".")[0], [])
+    tags = {"method_module": f"{module}.{method_cls.__qualname__}"}
+    if dists:
+        tags["method_package"] = dists[0]
+        try:
+            tags["method_version"] = metadata.version(dists[0])
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import random
@@ -183,11 +182,6 @@ def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: tor
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         sched.step()
     return history
-
-
-def content_hash(obj: dict) -> str:
-    """sha256 of the canonical JSON of ``obj`` (the reference cache key)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def reference_key(task: str, task_params: dict, arch: str, arch_params: dict, seed: int,

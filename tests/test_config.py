@@ -40,9 +40,9 @@ def test_cells_a_method_cannot_serve_are_skipped_with_a_reason():
 
 def test_method_params_reach_the_cell_spec():
     cfg = load_config({"name": "x", "method_params": {"rtn": {"per_channel": True}}})
-    spec = cfg.cell_spec(cfg.cells[0])
-    assert spec["method_params"] == {"scheme": "minmax", "per_channel": True, "float_dtype": "float32"}
-    assert spec["budget"] == 2.0 and spec["kind"] == "cell"
+    job = cfg.cell_identity(cfg.cells[0])
+    assert job.method_params == {"scheme": "minmax", "per_channel": True, "float_dtype": "float32"}
+    assert job.budget == 2.0 and job.kind == "cell"
 
 
 @pytest.mark.parametrize("config, message", [

@@ -66,10 +66,10 @@ def test_paper_size_pair_takes_one_training_step(path, task, arch):
     if arch == "transformer_lm":
         pytest.importorskip("fairseq", reason="the lm extra (fairseq-fixed) is not installed")
     cfg = load_config(path)
-    spec = cfg.reference_spec(task, arch, 0)
+    job = cfg.reference_identity(task, arch, 0)
     shape, classes = TASK_SHAPES[task]
     torch.manual_seed(0)
-    model = build_model(arch, shape, classes, **spec["arch_params"])
+    model = build_model(arch, shape, classes, **job.arch_params)
     if len(shape) == 1:  # a language model: a short block of tokens is enough for one step
         x = torch.randint(4, classes, (1, 32))
         y = torch.randint(4, classes, (1, 32))
@@ -89,18 +89,19 @@ def test_paper_size_pair_takes_one_training_step(path, task, arch):
 
 def test_published_figures_reach_the_specs():
     cfg = load_config(REPO / "workflows" / "config" / "paper_lc.yaml")
-    assert cfg.reference_spec("mnist", "lenet300", 0)["paper"] == 97.87
-    assert cfg.cell_spec(Cell("mnist", "lenet300", "lc_adaptive", "1", 0))["paper"] == 97.44
-    assert cfg.cell_spec(Cell("mnist", "lenet300", "lc_adaptive", "2", 0))["paper"] is None
-    assert cfg.cell_spec(Cell("mnist", "lenet5", "dc", "1", 0))["paper"] is None
+    context = cfg.context()
+    assert context.paper_value(cfg.reference_identity("mnist", "lenet300", 0)) == 97.87
+    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet300", "lc_adaptive", "1", 0))) == 97.44
+    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet300", "lc_adaptive", "2", 0))) is None
+    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet5", "dc", "1", 0))) is None
 
 
 def test_recipes_override_the_reference_per_pair():
     cfg = load_config({"name": "r", "tasks": ["digits"], "archs": ["lenet300", "lenet5"],
                        "reference": {"epochs": 7, "lr": 0.01}, "recipes": {"digits": {"lenet5": {"epochs": 3}}}})
-    assert cfg.reference_spec("digits", "lenet5", 0)["train"]["epochs"] == 3
-    assert cfg.reference_spec("digits", "lenet5", 0)["train"]["lr"] == 0.01
-    assert cfg.reference_spec("digits", "lenet300", 0)["train"]["epochs"] == 7
+    assert cfg.reference_identity("digits", "lenet5", 0).train["epochs"] == 3
+    assert cfg.reference_identity("digits", "lenet5", 0).train["lr"] == 0.01
+    assert cfg.reference_identity("digits", "lenet300", 0).train["epochs"] == 7
 
 
 @pytest.mark.parametrize("config,message", [
@@ -142,7 +143,7 @@ def test_variants_run_as_methods_of_their_own():
                        "method_params": {"lc_adaptive": {"steps": 5, "mu0": 0.01}},
                        "variants": {"lc_adaptive": {"lloyd": {"kmeans": "lloyd", "steps": 3}}}})
     assert [c.method for c in cfg.cells] == ["rtn", "lc_adaptive", "lc_adaptive@lloyd"]
-    plain, variant = (cfg.cell_spec(c)["method_params"] for c in cfg.cells[1:])
+    plain, variant = (cfg.cell_identity(c).method_params for c in cfg.cells[1:])
     assert (plain["kmeans"], plain["steps"], plain["mu0"]) == ("exact", 5, 0.01)
     assert (variant["kmeans"], variant["steps"], variant["mu0"]) == ("lloyd", 3, 0.01)
 

@@ -28,7 +28,7 @@ def test_reference_is_trained_once_then_reused(jobs, tmp_path):
     assert first["status"] == "ok" and not first["cached"] and first["metrics"]["accuracy"] > 50
     second = run_reference(spec, tmp_path / "again" / "metrics.json", show_progress=False)
     assert second["cached"] and second["metrics"] == first["metrics"]
-    changed = dict(spec, train={**spec["train"], "lr": 0.01})
+    changed = spec.replace(train={**spec.identity.train, "lr": 0.01})
     assert checkpoint_path(changed)[1] != first["hash"]
 
 
@@ -54,12 +54,17 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     cells = runs[runs["tags.kind"] == "cell"]
     assert len(cells) == 2 and set(cells["tags.cell_id"]) == {cell.id}
     assert set(cells["tags.config_hash"]) and cells["params.method"].iloc[0] == "rtn"
+    # the identity is the params and the hash; where things live is only tagged
+    assert cells["tags.config_hash"].iloc[0] == cfg.cell_identity(cell).digest()[:16]
+    assert "params.results_dir" not in cells and cells["tags.results_dir"].iloc[0] == cfg["results_dir"]
+    assert (cells["tags.method_package"].iloc[0], cells["tags.method_module"].iloc[0]) == ("quantbench",
+                                                                                          "methods.rtn.RTN")
     assert (cells["metrics.accuracy"] == a["metrics"]["accuracy"]).all()
 
 
 def test_diverged_reference_fails_its_job_and_records_why(jobs, tmp_path):
     cfg, ref_spec, ref_out = jobs
-    spec = dict(ref_spec, train={**ref_spec["train"], "lr": 1e6, "momentum": 0.99})
+    spec = ref_spec.replace(train={**ref_spec.identity.train, "lr": 1e6, "momentum": 0.99})
     with pytest.raises(JobFailed, match="digits/lenet300/reference/s0 diverged: training loss is"):
         run_reference(spec, ref_out, show_progress=False)
     assert not ref_out.exists() and not checkpoint_path(spec)[0].exists()

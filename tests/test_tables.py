@@ -89,3 +89,31 @@ def test_published_figures_get_a_paper_column(tmp_path):
     assert rows["reference"][1] == rows["reference"][3] == "97.87"
     assert rows["lc"][1] == "97.44" and rows["lc"][3] == "—"
     assert "'paper': the published figure" in md
+
+
+def test_a_planned_cell_without_a_run_reads_apart_from_an_unserved_budget(tmp_path):
+    """rtn serves 1 and 4 bits but only its 2-bit cell has a run: "not run"; lc_ternary serves
+    only log2(3) bits: "—" (asked of the method itself, with the parameters its runs recorded)."""
+    import json
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.ensure_experiment("m", tmp_path / "artifacts")
+    base = {"task": "digits", "arch": "mlp", "seed": "0", "metric": "accuracy", "status": "ok", "kind": "cell",
+            "version.torch": "9.9.9"}
+    runs = [("rtn", 2, {"scheme": "minmax", "per_channel": False, "float_dtype": "float32"}),
+            ("lc_ternary", 1.58, {}), ("dc", 1, {}), ("dc", 4, {})]
+    for method, budget, params in runs:
+        tags = {**base, "cell_id": f"digits/mlp/{method}/b{budget}/s0", "method": method, "budget": str(budget),
+                "method_params": json.dumps(params)}
+        tracker.record_run(exp, "c", {}, {"accuracy": 90.0, "bpw": float(budget), "compression_ratio": 10.0}, [],
+                           tags, [])
+    tables_from_mlflow(uri, "m", tmp_path / "tables")
+    md = (tmp_path / "tables" / "digits.md").read_text()
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]]
+            for line in md.splitlines() if line.startswith("| mlp")}
+    # columns: 1, 1.58, 2, 4 bits
+    assert rows["rtn"][0] == "not run" and rows["rtn"][1] == "—" and rows["rtn"][3] == "not run"
+    assert rows["lc_ternary"][0] == rows["lc_ternary"][2] == rows["lc_ternary"][3] == "—"
+    assert rows["dc"][2] == "not run" and rows["dc"][1] == "—"
+    assert "not run: planned cell without a run" in md and "torch 9.9.9" in md

@@ -129,7 +129,7 @@ reference: {epochs: 2}
 CONF
 START=$(date +%Y-%m-%dT%H:%M:%S)  # only this run's jobs count below
 (cd "$WORK" && python -m snakemake --snakefile "$REPO/Snakefile" --directory "$WORK" \
-    --configfile "$WORK/config.yaml" --workflow-profile "$REPO/workflows/profiles/slurm" \
+    --configfile "$WORK/config.yaml" --workflow-profile "$REPO/profiles/slurm" \
     --default-resources slurm_account=quantbench slurm_partition=main --jobs 4 \
     > "$WORK/snakemake.log" 2>&1) || { tail -n 60 "$WORK/snakemake.log"; exit 1; }
 

@@ -4,18 +4,19 @@ rule cell:
         tracking=rules.tracking.output,
         reference=lambda wc: reference_file(wc.task, wc.arch, wc.seed),
     output:
-        f"{RUNS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}/metrics.json",
+        metrics=f"{RUNS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}/metrics.json",
+        artifact=f"{RUNS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}/model.qbc",
     log:
         f"{LOGS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}.log",
     params:
+        context=context,
         spec=cell_spec,
     threads: CFG.rule_resource("cell", "threads")
     resources:
         mem_mb=CFG.rule_resource("cell", "mem_mb"),
         runtime=CFG.rule_resource("cell", "runtime"),
         gpu=CFG.rule_resource("cell", "gpu"),
-    conda:
-        "../../environment.yml"
     shell:
-        "quantbench cell --spec {params.spec:q} --reference {input.reference} --out {output} --log {log}"
-        " --threads {threads} > {log} 2>&1"
+        "quantbench cell --spec {params.spec:q} --context {params.context:q} --reference {input.reference:q}"
+        " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads} > {log:q} 2>&1"
+        + SHOW_LOG_ON_FAILURE

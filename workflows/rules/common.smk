@@ -1,22 +1,52 @@
-# Shared by all rules: the validated config (defaults filled in) and the paths of every job.
-import json
+# Shared by all rules: the validated config (defaults filled in), the paths of every job, and the
+# two parts of a job's spec: its identity (params.spec, which Snakemake compares to decide what to
+# rerun) and the grid's context (results/data/tracking locations, download, device, published
+# figures; params.context, which it does not compare), so changing where things live reruns nothing.
+import os
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from quantbench.config import Cell, load_config
+from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.method import ConfigError
 
+
+def _config_source():
+    """The grid's file(s), for error messages."""
+    files = [str(f) for f in workflow.overwrite_configfiles] or [str(p) for p in workflow.configfiles]
+    overrides = " with --config overrides" if workflow.config_settings.config else ""
+    return (", ".join(files) or "no config file") + overrides
+
+
 try:
-    CFG = load_config(config)
+    # the grid: its file (or the default's), with the --config overrides read as YAML would
+    CFG = load_config(merged_config(config, typed_overrides(workflow.config_settings.config)))
 except ConfigError as e:
-    raise WorkflowError(str(e)) from None
+    raise WorkflowError(f"{_config_source()}: {e}") from None
 
 RESULTS = str(CFG.results)
 EXP = CFG.name
 RUNS = f"{RESULTS}/runs/{EXP}"
 LOGS = f"{RESULTS}/logs/{EXP}"
-TRACKING_URI_ARG = f"--tracking-uri {CFG['tracking_uri']}" if CFG["tracking_uri"] else ""
+CONTEXT = CFG.context().to_json()
+TRACKING_URI_ARG = f"--tracking-uri {shlex.quote(CFG['tracking_uri'])}" if CFG["tracking_uri"] else ""
+
+
+def context(wildcards, output):
+    """The grid's context, as a param that is a function of ``output``: Snakemake treats such a
+    param as derived from the paths and leaves it out of its params rerun trigger, so where
+    things live never reruns a job (the identity, ``params.spec``, is compared)."""
+    return CONTEXT
+
+
+def tables_command(wildcards=None, output=None):
+    """The one tables command: rule tables runs it, and the onerror handler."""
+    return f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} {TRACKING_URI_ARG}"
+
+
+# a failed job shows the end of its own log on the console, then fails with its exit status
+SHOW_LOG_ON_FAILURE = " || {{ status=$?; echo '--- end of {log}:' >&2; tail -n 30 {log:q} >&2; exit $status; }}"
 
 
 wildcard_constraints:
@@ -44,12 +74,12 @@ def plot_files(ext):
 
 
 def reference_spec(wildcards):
-    return json.dumps(CFG.reference_spec(wildcards.task, wildcards.arch, int(wildcards.seed)), sort_keys=True)
+    return CFG.reference_identity(wildcards.task, wildcards.arch, int(wildcards.seed)).to_json()
 
 
 def cell_spec(wildcards):
     cell = Cell(wildcards.task, wildcards.arch, wildcards.method, wildcards.budget, int(wildcards.seed))
-    return json.dumps(CFG.cell_spec(cell), sort_keys=True)
+    return CFG.cell_identity(cell).to_json()
 
 
 if CFG.skipped:

@@ -7,13 +7,13 @@ rule reference:
     log:
         f"{LOGS}/{{task}}/{{arch}}/reference/s{{seed}}.log",
     params:
+        context=context,
         spec=reference_spec,
     threads: CFG.rule_resource("reference", "threads")
     resources:
         mem_mb=CFG.rule_resource("reference", "mem_mb"),
         runtime=CFG.rule_resource("reference", "runtime"),
         gpu=CFG.rule_resource("reference", "gpu"),
-    conda:
-        "../../environment.yml"
     shell:
-        "quantbench reference --spec {params.spec:q} --out {output} --log {log} --threads {threads} > {log} 2>&1"
+        "quantbench reference --spec {params.spec:q} --context {params.context:q} --out {output:q} --log {log:q}"
+        " --threads {threads} > {log:q} 2>&1" + SHOW_LOG_ON_FAILURE

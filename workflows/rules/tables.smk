@@ -4,22 +4,17 @@ rule tables:
         references=sorted({reference_file(c.task, c.arch, c.seed) for c in CFG.cells}),
         cells=[cell_file(c) for c in CFG.cells],
     output:
-        tables=table_files(["md", "tex"]),
-        csv=[report(f, category="tables") for f in table_files(["csv"])],
-        plots=[report(f, category="plots") for f in plot_files("png")],
-        plots_pdf=plot_files("pdf"),
+        tables=[report(f, caption="../report/table.rst", category="Tables") for f in table_files(["md"])],
+        tex=table_files(["tex"]),
+        csv=[report(f, caption="../report/table_csv.rst", category="Tables") for f in table_files(["csv"])],
+        size=[report(f, caption="../report/size_plot.rst", category="Plots") for f in plot_files("png")
+              if f.endswith("_size.png")],
+        steps=[report(f, caption="../report/steps_plot.rst", category="Plots") for f in plot_files("png")
+               if f.endswith("_steps.png")],
+        pdf=plot_files("pdf"),
     log:
         f"{LOGS}/tables.log",
     params:
-        experiment=EXP,
-        results=lambda wildcards, output: Path(output.tables[0]).parents[2],
-        uri=TRACKING_URI_ARG,
-        out_dir=lambda wildcards, output: Path(output.tables[0]).parent,
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../environment.yml"
+        command=tables_command,
     shell:
-        "quantbench tables --experiment {params.experiment} --results-dir {params.results} {params.uri}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "{params.command} > {log:q} 2>&1"

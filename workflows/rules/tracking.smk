@@ -6,13 +6,8 @@ rule tracking:
         f"{LOGS}/tracking.log",
     params:
         experiment=EXP,
-        results=lambda wildcards, output: Path(output[0]).parents[2],
-        uri=TRACKING_URI_ARG,
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../environment.yml"
+        results=lambda wildcards, output: RESULTS,
+        uri=lambda wildcards, output: TRACKING_URI_ARG,
     shell:
-        "quantbench tracking --experiment {params.experiment} --results-dir {params.results} {params.uri}"
-        " --out {output} > {log} 2>&1"
+        "quantbench tracking --experiment {params.experiment:q} --results-dir {params.results:q} {params.uri}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,139 @@
+"""A job's spec in two parts: its identity (what it computes) and its context (where it runs).
+
+* :class:`JobIdentity`: task, arch, seed, their builder parameters, the reference recipe, and for
+  a cell the method, its resolved parameters and the budget. This is the rule's ``params`` that
+  Snakemake compares to decide what to rerun, and its hash is the run's ``config_hash``.
+* :class:`JobContext`: the experiment, where things live (results, data, tracking URI), what the
+  job may do (download), the device, and the grid's published figures. It reaches the job on its
+  own command-line option, outside ``params``: moving the data, allowing downloads or pointing at
+  another tracking server reruns nothing and changes no hash.
+
+Both travel as canonical JSON (sorted keys), so the same grid always gives the same strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from quantbench.method import ConfigError
+
+JobKind = Literal["reference", "cell"]
+
+
+def content_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (cache keys, ``config_hash``)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def format_budget(bits: float) -> str:
+    """The budget as it appears in paths, ids and tables: 2, 1.58, 4.5."""
+    return f"{float(bits):g}"
+
+
+def _from_json(cls, text: str, option: str):
+    """``cls`` from a JSON object whose keys are exactly ``cls``'s fields (missing ones defaulted)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{option} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{option} must be a JSON object, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{option}: unknown key(s) {unknown}; allowed keys: {names}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{option}: {e}; keys: {names}") from e
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a job computes; equal identities give the same result (on the same machine)."""
+
+    kind: JobKind
+    task: str
+    task_params: dict
+    arch: str
+    arch_params: dict
+    seed: int
+    train: dict
+    method: str | None = None
+    method_params: dict | None = None
+    budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("reference", "cell"):
+            raise ConfigError(f"--spec.kind: {self.kind!r} is not allowed; allowed values: ['reference', 'cell']")
+        if self.kind == "cell" and (self.method is None or self.budget is None):
+            raise ConfigError("--spec: a cell needs 'method', 'method_params' and 'budget'")
+
+    @property
+    def cell_id(self) -> str:
+        """``task/arch/method/b<budget>/s<seed>``, or ``task/arch/reference/s<seed>``."""
+        if self.kind == "reference":
+            return f"{self.task}/{self.arch}/reference/s{self.seed}"
+        return f"{self.task}/{self.arch}/{self.method}/b{format_budget(self.budget)}/s{self.seed}"
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobIdentity:
+        return _from_json(cls, text, "--spec")
+
+    def digest(self) -> str:
+        """The identity's hash: the run's ``config_hash`` (first 16 hex digits)."""
+        return content_hash(self.as_dict())
+
+    def replace(self, **changes: Any) -> JobIdentity:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a job is given that does not change what it computes."""
+
+    experiment: str
+    results_dir: str = "results"
+    data_root: str = "data"
+    download: bool = False
+    tracking_uri: str | None = None
+    device: str = "auto"
+    paper_source: str = ""
+    paper_figures: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobContext:
+        return _from_json(cls, text, "--context")
+
+    def paper_value(self, identity: JobIdentity) -> float | None:
+        """The published figure for this job's (task, arch, method[, budget]), if the grid has one."""
+        method = identity.method or "reference"
+        entry = self.paper_figures.get(identity.task, {}).get(identity.arch, {}).get(method)
+        if isinstance(entry, dict):
+            entry = {format_budget(float(b)): v for b, v in entry.items()}.get(format_budget(identity.budget))
+        return None if entry is None else float(entry)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One Snakemake job: what it computes and where."""
+
+    identity: JobIdentity
+    context: JobContext
+
+    def replace(self, **changes: Any) -> JobSpec:
+        """The same job with some identity fields changed (tests, benchmarks)."""
+        return JobSpec(self.identity.replace(**changes), self.context)
