@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from quantbench.method import ConfigError, JobFailed
@@ -18,7 +21,8 @@ def _common_job(p: argparse.ArgumentParser) -> None:
                    help="where it runs: experiment, results dir, data root, tracking URI, download, device, "
                         "published figures, as JSON (not part of the identity)")
     p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)")
-    p.add_argument("--log", type=Path, default=None, help="this job's log file (attached to the MLflow run)")
+    p.add_argument("--log", type=Path, default=None,
+                   help="this job's log file: all its output goes there (attached to the MLflow run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -57,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
+    if args.command in ("reference", "cell") and args.log:
+        return run_logged(lambda: _run(args), args.log)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
@@ -66,6 +76,39 @@ def main(argv: list[str] | None = None) -> int:
     except JobFailed as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 1
+
+
+def run_logged(job: Callable[[], int], path: Path, tail: int = 30) -> int:
+    """Run ``job`` with its whole output (Python's and its libraries', stdout and stderr) going to
+    its log file ``path``; when it fails (non-zero status or an exception), show the last ``tail``
+    lines of that log on the console it was started from, so the error itself is on screen."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    status: int | None = None
+    try:
+        status = job()
+        return status
+    except SystemExit as e:
+        status = e.code if isinstance(e.code, int) else 1
+        raise
+    except BaseException:
+        traceback.print_exc()
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        if status != 0:
+            lines = path.read_text(errors="replace").splitlines()[-tail:]
+            print(f"--- end of {path}:", *lines, sep="\n", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

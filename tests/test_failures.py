@@ -63,7 +63,7 @@ def test_a_diverged_cell_fails_its_job_but_the_grid_goes_on_and_the_table_marks_
     assert "diverged: training loss is" in (tmp_path / "results/logs/nan/digits/lenet300/qat/b2/s0.log").read_text()
     # the console shows the failing cell's own error (the end of its log), not only Snakemake's
     console = proc.stdout + proc.stderr
-    assert "--- end of results/logs/nan/digits/lenet300/qat/b2/s0.log:" in console
+    assert "--- end of results/logs/nan/digits/lenet300/qat/b2/s0.log" in console
     assert "quantbench cell: error: digits/lenet300/qat/b2/s0 diverged: training loss is" in console
     assert (tmp_path / "results/runs/nan/digits/lenet300/rtn/b2/s0/metrics.json").is_file()
     assert not (tmp_path / "results/runs/nan/digits/lenet300/qat/b2/s0/metrics.json").exists()

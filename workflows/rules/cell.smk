@@ -18,5 +18,4 @@ rule cell:
         gpu=CFG.rule_resource("cell", "gpu"),
     shell:
         "quantbench cell --spec {params.spec:q} --context {params.context:q} --reference {input.reference:q}"
-        " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads} > {log:q} 2>&1"
-        + SHOW_LOG_ON_FAILURE
+        " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads}"

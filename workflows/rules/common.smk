@@ -45,10 +45,6 @@ def tables_command(wildcards=None, output=None):
     return f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} {TRACKING_URI_ARG}"
 
 
-# a failed job shows the end of its own log on the console, then fails with its exit status
-SHOW_LOG_ON_FAILURE = " || {{ status=$?; echo '--- end of {log}:' >&2; tail -n 30 {log:q} >&2; exit $status; }}"
-
-
 wildcard_constraints:
     task=r"[A-Za-z0-9_]+",
     arch=r"[A-Za-z0-9_]+",

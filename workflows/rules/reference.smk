@@ -16,4 +16,4 @@ rule reference:
         gpu=CFG.rule_resource("reference", "gpu"),
     shell:
         "quantbench reference --spec {params.spec:q} --context {params.context:q} --out {output:q} --log {log:q}"
-        " --threads {threads} > {log:q} 2>&1" + SHOW_LOG_ON_FAILURE
+        " --threads {threads}"
