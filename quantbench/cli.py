@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("methods", help="list the registered methods (built-in and plugins)")
 
+    p = sub.add_parser("fetch-weights", help="download a grid's pretrained reference weights into the "
+                       "libraries' caches (TORCH_HOME, HF_HOME), for offline compute nodes")
+    p.add_argument("config", type=Path)
+
     p = sub.add_parser("tracking", help="create the MLflow store and experiment once, before the grid")
     p.add_argument("--experiment", required=True)
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -120,6 +124,21 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(cfg.plan(), indent=1, sort_keys=True))
         else:
             print(cfg.describe())
+    elif args.command == "fetch-weights":
+        from models.pretrained import fetch
+        from quantbench.config import load_config
+        from quantbench.train import TrainSettings
+
+        cfg = load_config(args.config)
+        sources = {}
+        for task, arch, seed in cfg.references():
+            settings = TrainSettings(**cfg.reference_identity(task, arch, seed).train)
+            if settings.pretrained:
+                sources.setdefault((settings.pretrained, settings.pretrained_sha256), []).append(f"{task}/{arch}")
+        for (source, sha256), pairs in sources.items():
+            print(f"{source} ({', '.join(pairs)}): {fetch(source, sha256)}")
+        if not sources:
+            print(f"{args.config}: no reference of this grid is pretrained; nothing to fetch")
     elif args.command == "methods":
         from quantbench.registry import available_methods, get_method
 

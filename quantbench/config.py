@@ -264,6 +264,15 @@ class Config:
         return JobSpec(self.cell_identity(cell), self.context())
 
 
+def _check_pretrained(settings: TrainSettings, where: str) -> None:
+    if settings.pretrained:
+        from models.pretrained import check_source
+
+        check_source(settings.pretrained, settings.pretrained_sha256, where)
+    elif settings.pretrained_sha256:
+        raise ConfigError(f"{where}.pretrained_sha256: given without pretrained")
+
+
 def load_config(source: str | Path | dict) -> Config:
     """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
@@ -312,8 +321,8 @@ def load_config(source: str | Path | dict) -> Config:
         for arch in by_arch:
             if arch not in available_models():
                 raise ConfigError(f"config.recipes.{task}.{arch}: unknown arch; allowed values: {available_models()}")
-            cfg.train_settings(task, arch)
-    cfg.train_settings()  # config.reference itself
+            _check_pretrained(cfg.train_settings(task, arch), f"config.recipes.{task}.{arch}")
+    _check_pretrained(cfg.train_settings(), "config.reference")
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")

@@ -14,6 +14,7 @@ and the job exits non-zero; SIGTERM/SIGINT (a cancelled or timed-out job): KILLE
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from models import build_model
+from models.pretrained import load_pretrained
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, JobFailed, RunContext, make_params
@@ -129,26 +131,36 @@ def checkpoint_path(spec: JobSpec) -> tuple[Path, str]:
 
 def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, threads: int = 1,
                   show_progress: bool = True) -> dict:
-    """Train the reference (or reuse the cached checkpoint), evaluate, record, write ``out``."""
+    """Train the reference, load its published weights (a ``pretrained`` recipe), or reuse the
+    cached checkpoint; evaluate, record, write ``out``. The checkpoint cache holds the result
+    either way, and cells read it from there."""
     task, arch_kwargs, device = _setup(spec, threads)
     job = spec.identity
+    settings = TrainSettings(**job.train)
     model = build_model(job.arch, **arch_kwargs)
     ckpt, digest = checkpoint_path(spec)
     cell_id = job.cell_id
     run = _open_run(spec, device, task)
     history: list[float] = []
+    weights = None
     t0 = time.perf_counter()
     with _recorded(run, log_file, lambda: []):
         sidecar = ckpt.with_name(ckpt.name + ".sha256")
         sha = file_sha256(ckpt) if ckpt.is_file() and sidecar.is_file() else None
-        if sha is not None and sidecar.read_text().strip() == sha:
+        cached = sha is not None and sidecar.read_text().strip() == sha
+        if settings.pretrained:  # the published file is the source of truth: always read and checked
+            weights = load_pretrained(model, settings.pretrained, settings.pretrained_sha256, spec.context.download)
+            log.info("reference %s: pretrained %s (%s, sha256 %s)", cell_id, weights.source, weights.file,
+                     weights.sha256)
+        elif cached:
             log.info("reference %s: cached checkpoint %s", cell_id, ckpt)
             load_checkpoint(ckpt, model)
         else:
             if ckpt.is_file():
                 log.warning("reference %s: cached checkpoint %s does not match its sha256; retraining", cell_id, ckpt)
             log.info("reference %s: training %s", cell_id, job.train)
-            history = train(model, task, TrainSettings(**job.train), job.seed, device, show_progress)
+            history = train(model, task, settings, job.seed, device, show_progress)
+        if not cached:
             sidecar.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint({k: v.cpu() for k, v in model.state_dict().items()}, ckpt)
             sha = file_sha256(ckpt)
@@ -158,11 +170,18 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
         _check_finite(metrics)
     n_params = sum(p.numel() for p in model.parameters())
     result = {"status": "ok", "reason": "", "cell_id": cell_id, "checkpoint": str(ckpt), "hash": digest,
-              "checkpoint_sha256": sha, "cached": not history, "metric": task.metric,
+              "checkpoint_sha256": sha, "cached": cached, "metric": task.metric,
               "metrics": metrics, "n_params": n_params, "size_bits": 32 * n_params, "time_train_s": t_train}
+    tags = {}
+    if weights is not None:
+        result["pretrained"] = dataclasses.asdict(weights)
+        tags = {"pretrained": weights.source, "pretrained_sha256": weights.sha256}
+        if weights.published is not None and spec.context.paper_value(job) is None:
+            tags.update(paper_value=f"{weights.published:g}", paper_source=weights.published_source)
     run_metrics = {**metrics, "n_params": n_params, "size_bits": 32 * n_params, "bpw": 32.0,
                    "compression_ratio": 1.0, "time_train_s": t_train}
-    return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file])
+    return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file],
+                   tags)
 
 
 def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
@@ -248,13 +267,15 @@ def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]
 
 
 def _finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
-            artifacts: list[Path | None]) -> dict:
-    """Close the run FINISHED (with ``metrics.json`` among its artifacts), then publish ``out``."""
+            artifacts: list[Path | None], tags: dict | None = None) -> dict:
+    """Close the run FINISHED (with ``metrics.json`` among its artifacts, ``tags`` added), then
+    publish ``out``."""
     tracker, run_id, _ = run
     result["run_id"] = run_id
     with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
         attached = Path(staging) / out.name
         write_json_atomic(result, attached)
-        tracker.finish_run(run_id, metrics, step_metrics, {"status": "ok"}, [attached] + [a for a in artifacts if a])
+        tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
+                           [attached] + [a for a in artifacts if a])
     write_json_atomic(result, out)
     return result

@@ -174,7 +174,7 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
                    + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run."
                    + versions_note(runs[runs.get("tags.task") == task]))
-        md = wide_table(part).to_markdown(index=False)
+        md = wide_table(part).to_markdown(index=False, disable_numparse=True)  # "28.00" stays "28.00"
         tex_table = wide_table(part, pm=r"$\pm$", bold=lambda v: rf"\textbf{{{v}}}")
         for col in ("arch", "method"):
             tex_table[col] = tex_table[col].str.replace("_", r"\_")

@@ -25,7 +25,9 @@ class TrainSettings:
 
     ``lr_schedule``: cosine to 0 over ``epochs``, constant, or step (× ``gamma`` at each epoch in
     ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: bfloat16/float16 autocast,
-    used only on CUDA. ``grad_clip``: max global gradient norm (0: none).
+    used only on CUDA. ``grad_clip``: max global gradient norm (0: none). ``pretrained``: published
+    weights to load instead of training (``torchvision:<Enum>.<name>``, ``timm:<model>.<tag>``, or a
+    path / URL with ``pretrained_sha256``; :mod:`models.pretrained`); the other keys are then unused.
     """
 
     epochs: int = 30
@@ -40,6 +42,8 @@ class TrainSettings:
     warmup_epochs: int = 0
     amp: bool = True
     grad_clip: float = 0.0
+    pretrained: str = ""
+    pretrained_sha256: str = ""
 
 
 def seed_everything(seed: int) -> None:
