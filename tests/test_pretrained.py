@@ -211,7 +211,7 @@ def test_the_paper_grids_start_from_pretrained_imagenet_references():
     torchvision or timm know (checked at planning)."""
     for path in sorted((REPO / "workflows" / "config").glob("paper_*.yaml")):
         cfg = load_config(path)
-        for task, arch, seed in cfg.references():
+        for task, arch, _seed in cfg.references():
             if task == "imagenet":
                 assert cfg.train_settings(task, arch).pretrained, f"{path.name}: {arch}"
 
