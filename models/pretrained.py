@@ -69,6 +69,38 @@ def check_source(source: str, sha256: str, where: str) -> None:
         raise ConfigError(f"{where}.pretrained_sha256: a {kind} of weights ({name}) needs its sha256")
 
 
+def check_fits(source: str, arch: str, input_shape: tuple[int, ...], num_classes: int, arch_params: dict,
+               where: str) -> None:
+    """At planning, without the file: torchvision weights must fit the arch's network key for key
+    (both built on the meta device), timm weights must be for the timm model the arch builds."""
+    from models import build_model
+
+    kind, name = parse(source)
+    if kind not in ("torchvision", "timm"):
+        return
+    with torch.device("meta"):
+        ours = build_model(arch, input_shape, num_classes, **arch_params)
+        if kind == "torchvision":
+            import torchvision
+
+            weights = torchvision_weights(name, where)
+            builders = [m for m in torchvision.models.list_models(module=torchvision.models)
+                        if torchvision.models.get_model_weights(m) is type(weights)]
+            if builders:
+                theirs = torchvision.models.get_model(builders[0], weights=None,
+                                                      num_classes=len(weights.meta["categories"]))
+                try:
+                    load_state(ours, theirs.state_dict(), f"{where}.pretrained: {source}")
+                except WeightsError as e:
+                    raise ConfigError(f"{e} (arch {arch}, arch_params {arch_params})") from None
+            return
+    cfg = timm_config(name, where)
+    built = getattr(ours, "pretrained_cfg", {}).get("architecture")
+    if built != cfg.architecture:
+        raise ConfigError(f"{where}.pretrained: {source} are weights of timm's {cfg.architecture}; arch {arch} builds "
+                          f"{built or type(ours).__name__} (set arch_params.{arch}.model)")
+
+
 def torchvision_weights(name: str, where: str = "pretrained"):
     import torchvision
 

@@ -282,7 +282,7 @@ def load_config(source: str | Path | dict) -> Config:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_explain(e) for e in errors))
 
     from models import _MODELS, available_models
-    from quantbench.data import _TASKS, available_tasks
+    from quantbench.data import _TASKS, TASK_SHAPES, available_tasks
     from quantbench.registry import available_methods, get_method
 
     if isinstance(raw["archs"], dict):
@@ -323,6 +323,14 @@ def load_config(source: str | Path | dict) -> Config:
                 raise ConfigError(f"config.recipes.{task}.{arch}: unknown arch; allowed values: {available_models()}")
             _check_pretrained(cfg.train_settings(task, arch), f"config.recipes.{task}.{arch}")
     _check_pretrained(cfg.train_settings(), "config.reference")
+    for task, arch in pairs:  # published weights must fit the pair's network (where that is known at planning)
+        settings = cfg.train_settings(task, arch)
+        if settings.pretrained and task in TASK_SHAPES:
+            from models.pretrained import check_fits
+
+            where = f"config.recipes.{task}.{arch}" if arch in raw["recipes"].get(task, {}) else "config.reference"
+            shape, classes = TASK_SHAPES[task]
+            check_fits(settings.pretrained, arch, shape, classes, raw["arch_params"].get(arch, {}), where)
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")

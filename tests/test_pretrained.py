@@ -279,3 +279,18 @@ def test_the_published_figures_reach_the_paper_columns_of_the_gpfq_table(tmp_pat
     assert rows[("resnet18", "gpfq")][col["2-bit paper"]] == "—"  # not logged
     cifar = (tmp_path / "tables" / "cifar10.md").read_text()
     assert "28.00" in next(line for line in cifar.splitlines() if "| msq" in line)
+
+
+@pytest.mark.parametrize("arch,arch_params,source,message", [
+    ("resnet18", {}, "torchvision:ResNet50_Weights.IMAGENET1K_V1",
+     r"recipes.imagenet.resnet18.pretrained: torchvision:ResNet50_Weights.IMAGENET1K_V1 do not fit ResNet: "
+     r"missing keys \[\] \(0\), unexpected keys \['layer1.0.bn3.bias'"),
+    ("vgg16", {}, "torchvision:VGG16_Weights.IMAGENET1K_V1",  # our default is VGG16-BN
+     r"do not fit VGG: missing keys \['features.1.bias'"),
+    ("vit", {}, "timm:deit_base_patch16_224.fb_in1k",
+     r"weights of timm's deit_base_patch16_224; arch vit builds vit_tiny_patch16_224 \(set arch_params.vit.model\)"),
+])
+def test_weights_of_another_architecture_are_refused_at_planning(arch, arch_params, source, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"name": "x", "tasks": ["imagenet"], "archs": [arch], "arch_params": {arch: arch_params},
+                     "recipes": {"imagenet": {arch: {"pretrained": source}}}})
