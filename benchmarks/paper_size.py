@@ -32,12 +32,12 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from methods import get_method
 from models import build_model
 from quantbench.config import load_config
 from quantbench.data import TASK_SHAPES, LanguageModelingTask, Task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
 from quantbench.train import TrainSettings, seed_everything, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"

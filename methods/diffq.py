@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from models import build_model
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
-from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.method import Budget, Method, RunContext, StepCurve, compressible
 from quantbench.registry import register_method
 from quantbench.train import make_optimizer, straight_through, train_quantized
 from quantbench.uniform import quantize_uniform, round_to_grid
@@ -158,11 +158,11 @@ def project_to_budget(quantizers: dict[str, PseudoQuantizer], target: float, ite
 
 @register_method("diffq")
 class DiffQ(Method):
-    family = "DiffQ"
     """DiffQ with the budget controller (``budget_control: false``: fixed λ = ``size_penalty``)."""
 
+    family = "DiffQ"
+    step_curves = (StepCurve("diffq/bpw", "DiffQ epoch", "expected bits per weight"),)
     Params = DiffQParams
-    needs = frozenset({"train_data"})
 
     @classmethod
     def serves(cls, budget: Budget, params: DiffQParams) -> bool:
@@ -273,11 +273,10 @@ def _int_budget(budget: Budget, low: int = 2) -> bool:
 
 @register_method("qat")
 class QAT(Method):
-    family = "DiffQ"
     """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
 
+    family = "DiffQ"
     Params = QATParams
-    needs = frozenset({"train_data"})
 
     @classmethod
     def serves(cls, budget: Budget, params: QATParams) -> bool:
@@ -313,11 +312,10 @@ def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float)
 
 @register_method("lsq")
 class LSQ(Method):
-    family = "DiffQ"
     """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
 
+    family = "DiffQ"
     Params = LSQParams
-    needs = frozenset({"train_data"})
 
     @classmethod
     def serves(cls, budget: Budget, params: LSQParams) -> bool:

@@ -241,7 +241,6 @@ class _Alphabet(Method):
 class GPFQ(_Alphabet):
     """Greedy path-following quantization; ``rounding: stochastic`` gives SPFQ."""
 
-    needs = frozenset({"calib_data"})
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         return ctx.assemble(ref, quantize_network(ref, budget.int_bits, self.params, ctx, memoryless=False))

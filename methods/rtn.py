@@ -26,6 +26,8 @@ class RTNParams:
 
 @register_method("rtn")
 class RTN(Method):
+    """Uniform round-to-nearest at b bits on the min-max (or symmetric) range, per tensor or per channel."""
+
     family = "baseline"
     Params = RTNParams
 

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from models import register_model
+from quantbench.registry import register_model
 
 
 @register_model

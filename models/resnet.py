@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import register_model
+from quantbench.registry import register_model
 
 
 def _ch(c: int, width: float) -> int:

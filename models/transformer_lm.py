@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from models import register_model
+from quantbench.registry import register_model
 
 LM_EXTRA_HINT = 'the fairseq language model needs the "lm" extra: pip install -e ".[lm]" (fairseq-fixed)'
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models import register_model
+from quantbench.registry import register_model
 
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 

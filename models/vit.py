@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models import register_model
+from quantbench.registry import register_model
 
 
 def _timm_model(name: str, **kwargs) -> nn.Module:

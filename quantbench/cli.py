@@ -140,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not sources:
             print(f"{args.config}: no reference of this grid is pretrained; nothing to fetch")
     elif args.command == "methods":
-        from quantbench.registry import available_methods, get_method
+        from methods import available_methods, get_method
 
         for name in available_methods():
             cls = get_method(name)

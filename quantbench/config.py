@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -74,14 +73,6 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-def _check_kwargs(fn, params: dict, where: str) -> None:
-    sig = inspect.signature(fn)
-    allowed = [n for n in sig.parameters if n not in ("root", "download", "input_shape", "num_classes")]
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(f"{where}.{key}: unknown parameter; allowed: {allowed}")
 
 
 def task_archs(raw: dict, task: str) -> list[str]:
@@ -201,7 +192,7 @@ class Config:
         return self._cached(("method", method), lambda: self._method_params(method))
 
     def _method_params(self, method: str) -> dict:
-        from quantbench.registry import get_method
+        from methods import get_method
 
         base, _, variant = method.partition("@")
         overrides = {**self.raw["method_params"].get(base, {}), **self.raw["variants"].get(base, {}).get(variant, {})}
@@ -281,9 +272,10 @@ def load_config(source: str | Path | dict) -> Config:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_explain(e) for e in errors))
 
-    from models import _MODELS, available_models
-    from quantbench.data import _TASKS, TASK_SHAPES, available_tasks
-    from quantbench.registry import available_methods, get_method
+    from methods import available_methods, get_method
+    from models import available_models
+    from quantbench.data import TASK_SHAPES, available_tasks
+    from quantbench.registry import MODELS, TASKS, check_kwargs
 
     if isinstance(raw["archs"], dict):
         for task in raw["archs"]:
@@ -302,11 +294,11 @@ def load_config(source: str | Path | dict) -> Config:
             if name not in known:
                 kind = "arch" if where.startswith("archs") else where[:-1]
                 raise ConfigError(f"config.{where}[{i}]: unknown {kind} {name!r}; allowed values: {known}")
-    for key, known in (("task_params", _TASKS), ("arch_params", _MODELS)):
+    for key, known in (("task_params", TASKS), ("arch_params", MODELS)):
         for name, params in raw[key].items():
             if name not in known:
-                raise ConfigError(f"config.{key}.{name}: unknown {key[:-7]}; allowed values: {sorted(known)}")
-            _check_kwargs(known[name], params, f"config.{key}.{name}")
+                raise ConfigError(f"config.{key}.{name}: unknown {key[:-7]}; allowed values: {known.names()}")
+            check_kwargs(known.get(name), params, f"config.{key}.{name}")
     for name in raw["method_params"]:
         if name not in available_methods():
             raise ConfigError(f"config.method_params.{name}: unknown method; allowed values: {available_methods()}")

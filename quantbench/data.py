@@ -29,7 +29,6 @@ import gzip
 import hashlib
 import importlib.util
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from quantbench.method import ConfigError
+from quantbench.registry import TASKS, check_kwargs, register_task
 
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary's first four indices
 UNK = 3
@@ -103,8 +102,6 @@ class LanguageModelingTask(Task):
         return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "bits_per_token": loss / math.log(2)}
 
 
-_TASKS: dict[str, Callable[..., Task]] = {}
-
 # (input_shape, num_classes) of the tasks with files, known without the files: for dry runs and
 # the paper-size smoke tests. (LM inputs are token blocks; the vocabulary is fairseq's size.)
 TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -114,23 +111,15 @@ TASK_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
 }
 
 
-def register_task(fn: Callable[..., Task]) -> Callable[..., Task]:
-    _TASKS[fn.__name__] = fn
-    return fn
-
-
 def available_tasks() -> list[str]:
-    return sorted(_TASKS)
+    return TASKS.names()
 
 
 def build_task(name: str, root: str = "data", download: bool = False, **kwargs) -> Task:
     """The one place tasks are built; ``root``/``download`` are for tasks with files."""
-    if name not in _TASKS:
-        raise ConfigError(f"unknown task {name!r}; available: {available_tasks()}")
-    try:
-        return _TASKS[name](root=root, download=download, **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"task_params.{name}: {e}") from e
+    fn = TASKS.get(name)
+    check_kwargs(fn, kwargs, f"task_params.{name}")
+    return fn(root=root, download=download, **kwargs)
 
 
 def missing_files(task: str, files: list[Path], hint: str) -> FileNotFoundError:

@@ -3,7 +3,9 @@
 A method is a class registered with :func:`quantbench.registry.register_method`. It declares
 
 * ``Params``  a dataclass of typed, defaulted hyper-parameters (config: ``method_params.<name>``),
-* ``needs``   what the harness must supply in the :class:`RunContext` (``train_data``, ``calib_data``),
+* ``family``  the table group its rows belong to: which paper's table (``baseline``, ``LC``, ``GPFQ``,
+              ``OPQ``, ``DiffQ``; anything else is a group of its own, after those),
+* ``step_curves`` the per-step metrics it logs that are worth a plot (:class:`StepCurve`),
 * ``serves``  which budgets it can meet (cells it cannot serve are skipped at planning),
 
 and implements ``compress(ref, budget, ctx) -> CompressedModel``. A method never writes files
@@ -95,13 +97,23 @@ class RunContext:
         return CompressedModel(self.arch, self.arch_kwargs, records)
 
 
+@dataclass(frozen=True)
+class StepCurve:
+    """A per-step metric a method logs (``ctx.log_metric(key, value, step)``) that the ``<task>_steps``
+    plot draws, one line per cell; ``{metric}`` in ``key`` and ``y`` stands for the task's metric."""
+
+    key: str
+    x: str
+    y: str
+
+
 class Method:
     """Base class of compression methods; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
-    family: ClassVar[str] = "other"  # the table groups rows by it: baseline, LC, GPFQ, OPQ, DiffQ, other
+    family: ClassVar[str] = "other"  # the table group: which paper's table its rows belong to
+    step_curves: ClassVar[tuple[StepCurve, ...]] = ()
     Params: ClassVar[type] = NoParams
-    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

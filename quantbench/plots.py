@@ -4,9 +4,9 @@
   per arch, one line per method through its budgets (mean over seeds), the reference as a dashed
   line, and the Pareto front of all (method, budget) points — no other point is both smaller and
   better — drawn as a thick grey staircase with its points ringed.
-* ``<task>_steps``: per-step curves: the metric of Δ(Θ) after each LC step (``lc/<metric>``)
-  and DiffQ's expected bits per weight per epoch (``diffq/bpw``), one line per cell (a figure
-  saying so when the grid has neither).
+* ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
+  metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
+  each, one line per cell (a figure saying so when no method logged any).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-STEP_CURVES = (("lc/{metric}", "LC step", "{metric} of Δ(Θ)"), ("diffq/bpw", "DiffQ epoch", "expected bits per weight"))
 
 
 def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -102,13 +100,14 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
     return _save(fig, plt, out_dir, f"{task}_size")
 
 
-def steps_plot(histories: pd.DataFrame, task: str, metric: str, out_dir: Path) -> list[Path]:
-    """Per-step curves of one task (``histories``: cell_id, key, step, value)."""
-    panels = [(key.format(metric=metric), xlab, ylab.format(metric=metric)) for key, xlab, ylab in STEP_CURVES]
+def steps_plot(histories: pd.DataFrame, task: str, metric: str, curves: list, out_dir: Path) -> list[Path]:
+    """Per-step curves of one task (``histories``: cell_id, key, step, value), a panel per declared
+    ``curves`` (:class:`quantbench.method.StepCurve`) that has values."""
+    panels = [(c.key.format(metric=metric), c.x, c.y.format(metric=metric)) for c in curves]
     panels = [p for p in panels if (histories["key"] == p[0]).any()] if len(histories) else []
     if not panels:  # still a figure, so the file set per task is fixed (Snakemake outputs)
         fig, axes, plt = _figure(1)
-        axes[0].text(0.5, 0.5, f"{task}: no per-step metrics (LC, DiffQ) recorded", ha="center", va="center")
+        axes[0].text(0.5, 0.5, f"{task}: no per-step metrics recorded", ha="center", va="center")
         axes[0].set_axis_off()
         return _save(fig, plt, out_dir, f"{task}_steps")
     fig, axes, plt = _figure(len(panels))

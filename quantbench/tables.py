@@ -104,8 +104,8 @@ def _absent(method: str, params_json: str, budget: float) -> str:
     """What an absent (method, budget) cell reads: MISSING when the method (as the record's runs
     configured it) serves the budget, so a planned cell never ran; UNSERVED otherwise, or when
     the method is not installed here to ask."""
+    from methods import get_method
     from quantbench.method import Budget, make_params
-    from quantbench.registry import get_method
 
     try:
         cls = get_method(method)
@@ -188,9 +188,20 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
     return written
 
 
+def step_curves(method: str) -> tuple:
+    """The per-step curves ``method`` declares (``Method.step_curves``); none when it is not installed."""
+    from methods import get_method
+
+    try:
+        return get_method(method).step_curves
+    except ValueError:  # ConfigError: a plugin's method that is not installed here
+        return ()
+
+
 def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
                 tasks: list[str] | None = None) -> list[Path]:
-    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task."""
+    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task; the steps plot has a
+    panel per curve the task's methods declare (in table order)."""
     from quantbench.plots import size_plot, steps_plot
 
     out_dir = Path(out_dir)
@@ -198,25 +209,30 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
     written = []
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
+        curves = list(dict.fromkeys(c for m in part["method"] if m != "reference" for c in step_curves(m)))
         written += size_plot(part, task, out_dir)
         written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
-                              part["metric"].iloc[0], out_dir)
+                              part["metric"].iloc[0], curves, out_dir)
     return written
 
 
 def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
                        tasks: list[str] | None = None) -> list[Path]:
     """Tables and plots of ``experiment`` from its MLflow record alone."""
-    from quantbench.plots import STEP_CURVES
-
     tracker = Tracker(tracking_uri)
     runs = tracker.runs(experiment)
     written = write_tables(runs, out_dir, tasks)
+    return written + write_plots(summarize(runs), step_histories(tracker, runs), out_dir, tasks)
+
+
+def step_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:
+    """``task, cell_id, key, step, value`` of every step curve the cells' methods declare, from
+    the latest run of each cell."""
     latest = latest_runs(runs)
-    latest = latest[latest.get("tags.family", pd.Series(index=latest.index, dtype=object)).isin(["LC", "DiffQ"])]
-    keys = {key.format(metric=m) for key, _, _ in STEP_CURVES for m in latest.get("tags.metric", [])}
-    cells = dict(zip(latest["run_id"], zip(latest["tags.task"], latest["tags.cell_id"], strict=True), strict=True))
-    rows = [(*cells[run_id], key, step, value)
-            for run_id, key, step, value in tracker.metric_histories(list(cells), sorted(keys))]
-    histories = pd.DataFrame(rows, columns=["task", "cell_id", "key", "step", "value"])
-    return written + write_plots(summarize(runs), histories, out_dir, tasks)
+    latest = latest[latest["tags.kind"] == "cell"]
+    rows = []
+    for run_id, task, cell_id, method, metric in zip(latest["run_id"], latest["tags.task"], latest["tags.cell_id"],
+                                                     latest["tags.method"], latest["tags.metric"], strict=True):
+        keys = [c.key.format(metric=metric) for c in step_curves(method)]
+        rows += [(task, cell_id, key, step, value) for _, key, step, value in tracker.metric_histories([run_id], keys)]
+    return pd.DataFrame(rows, columns=["task", "cell_id", "key", "step", "value"])

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from methods import get_method
 from models import build_model
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
 from quantbench.train import TrainSettings, seed_everything, train
 
 

@@ -12,9 +12,9 @@ from conftest import compress_digits
 from torch import nn
 from torch.nn.utils import parametrize
 
+from methods import get_method
 from methods.diffq import PseudoQuantizer, lsq_quantize, range_record
 from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
 
 
 def _mlp() -> nn.Module:

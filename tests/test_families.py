@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
+from methods import available_methods, get_method
 from models import build_model
 from quantbench.data import LanguageModelingTask, blocks, build_task
 from quantbench.format import CompressedModel, QuantizedTensor
 from quantbench.method import Budget, RunContext, compressible, make_params
-from quantbench.registry import available_methods, get_method
 from quantbench.train import TrainSettings, seed_everything, train
 
 FAMILIES = {

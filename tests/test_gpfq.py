@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from methods import get_method
 from methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from quantbench.data import Task
 from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
 from quantbench.uniform import round_to_grid
 
 

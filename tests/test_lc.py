@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import compress_digits
 
+from methods import get_method
 from methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
 from methods.lc.csteps import AdaptiveCodebook, Binary, PowersOfTwo, ScaledBinary, ScaledCodebook, ScaledTernary
 from methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
 from models import build_model
 from quantbench.method import Budget, RunContext, make_params
-from quantbench.registry import get_method
 
 
 # ----------------------------------------------------------------------------- 1-D k-means

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from quantbench.method import StepCurve
 from quantbench.plots import pareto_front, size_plot, steps_plot
 
 
@@ -39,7 +40,8 @@ def test_plots_are_written_as_png_and_pdf(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     histories = pd.DataFrame({"task": "digits", "cell_id": "digits/mlp/lc/b1/s0", "key": "lc/accuracy",
                               "step": [0, 1, 2], "value": [50.0, 80.0, 90.0]})
-    assert sorted(p.name for p in steps_plot(histories, "digits", "accuracy", tmp_path)) == [
+    curves = [StepCurve("lc/{metric}", "LC step", "{metric}"), StepCurve("mine/x", "my step", "x")]
+    assert sorted(p.name for p in steps_plot(histories, "digits", "accuracy", curves, tmp_path)) == [
         "digits_steps.pdf", "digits_steps.png"]
-    empty = steps_plot(histories.iloc[:0], "other", "accuracy", tmp_path)
+    empty = steps_plot(histories.iloc[:0], "other", "accuracy", curves, tmp_path)
     assert sorted(p.name for p in empty) == ["other_steps.pdf", "other_steps.png"]

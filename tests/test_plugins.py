@@ -46,13 +46,18 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "results/tables/plugin/digits.md").read_text()
     rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
-    assert "(2.0" in rows["rtn_clip"] and "| other" in rows["rtn_clip"]
+    assert "(2.0" in rows["rtn_clip"] and "| baseline" in rows["rtn_clip"]  # the table group it declares
     # the run names the plugin's distribution and version: the code it ran
     from quantbench.tracking import Tracker
 
     runs = Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}").runs("plugin")
     clip = runs[runs["tags.method"] == "rtn_clip"].iloc[0]
     assert (clip["tags.method_package"], clip["tags.method_version"]) == ("quantbench-plugin-example", "0.1.0")
+    # its declared step curve reaches the steps plot's data, with no edit to the core
+    from quantbench.tables import step_histories
+
+    curve = step_histories(Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}"), runs)
+    assert list(curve[curve["key"] == "rtn_clip/step"]["step"]) == [0, 1, 2]
     # the clipped grid, checked by hand on the packed file: 2 % clipped at each end of every layer
     from quantbench.format import CompressedModel
 

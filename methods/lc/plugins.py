@@ -21,7 +21,7 @@ from methods.lc.csteps import (
     ScaledTernary,
 )
 from quantbench.format import CompressedModel
-from quantbench.method import Budget, Method, RunContext
+from quantbench.method import Budget, Method, RunContext, StepCurve
 from quantbench.registry import register_method
 
 CodebookKind = Literal["adaptive", "binary", "scaled_binary", "ternary", "pow2"]
@@ -102,8 +102,8 @@ class IDCParams(TrainParams):
 
 class _CodebookMethod(Method):
     family = "LC"
+    step_curves = (StepCurve("lc/{metric}", "LC step", "{metric} of Δ(Θ)"),)
     codebook: ClassVar[str] = "adaptive"
-    needs = frozenset({"train_data"})
 
     @classmethod
     def kind(cls, params) -> str:
@@ -154,21 +154,29 @@ class LCAdaptive(_LC):
 
 @register_method("lc_binary")
 class LCBinary(_LC):
+    """LC with the fixed binary codebook {−1, +1} (1 bit)."""
+
     codebook = "binary"
 
 
 @register_method("lc_scaled_binary")
 class LCScaledBinary(_LC):
+    """LC with the binary codebook {−a, +a}, a learned per layer (1 bit)."""
+
     codebook = "scaled_binary"
 
 
 @register_method("lc_ternary")
 class LCTernary(_LC):
+    """LC with the ternary codebook {−a, 0, +a}, a learned per layer (log2 3 bits)."""
+
     codebook = "ternary"
 
 
 @register_method("lc_pow2")
 class LCPowersOfTwo(_LC):
+    """LC with a powers-of-two codebook {0, ±a·2^−k}, a learned per layer."""
+
     codebook = "pow2"
 
 
@@ -185,7 +193,6 @@ class DirectCompression(_CodebookMethod):
     """DC: the C step applied to the reference; no retraining."""
 
     Params = DCParams
-    needs = frozenset()
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         model, view, csteps = self.setup(ref, budget)
