@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from models import build_model
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
-from quantbench.method import Budget, Method, RunContext, StepCurve, compressible
+from quantbench.method import DATA_ORDER, GENERATOR, Budget, Method, RunContext, StepCurve, compressible, derive_seed
 from quantbench.registry import register_method
 from quantbench.train import make_optimizer, straight_through, train_quantized
 from quantbench.uniform import quantize_uniform, round_to_grid
@@ -69,12 +69,13 @@ class PseudoQuantizer(nn.Module):
         sizes[-1] = numel - self.group_size * (self.n_groups - 1)
         self.register_buffer("group_sizes", sizes, persistent=False)
 
-    def bits(self) -> torch.Tensor:
-        """b = b_min + σ(ℓ) (b_max − b_min), per group."""
-        return self.min_bits + torch.sigmoid(self.logit) * (self.max_bits - self.min_bits)
+    def bits(self, shift: float = 0.0) -> torch.Tensor:
+        """b = b_min + σ(ℓ + shift) (b_max − b_min), per group."""
+        return self.min_bits + torch.sigmoid(self.logit + shift) * (self.max_bits - self.min_bits)
 
-    def rounded_bits(self) -> torch.Tensor:
-        return self.bits().detach().round().clamp(max(1, math.ceil(self.min_bits)), min(16, int(self.max_bits)))
+    def rounded_bits(self, shift: float = 0.0) -> torch.Tensor:
+        """The stored widths: b rounded, clamped to [max(1, ⌈b_min⌉), min(16, b_max)]."""
+        return self.bits(shift).detach().round().clamp(max(1, math.ceil(self.min_bits)), min(16, int(self.max_bits)))
 
     def size_bits(self) -> torch.Tensor:
         """Differentiable size of this tensor in the packed format: codes, group widths, range."""
@@ -135,9 +136,7 @@ def rounded_bpw(quantizers: dict[str, PseudoQuantizer], shift: float = 0.0) -> f
     """Bits per quantized weight of the artifact if the logits were shifted by ``shift``."""
     total = 0.0
     for q in quantizers.values():
-        t = torch.sigmoid(q.logit.detach() + shift)
-        bits = (q.min_bits + t * (q.max_bits - q.min_bits)).round()
-        bits = bits.clamp(max(1, math.ceil(q.min_bits)), min(16, int(q.max_bits)))
+        bits = q.rounded_bits(shift)
         total += float((q.group_sizes * bits).sum()) + GROUP_WIDTH_BITS * q.n_groups + RANGE_BITS
     return total / sum(q.numel for q in quantizers.values())
 
@@ -174,7 +173,7 @@ class DiffQ(Method):
         model.to(ctx.device)
         names = _view(model, p)
         dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
-        gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed * 1_000_003 + 17)
+        gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, GENERATOR, 17))
         for n in names:
             mod = model.get_submodule(n.rpartition(".")[0])
             quantizer = PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits, p.init_bits,
@@ -190,7 +189,7 @@ class DiffQ(Method):
         for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
             model.train()
             total, count = 0.0, 0
-            for x, y in ctx.task.loader("train", p.batch_size, seed=ctx.seed * 7919 + epoch):
+            for x, y in ctx.task.loader("train", p.batch_size, seed=derive_seed(ctx.seed, DATA_ORDER, epoch)):
                 x, y = x.to(ctx.device), y.to(ctx.device)
                 size_mb = (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
                 task_loss = ctx.task.loss(model(x), y)

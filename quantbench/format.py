@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from quantbench.bitpack import BitReader, BitWriter
+from quantbench.files import write_atomic
 
 MAGIC = b"QBCM"
 FORMAT_VERSION = 1
@@ -531,10 +531,7 @@ class CompressedModel:
     def save(self, path: str | Path) -> int:
         """Write the packed model atomically; returns its size in bytes."""
         data = self.pack()
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: tmp.write_bytes(data))
         return len(data)
 
     @classmethod

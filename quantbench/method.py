@@ -54,6 +54,18 @@ class NoParams:
     """A method without hyper-parameters."""
 
 
+# The random streams of a job, each named by a prime: the seed of a stream is derive_seed(seed, stream, offset).
+DATA_ORDER = 7919  # the order of training batches (offset: the epoch, or a step's epoch index)
+REFERENCE_DATA_ORDER = 10_007  # the reference's training batches
+GENERATOR = 1_000_003  # a method's own random draws (ctx.generator(offset))
+
+
+def derive_seed(seed: int, stream: int, offset: int = 0) -> int:
+    """The one place seeds are derived: ``seed · stream + offset`` (distinct streams never share
+    a seed for the small offsets used)."""
+    return seed * stream + offset
+
+
 @dataclass
 class RunContext:
     """What the harness hands a method: data, device, seed, metric logger, progress bars."""
@@ -75,7 +87,7 @@ class RunContext:
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A torch generator seeded from the cell's seed (``offset`` separates streams)."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+        return torch.Generator().manual_seed(derive_seed(self.seed, GENERATOR, offset))
 
     def assemble(self, ref: nn.Module, quantized: dict[str, QuantizedTensor]) -> CompressedModel:
         """The compressed model: ``quantized`` records, every other state entry kept dense (fp32)."""

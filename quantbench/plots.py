@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantbench.files import write_atomic
+
 
 def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Indices of the non-dominated points, by increasing size: each is strictly better than
@@ -48,11 +50,9 @@ def _save(fig, plt, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path = out_dir / f"{stem}.{ext}"
-        tmp = path.with_name(f".{path.name}.tmp.{ext}")
         # no creation date or timestamp in the files: the same record gives the same bytes
         metadata = {"CreationDate": None} if ext == "pdf" else {}
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=metadata)
-        tmp.replace(path)
+        write_atomic(path, lambda tmp, m=metadata: fig.savefig(tmp, dpi=130, bbox_inches="tight", metadata=m))
         paths.append(path)
     plt.close(fig)
     return paths

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import tempfile
 import time
@@ -33,6 +32,7 @@ from methods import get_method
 from models import build_model
 from models.pretrained import load_pretrained
 from quantbench.data import build_task
+from quantbench.files import write_json_atomic
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, JobFailed, RunContext, make_params
 from quantbench.spec import JobSpec, content_hash
@@ -70,13 +70,6 @@ def signals_as_exceptions() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def pick_device(name: str) -> torch.device:

@@ -12,12 +12,12 @@ row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from quantbench.files import write_text_atomic
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
@@ -140,12 +140,6 @@ def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") ->
     return pd.DataFrame(rows, columns=["arch", "family", "method"] + header)
 
 
-def _write(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> str:
     """`` Runs: torch 2.14.1, ...`` from the runs' ``version.*`` tags (several: joined by /)."""
     found = []
@@ -183,7 +177,7 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         for suffix, text in (("md", f"# {task}\n\n{caption}\n\n{md}\n"), ("tex", tex),
                              ("csv", part.to_csv(index=False))):
             path = out_dir / f"{task}.{suffix}"
-            _write(text, path)
+            write_text_atomic(path, text)
             written.append(path)
     return written
 

@@ -17,6 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantbench.data import Task
+from quantbench.files import write_atomic
+from quantbench.method import DATA_ORDER, REFERENCE_DATA_ORDER, derive_seed
 
 
 @dataclass
@@ -154,7 +156,7 @@ def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str
     for epoch in progress(range(epochs)):
         model.train()
         total, count = 0.0, 0
-        for x, y in task.loader("train", batch_size, seed=seed * 7919 + epoch):
+        for x, y in task.loader("train", batch_size, seed=derive_seed(seed, DATA_ORDER, epoch)):
             x, y = x.to(device), y.to(device)
             weights = {n: forward_weights(n, params[n]) for n in names}
             loss = task.loss(torch.func.functional_call(model, weights, (x,)), y)
@@ -179,8 +181,8 @@ def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: tor
     bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
     for epoch in bar:
         try:
-            history.append(train_epoch(model, task, opt, s.batch_size, seed * 10_007 + epoch, device,
-                                       amp=s.amp, grad_clip=s.grad_clip))
+            order = derive_seed(seed, REFERENCE_DATA_ORDER, epoch)
+            history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=s.amp, grad_clip=s.grad_clip))
         except FloatingPointError as e:
             raise FloatingPointError(f"{e} at epoch {epoch}") from None
         bar.set_postfix(loss=f"{history[-1]:.4f}")
@@ -206,10 +208,7 @@ def file_sha256(path: Path) -> str:
 
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write atomically (a temp file, then rename) so an interrupted job leaves nothing half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> nn.Module:

@@ -23,7 +23,7 @@ from torch import nn
 
 from methods.lc.csteps import CStep, Projection
 from quantbench.format import Codebook, QuantizedTensor
-from quantbench.method import RunContext, compressible
+from quantbench.method import DATA_ORDER, RunContext, compressible, derive_seed
 from quantbench.train import make_optimizer, train_epoch
 
 
@@ -133,8 +133,8 @@ def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep],
                 return sum(penalty(w[n], q[n], lam[n], mu) for n in view.names)
 
             for epoch in range(epochs_per_step):
-                loss = train_epoch(model, ctx.task, opt, batch_size, ctx.seed * 7919 + k * 101 + epoch, ctx.device,
-                                   penalty=lc_penalty)
+                order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
+                loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, penalty=lc_penalty)
         with torch.no_grad():
             projections = c_step(view, csteps, {n: w[n] - lam[n] / mu for n in view.names})
             q = decompress(view, projections, w)
@@ -158,7 +158,8 @@ def iterated_direct_compression(model: nn.Module, view: ParamView, csteps: list[
         opt = make_optimizer(model.parameters(), optimizer, lr * lr_decay**k, momentum)
         loss = float("nan")
         for epoch in range(epochs_per_step):
-            loss = train_epoch(model, ctx.task, opt, batch_size, ctx.seed * 7919 + k * 101 + epoch, ctx.device)
+            order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
+            loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device)
         projections = c_step(view, csteps, w)
         _log_step(ctx, model, view, decompress(view, projections, w), k, train_loss=loss)
     return projections
