@@ -1,9 +1,10 @@
 """Plots from the MLflow record (the same summary the tables use), PNG and PDF per task.
 
-* ``<task>_size``: the task metric against model size (all parameters, KiB, log x), one subplot
-  per arch, one line per method through its budgets (mean over seeds), the reference as a dashed
-  line, and the Pareto front of all (method, budget) points — no other point is both smaller and
-  better — drawn as a thick grey staircase with its points ringed.
+* ``<task>_size``: the task metric against achieved bits per weight (side information included),
+  one subplot per arch over the quantized points' range, one line per method through its budgets
+  (mean over seeds), coloured by paper family (LC blues, GPFQ greens, OPQ oranges, DiffQ purples,
+  baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
+  budget) points — no other point is both smaller and better — as a grey staircase, points ringed.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
@@ -58,45 +59,68 @@ def _save(fig, plt, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+FAMILY_COLOURS = {"baseline": "Greys", "LC": "Blues", "GPFQ": "Greens", "OPQ": "Oranges", "DiffQ": "Purples"}
+
+
+def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
+    """One colour family per paper family (a colormap each; other families share Reds), the
+    methods of a family in shades of it."""
+    import matplotlib
+
+    colours = {}
+    for family, g in methods.groupby("family", sort=False):
+        cmap = matplotlib.colormaps[FAMILY_COLOURS.get(family, "Reds")]
+        names = sorted(set(g["method"]))
+        for i, method in enumerate(names):
+            colours[method] = cmap(0.45 + 0.5 * (i + 1) / (len(names) + 1))
+    return colours
+
+
 def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
-    """Metric vs size for one task (``part``: rows of :func:`quantbench.tables.summarize`)."""
+    """Metric vs achieved bits per weight for one task (``part``: rows of
+    :func:`quantbench.tables.summarize`): a panel per arch, a line per method through its budgets,
+    coloured by paper family; the x axis spans the quantized points, the fp32 reference is a
+    dashed line; the Pareto front of all (method, budget) points is a grey staircase."""
     metric = part["metric"].iloc[0]
     higher = bool(part["higher_is_better"].iloc[0])
     archs = list(dict.fromkeys(part["arch"]))
     fig, axes, plt = _figure(len(archs))
-    from matplotlib.ticker import NullFormatter
-
+    done = part[(part["status"] == "ok") & part["mean"].notna()]
+    colours = method_colours(done[done["method"] != "reference"])
     for ax, arch in zip(axes, archs, strict=True):
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # 20 distinct colours: one per method
-        rows = part[(part["arch"] == arch) & (part["status"] == "ok") & part["mean"].notna() & (part["size_kib"] > 0)]
-        if rows.empty:
-            ax.text(0.5, 0.5, "no finished runs with a recorded size", ha="center", va="center")
-            ax.set_title(f"{task} / {arch}")
-            continue
+        rows = done[done["arch"] == arch]
         ref = rows[rows["method"] == "reference"]
-        cells = rows[rows["method"] != "reference"]
-        for method, g in cells.groupby("method", sort=True):
-            g = g.sort_values("size_kib")
-            ax.plot(g["size_kib"], g["mean"], marker="o", ms=3.5, lw=1.2, label=method)
-        if len(cells):
-            idx = pareto_front(cells["size_kib"].to_numpy(), cells["mean"].to_numpy(), higher)
-            front = cells.iloc[idx]
-            ax.step(front["size_kib"], front["mean"], where="post", color="0.4", lw=4, alpha=0.35, zorder=0,
-                    label="Pareto front")
-            ax.scatter(front["size_kib"], front["mean"], s=90, facecolors="none", edgecolors="0.2", zorder=3)
-        for _, r in ref.iterrows():
-            ax.axhline(r["mean"], color="k", ls="--", lw=1)
-            ax.plot([r["size_kib"]], [r["mean"]], "k*", ms=9, label="reference (fp32)")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("model size (KiB, all parameters)")
-        ax.set_ylabel(f"test {metric}")
+        cells = rows[(rows["method"] != "reference") & rows["bpw"].notna()]
         ax.set_title(f"{task} / {arch}")
-        ax.grid(True, which="both", alpha=0.3)
+        for _, r in ref.iterrows():
+            ax.axhline(r["mean"], color="k", ls="--", lw=1, label="reference (fp32)")
+        if cells.empty:
+            ax.text(0.5, 0.5, "no finished quantized runs", ha="center", va="center", transform=ax.transAxes)
+            continue
+        for method, g in cells.groupby("method", sort=False):
+            g = g.sort_values("bpw")
+            ax.plot(g["bpw"], g["mean"], marker="o", ms=3.5, lw=1.2, color=colours[method], label=method)
+        idx = pareto_front(cells["bpw"].to_numpy(), cells["mean"].to_numpy(), higher)
+        front = cells.iloc[idx]
+        ax.step(front["bpw"], front["mean"], where="post", color="0.4", lw=4, alpha=0.3, zorder=0,
+                label="Pareto front")
+        ax.scatter(front["bpw"], front["mean"], s=90, facecolors="none", edgecolors="0.2", zorder=3)
+        lo, hi = float(cells["bpw"].min()), float(cells["bpw"].max())
+        pad = max(0.05 * (hi - lo), 0.1)
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel("achieved bits per weight (side information included)")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(True, alpha=0.3)
         if metric == "perplexity":
             ax.set_yscale("log")
-    if axes[-1].get_legend_handles_labels()[0]:
-        axes[-1].legend(fontsize=7, loc="best", ncol=2)
+    handles, labels = [], []
+    for ax in axes:  # one legend for the figure, methods in table order
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    if handles:
+        fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return _save(fig, plt, out_dir, f"{task}_size")
 
 

@@ -34,7 +34,7 @@ def test_plots_are_written_as_png_and_pdf(tmp_path):
     long = pd.DataFrame({
         "task": "digits", "arch": ["mlp"] * 4, "method": ["reference", "a", "a", "b"], "budget": [np.nan, 1, 2, 2],
         "metric": "accuracy", "mean": [97.0, 80.0, 95.0, 90.0], "status": "ok", "size_kib": [100.0, 4.0, 7.0, 7.5],
-        "higher_is_better": True})
+        "bpw": [32.0, 1.0, 2.0, 2.1], "family": ["reference", "LC", "LC", "DiffQ"], "higher_is_better": True})
     paths = size_plot(long, "digits", tmp_path)
     assert sorted(p.name for p in paths) == ["digits_size.pdf", "digits_size.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
