@@ -30,8 +30,7 @@ def rss_mb() -> float:
 
 def one(n_out: int, n: int, m: int) -> dict:
     import torch
-
-    from methods.gpfq import alphabet, gpfq_layer
+    from quantbench.methods.gpfq import alphabet, gpfq_layer
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)

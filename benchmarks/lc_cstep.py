@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 import pandas as pd
+from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact
 from sklearn.cluster import KMeans
-
-from methods.lc.kmeans1d import distortion, kmeans1d_exact
 
 
 def _exact_references() -> dict[str, object]:

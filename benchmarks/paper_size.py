@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from quantbench.methods import get_method
+from quantbench.models import build_model
 from torch.utils.data import TensorDataset
 
-from methods import get_method
-from models import build_model
 from quantbench.config import load_config
 from quantbench.data import TASK_SHAPES, LanguageModelingTask, Task
 from quantbench.format import CompressedModel

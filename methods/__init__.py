@@ -3,7 +3,8 @@ entry-point group ``quantbench.methods`` (:mod:`quantbench.registry`)."""
 
 from __future__ import annotations
 
-from methods import diffq, gpfq, lc, opq, rtn  # noqa: F401
+from quantbench.methods import diffq, gpfq, lc, opq, rtn  # noqa: F401
+
 from quantbench.method import Method
 from quantbench.registry import METHODS
 

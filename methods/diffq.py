@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from quantbench.models import build_model
 from torch import nn
 from torch.nn.utils import parametrize
 
-from models import build_model
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
 from quantbench.method import DATA_ORDER, GENERATOR, Budget, Method, RunContext, StepCurve, compressible, derive_seed
 from quantbench.registry import register_method

@@ -1,4 +1,4 @@
-"""Pretrained references: published weights loaded into the network :func:`models.build_model` built.
+"""Pretrained references: published weights loaded into the network :func:`quantbench.models.build_model` built.
 
 A recipe's ``pretrained`` names the weights (the reference job then loads instead of training):
 
@@ -73,7 +73,7 @@ def check_fits(source: str, arch: str, input_shape: tuple[int, ...], num_classes
                where: str) -> None:
     """At planning, without the file: torchvision weights must fit the arch's network key for key
     (both built on the meta device), timm weights must be for the timm model the arch builds."""
-    from models import build_model
+    from quantbench.models import build_model
 
     kind, name = parse(source)
     if kind not in ("torchvision", "timm"):

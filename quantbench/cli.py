@@ -125,8 +125,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print(cfg.describe())
     elif args.command == "fetch-weights":
-        from models.pretrained import fetch
         from quantbench.config import load_config
+        from quantbench.models.pretrained import fetch
         from quantbench.train import TrainSettings
 
         cfg = load_config(args.config)
@@ -140,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not sources:
             print(f"{args.config}: no reference of this grid is pretrained; nothing to fetch")
     elif args.command == "methods":
-        from methods import available_methods, get_method
+        from quantbench.methods import available_methods, get_method
 
         for name in available_methods():
             cls = get_method(name)

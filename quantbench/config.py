@@ -21,7 +21,7 @@ from quantbench.method import Budget, ConfigError, make_params
 from quantbench.spec import JobContext, JobIdentity, JobSpec, format_budget
 from quantbench.train import TrainSettings
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflows" / "schemas" / "config.schema.yaml"
+SCHEMA = "schemas/config.schema.yaml"  # package data of quantbench.workflows (the layout's workflows/)
 
 
 def _with_defaults(validator_cls):
@@ -59,7 +59,9 @@ def _explain(error: jsonschema.ValidationError) -> str:
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    from importlib.resources import files
+
+    return yaml.safe_load(files("quantbench.workflows").joinpath(SCHEMA).read_text())
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -192,7 +194,7 @@ class Config:
         return self._cached(("method", method), lambda: self._method_params(method))
 
     def _method_params(self, method: str) -> dict:
-        from methods import get_method
+        from quantbench.methods import get_method
 
         base, _, variant = method.partition("@")
         overrides = {**self.raw["method_params"].get(base, {}), **self.raw["variants"].get(base, {}).get(variant, {})}
@@ -257,7 +259,7 @@ class Config:
 
 def _check_pretrained(settings: TrainSettings, where: str) -> None:
     if settings.pretrained:
-        from models.pretrained import check_source
+        from quantbench.models.pretrained import check_source
 
         check_source(settings.pretrained, settings.pretrained_sha256, where)
     elif settings.pretrained_sha256:
@@ -272,9 +274,9 @@ def load_config(source: str | Path | dict) -> Config:
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(_explain(e) for e in errors))
 
-    from methods import available_methods, get_method
-    from models import available_models
     from quantbench.data import TASK_SHAPES, available_tasks
+    from quantbench.methods import available_methods, get_method
+    from quantbench.models import available_models
     from quantbench.registry import MODELS, TASKS, check_kwargs
 
     if isinstance(raw["archs"], dict):
@@ -318,7 +320,7 @@ def load_config(source: str | Path | dict) -> Config:
     for task, arch in pairs:  # published weights must fit the pair's network (where that is known at planning)
         settings = cfg.train_settings(task, arch)
         if settings.pretrained and task in TASK_SHAPES:
-            from models.pretrained import check_fits
+            from quantbench.models.pretrained import check_fits
 
             where = f"config.recipes.{task}.{arch}" if arch in raw["recipes"].get(task, {}) else "config.reference"
             shape, classes = TASK_SHAPES[task]

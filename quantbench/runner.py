@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from methods import get_method
-from models import build_model
-from models.pretrained import load_pretrained
 from quantbench.data import build_task
 from quantbench.files import write_json_atomic
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, JobFailed, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.models import build_model
+from quantbench.models.pretrained import load_pretrained
 from quantbench.spec import JobSpec, content_hash
 from quantbench.tracking import Tracker, environment_tags, flatten, method_tags, resolve_tracking_uri
 from quantbench.train import (

@@ -104,8 +104,8 @@ def _absent(method: str, params_json: str, budget: float) -> str:
     """What an absent (method, budget) cell reads: MISSING when the method (as the record's runs
     configured it) serves the budget, so a planned cell never ran; UNSERVED otherwise, or when
     the method is not installed here to ask."""
-    from methods import get_method
     from quantbench.method import Budget, make_params
+    from quantbench.methods import get_method
 
     try:
         cls = get_method(method)
@@ -184,7 +184,7 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
 
 def step_curves(method: str) -> tuple:
     """The per-step curves ``method`` declares (``Method.step_curves``); none when it is not installed."""
-    from methods import get_method
+    from quantbench.methods import get_method
 
     try:
         return get_method(method).step_curves

@@ -29,7 +29,7 @@ class TrainSettings:
     ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: bfloat16/float16 autocast,
     used only on CUDA. ``grad_clip``: max global gradient norm (0: none). ``pretrained``: published
     weights to load instead of training (``torchvision:<Enum>.<name>``, ``timm:<model>.<tag>``, or a
-    path / URL with ``pretrained_sha256``; :mod:`models.pretrained`); the other keys are then unused.
+    path / URL with ``pretrained_sha256``; :mod:`quantbench.models.pretrained`); the other keys are then unused.
     """
 
     epochs: int = 30

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from quantbench.methods import get_method
+from quantbench.models import build_model
 
-from methods import get_method
-from models import build_model
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from quantbench.methods import available_methods, get_method
+from quantbench.models import build_model
 
-from methods import available_methods, get_method
-from models import build_model
 from quantbench.data import LanguageModelingTask, blocks, build_task
 from quantbench.format import CompressedModel, QuantizedTensor
 from quantbench.method import Budget, RunContext, compressible, make_params

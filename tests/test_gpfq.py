@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from quantbench.methods import get_method
+from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from torch import nn
 
-from methods import get_method
-from methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from quantbench.data import Task
 from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
@@ -144,7 +144,7 @@ def test_conv_network_quantized_like_the_explicit_computation():
 def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     """G and H summed over small blocks of calibration samples (the memory bound for paper-size
     inputs) give the codes of the one-block computation, conv and linear layers alike."""
-    import methods.gpfq as gpfq
+    import quantbench.methods.gpfq as gpfq
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
@@ -171,7 +171,8 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
 
 
 def test_gpfq_beats_msq_on_digits_at_two_bits():
-    from models import build_model
+    from quantbench.models import build_model
+
     from quantbench.data import build_task
     from quantbench.train import TrainSettings, seed_everything, train
 

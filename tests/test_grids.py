@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from quantbench.models import build_model
 
-from models import build_model
 from quantbench.config import Cell, load_config, task_archs
 from quantbench.data import TASK_SHAPES, build_task
 

@@ -9,12 +9,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import compress_digits
+from quantbench.methods import get_method
+from quantbench.methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
+from quantbench.methods.lc.csteps import (
+    AdaptiveCodebook,
+    Binary,
+    PowersOfTwo,
+    ScaledBinary,
+    ScaledCodebook,
+    ScaledTernary,
+)
+from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
+from quantbench.models import build_model
 
-from methods import get_method
-from methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
-from methods.lc.csteps import AdaptiveCodebook, Binary, PowersOfTwo, ScaledBinary, ScaledCodebook, ScaledTernary
-from methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
-from models import build_model
 from quantbench.method import Budget, RunContext, make_params
 
 

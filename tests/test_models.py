@@ -8,9 +8,8 @@ import builtins
 import pytest
 import torch
 import torch.nn.functional as F
-
-from models import available_models, build_model
-from models.resnet import BasicBlock
+from quantbench.models import available_models, build_model
+from quantbench.models.resnet import BasicBlock
 
 # published parameter counts: He et al. 2016 (Table 6), torchvision's model docs, Zagoruyko &
 # Komodakis 2016, Touvron et al. 2021, Howard et al. 2017 (4.2M), Baevski & Auli 2019 (247M)
@@ -121,7 +120,7 @@ def test_fairseq_lm_is_causal_and_returns_log_probabilities():
 
 def test_adaptive_softmax_log_probs_match_fairseq_and_train():
     pytest.importorskip("fairseq", reason="the lm extra (fairseq-fixed) is not installed")
-    from models.transformer_lm import adaptive_log_probs
+    from quantbench.models.transformer_lm import adaptive_log_probs
 
     torch.manual_seed(0)
     model = build_model("transformer_lm", (8,), 300, decoder_layers=1, decoder_embed_dim=16, decoder_ffn_embed_dim=32,

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compress_digits
-
-from methods.opq import (
+from quantbench.methods.opq import (
     _STEPS,
     LayerStats,
     allocate,

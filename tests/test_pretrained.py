@@ -13,9 +13,9 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from quantbench.models import build_model
+from quantbench.models.pretrained import WeightsError
 
-from models import build_model
-from models.pretrained import WeightsError
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.method import ConfigError
@@ -223,7 +223,7 @@ def test_the_paper_grids_start_from_pretrained_imagenet_references():
     ("torchvision:ResNet50_Weights.IMAGENET1K_V1", "resnet50", {}),
 ])
 def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arch_params):
-    from models.pretrained import load_state, torchvision_weights
+    from quantbench.models.pretrained import load_state, torchvision_weights
 
     weights = torchvision_weights(source.partition(":")[2])
     builder = {"alexnet": torchvision.models.alexnet, "vgg16": torchvision.models.vgg16,
@@ -240,8 +240,7 @@ def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arc
 ])
 def test_our_builders_take_timm_state_dicts_key_for_key(model, arch, arch_params):
     import timm
-
-    from models.pretrained import load_state
+    from quantbench.models.pretrained import load_state
 
     with torch.device("meta"):
         theirs = timm.create_model(model, pretrained=False).state_dict()

@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from quantbench.methods import available_methods, get_method
+from quantbench.models import build_model
 
-from methods import available_methods, get_method
-from models import build_model
 from quantbench.data import build_task
 from quantbench.method import ConfigError, Method
 from quantbench.registry import METHODS, MODELS, TASKS, Registry, register_method
@@ -29,8 +29,8 @@ def test_builtin_methods_are_registered():
 
 def test_the_registry_imports_no_plugin():
     """Importing quantbench.registry alone registers nothing: the packages register on import."""
-    code = ("import sys, quantbench.registry as r; "
-            "print(len(r.METHODS._items), len(r.MODELS._items), 'methods' in sys.modules, 'models' in sys.modules)")
+    code = ("import sys, quantbench.registry as r; print(len(r.METHODS._items), len(r.MODELS._items), "
+            "'quantbench.methods' in sys.modules, 'quantbench.models' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.stdout.split() == ["0", "0", "False", "False"], out.stderr
 
@@ -95,7 +95,7 @@ def test_a_plugin_may_not_take_a_built_in_name(tmp_path, monkeypatch):
             pass
     """, "rtn = qb_clash_demo:RTN")
     with pytest.raises(ConfigError, match=r"method plugin 'rtn' .* of qb-clash-demo.* takes the name of "
-                                          r"methods.rtn.RTN"):
+                                          r"quantbench.methods.rtn.RTN"):
         registry.get("rtn")
     sys.modules.pop("qb_clash_demo", None)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from quantbench.models import build_model
 
-from models import build_model
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
@@ -58,7 +58,7 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     assert cells["tags.config_hash"].iloc[0] == cfg.cell_identity(cell).digest()[:16]
     assert "params.results_dir" not in cells and cells["tags.results_dir"].iloc[0] == cfg["results_dir"]
     assert (cells["tags.method_package"].iloc[0], cells["tags.method_module"].iloc[0]) == ("quantbench",
-                                                                                          "methods.rtn.RTN")
+                                                                                          "quantbench.methods.rtn.RTN")
     assert (cells["metrics.accuracy"] == a["metrics"]["accuracy"]).all()
 
 

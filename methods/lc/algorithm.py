@@ -9,7 +9,7 @@ Problem: min_w L(w) s.t. w = Δ(Θ). Augmented Lagrangian, for k = 0, 1, ..., st
 
 initialised by direct compression (Θ = Π(w_ref), λ = 0); the result is Δ(Θ).
 The three parts are separate objects, as in the LC toolkit: the algorithm (here), the
-compression type (:mod:`methods.lc.csteps`) and the view of parameters (:class:`ParamView`).
+compression type (:mod:`quantbench.methods.lc.csteps`) and the view of parameters (:class:`ParamView`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 import torch
+from quantbench.methods.lc.csteps import CStep, Projection
 from torch import nn
 
-from methods.lc.csteps import CStep, Projection
 from quantbench.format import Codebook, QuantizedTensor
 from quantbench.method import DATA_ORDER, RunContext, compressible, derive_seed
 from quantbench.train import make_optimizer, train_epoch

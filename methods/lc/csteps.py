@@ -24,8 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from methods.lc.kmeans1d import assign_nearest, kmeans1d_exact, kmeans1d_lloyd
+from quantbench.methods.lc.kmeans1d import assign_nearest, kmeans1d_exact, kmeans1d_lloyd
 
 
 @dataclass

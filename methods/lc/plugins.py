@@ -8,10 +8,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-from torch import nn
-
-from methods.lc.algorithm import ParamView, iterated_direct_compression, learning_compression, records
-from methods.lc.csteps import (
+from quantbench.methods.lc.algorithm import ParamView, iterated_direct_compression, learning_compression, records
+from quantbench.methods.lc.csteps import (
     AdaptiveCodebook,
     Binary,
     CStep,
@@ -20,6 +18,8 @@ from methods.lc.csteps import (
     ScaledCodebook,
     ScaledTernary,
 )
+from torch import nn
+
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, Method, RunContext, StepCurve
 from quantbench.registry import register_method
