@@ -119,6 +119,10 @@ class StepCurve:
     y: str
 
 
+# The table groups of the seed papers, in the tables' order; a method of another family forms a group after them.
+PAPER_FAMILIES = ("baseline", "LC", "GPFQ", "OPQ", "DiffQ")
+
+
 class Method:
     """Base class of compression methods; see the module docstring for the contract."""
 

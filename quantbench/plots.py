@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from quantbench.files import write_atomic
+from quantbench.method import PAPER_FAMILIES
 
 
 def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -59,7 +60,7 @@ def _save(fig, plt, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
-FAMILY_COLOURS = {"baseline": "Greys", "LC": "Blues", "GPFQ": "Greens", "OPQ": "Oranges", "DiffQ": "Purples"}
+FAMILY_COLOURS = dict(zip(PAPER_FAMILIES, ("Greys", "Blues", "Greens", "Oranges", "Purples"), strict=True))
 
 
 def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:

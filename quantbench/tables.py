@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 
 from quantbench.files import write_text_atomic
+from quantbench.method import PAPER_FAMILIES
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
 MISSING = "not run"  # the method serves this budget, but the record has no run of the cell
-FAMILIES = ("reference", "baseline", "LC", "GPFQ", "OPQ", "DiffQ", "other")
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
 LOWER_IS_BETTER = ("error", "loss", "perplexity", "bits_per_token")
 
@@ -72,7 +72,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "method_params": _tag(g, "method_params", ""),
         })
     out = pd.DataFrame(rows)
-    out["order"] = [FAMILIES.index(f) if f in FAMILIES else len(FAMILIES) for f in out["family"]]
+    families = ("reference", *PAPER_FAMILIES)
+    out["order"] = [families.index(f) if f in families else len(families) for f in out["family"]]
     return out.sort_values(["task", "arch", "order", "method", "budget"]).drop(columns="order").reset_index(drop=True)
 
 
