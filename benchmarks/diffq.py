@@ -23,11 +23,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from quantbench.methods.diffq import PseudoQuantizer  # noqa: E402
-from quantbench.models import build_model  # noqa: E402
 from torch.nn.utils import parametrize  # noqa: E402
 
 from quantbench.method import compressible  # noqa: E402
+from quantbench.methods.diffq import PseudoQuantizer  # noqa: E402
+from quantbench.models import build_model  # noqa: E402
 
 STEPS, WARMUP, BATCH, GROUP = 60, 10, 64, 4  # the package needs g to divide every weight
 

@@ -30,6 +30,7 @@ def rss_mb() -> float:
 
 def one(n_out: int, n: int, m: int) -> dict:
     import torch
+
     from quantbench.methods.gpfq import alphabet, gpfq_layer
 
     torch.set_num_threads(2)

@@ -24,8 +24,9 @@ import time
 
 import numpy as np
 import pandas as pd
-from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact
 from sklearn.cluster import KMeans
+
+from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact
 
 
 def _exact_references() -> dict[str, object]:

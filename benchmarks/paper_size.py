@@ -30,14 +30,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from quantbench.methods import get_method
-from quantbench.models import build_model
 from torch.utils.data import TensorDataset
 
 from quantbench.config import load_config
 from quantbench.data import TASK_SHAPES, LanguageModelingTask, Task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.models import build_model
 from quantbench.train import TrainSettings, seed_everything, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"

@@ -3,9 +3,8 @@ entry-point group ``quantbench.methods`` (:mod:`quantbench.registry`)."""
 
 from __future__ import annotations
 
-from quantbench.methods import diffq, gpfq, lc, opq, rtn  # noqa: F401
-
 from quantbench.method import Method
+from quantbench.methods import diffq, gpfq, lc, opq, rtn  # noqa: F401
 from quantbench.registry import METHODS
 
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from quantbench.models import build_model
 from torch import nn
 from torch.nn.utils import parametrize
 
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
 from quantbench.method import DATA_ORDER, GENERATOR, Budget, Method, RunContext, StepCurve, compressible, derive_seed
+from quantbench.models import build_model
 from quantbench.registry import register_method
 from quantbench.train import make_optimizer, straight_through, train_quantized
 from quantbench.uniform import quantize_uniform, round_to_grid

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from quantbench.methods import get_method
-from quantbench.models import build_model
 
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.models import build_model
 from quantbench.train import TrainSettings, seed_everything, train
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import compress_digits
-from quantbench.methods import get_method
-from quantbench.methods.diffq import PseudoQuantizer, lsq_quantize, range_record
 from torch import nn
 from torch.nn.utils import parametrize
 
 from quantbench.method import Budget, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.methods.diffq import PseudoQuantizer, lsq_quantize, range_record
 
 
 def _mlp() -> nn.Module:

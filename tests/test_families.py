@@ -8,12 +8,12 @@ import math
 
 import pytest
 import torch
-from quantbench.methods import available_methods, get_method
-from quantbench.models import build_model
 
 from quantbench.data import LanguageModelingTask, blocks, build_task
 from quantbench.format import CompressedModel, QuantizedTensor
 from quantbench.method import Budget, RunContext, compressible, make_params
+from quantbench.methods import available_methods, get_method
+from quantbench.models import build_model
 from quantbench.train import TrainSettings, seed_everything, train
 
 FAMILIES = {

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from quantbench.methods import get_method
-from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from torch import nn
 
 from quantbench.data import Task
 from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
 from quantbench.uniform import round_to_grid
 
 
@@ -171,9 +171,8 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
 
 
 def test_gpfq_beats_msq_on_digits_at_two_bits():
-    from quantbench.models import build_model
-
     from quantbench.data import build_task
+    from quantbench.models import build_model
     from quantbench.train import TrainSettings, seed_everything, train
 
     seed_everything(0)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from quantbench.models import build_model
 
 from quantbench.config import Cell, load_config, task_archs
 from quantbench.data import TASK_SHAPES, build_task
+from quantbench.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "workflows" / "config").glob("*.yaml"))

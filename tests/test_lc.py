@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import compress_digits
+
+from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
 from quantbench.methods.lc.csteps import (
@@ -21,8 +23,6 @@ from quantbench.methods.lc.csteps import (
 )
 from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
 from quantbench.models import build_model
-
-from quantbench.method import Budget, RunContext, make_params
 
 
 # ----------------------------------------------------------------------------- 1-D k-means

@@ -8,6 +8,7 @@ import builtins
 import pytest
 import torch
 import torch.nn.functional as F
+
 from quantbench.models import available_models, build_model
 from quantbench.models.resnet import BasicBlock
 

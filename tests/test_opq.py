@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import compress_digits
+
 from quantbench.methods.opq import (
     _STEPS,
     LayerStats,

@@ -63,7 +63,6 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
 
     packed = CompressedModel.load(tmp_path / "results/runs/plugin/digits/lenet300/rtn_clip/b2/s0/model.qbc")
     from quantbench.models import build_model
-
     from quantbench.train import load_checkpoint
 
     ref_info = yaml.safe_load((tmp_path / "results/runs/plugin/digits/lenet300/reference/s0/metrics.json").read_text())

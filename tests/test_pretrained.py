@@ -13,12 +13,12 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from quantbench.models import build_model
-from quantbench.models.pretrained import WeightsError
 
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.method import ConfigError
+from quantbench.models import build_model
+from quantbench.models.pretrained import WeightsError
 from quantbench.runner import run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import file_sha256
@@ -240,6 +240,7 @@ def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arc
 ])
 def test_our_builders_take_timm_state_dicts_key_for_key(model, arch, arch_params):
     import timm
+
     from quantbench.models.pretrained import load_state
 
     with torch.device("meta"):

@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from quantbench.methods import available_methods, get_method
-from quantbench.models import build_model
 
 from quantbench.data import build_task
 from quantbench.method import ConfigError, Method
+from quantbench.methods import available_methods, get_method
+from quantbench.models import build_model
 from quantbench.registry import METHODS, MODELS, TASKS, Registry, register_method
 
 REPO = Path(__file__).resolve().parent.parent

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from quantbench.methods.rtn import RTN, RTNParams
 
 from quantbench.data import build_task
 from quantbench.method import Budget, RunContext
+from quantbench.methods.rtn import RTN, RTNParams
 from quantbench.uniform import quantize_uniform
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from quantbench.models import build_model
 
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
+from quantbench.models import build_model
 from quantbench.runner import JobFailed, checkpoint_path, run_cell, run_reference
 from quantbench.tracking import Tracker
 

@@ -19,11 +19,11 @@ import math
 
 import numpy as np
 import torch
-from quantbench.methods.lc.csteps import CStep, Projection
 from torch import nn
 
 from quantbench.format import Codebook, QuantizedTensor
 from quantbench.method import DATA_ORDER, RunContext, compressible, derive_seed
+from quantbench.methods.lc.csteps import CStep, Projection
 from quantbench.train import make_optimizer, train_epoch
 
 

@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from quantbench.methods.lc.kmeans1d import assign_nearest, kmeans1d_exact, kmeans1d_lloyd
 
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
+from torch import nn
+
+from quantbench.format import CompressedModel
+from quantbench.method import Budget, Method, RunContext, StepCurve
 from quantbench.methods.lc.algorithm import ParamView, iterated_direct_compression, learning_compression, records
 from quantbench.methods.lc.csteps import (
     AdaptiveCodebook,
@@ -18,10 +22,6 @@ from quantbench.methods.lc.csteps import (
     ScaledCodebook,
     ScaledTernary,
 )
-from torch import nn
-
-from quantbench.format import CompressedModel
-from quantbench.method import Budget, Method, RunContext, StepCurve
 from quantbench.registry import register_method
 
 CodebookKind = Literal["adaptive", "binary", "scaled_binary", "ternary", "pow2"]
