@@ -165,12 +165,13 @@ class DiffQ(Method):
 
     @classmethod
     def serves(cls, budget: Budget, params: DiffQParams) -> bool:
-        return params.min_bits + GROUP_WIDTH_BITS / max(params.group_size, 1) <= budget.bits <= params.max_bits
+        side = GROUP_WIDTH_BITS / params.group_size if params.group_size > 0 else 0.0  # g = 0: one width per tensor
+        return params.min_bits + side <= budget.bits <= params.max_bits
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
         model = copy.deepcopy(ref) if p.mode == "finetune" else build_model(ctx.arch, **ctx.arch_kwargs)
-        model.to(ctx.device)
+        model.to(ctx.device).train()  # registering a parametrization runs it: in training mode, whatever ref's mode
         names = _view(model, p)
         dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
         gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, GENERATOR, 17))

@@ -130,3 +130,26 @@ def test_baselines_train_to_the_grid(name, digits_reference):
     cm, acc, _ = _run(name, 4, digits_reference, epochs=2)
     assert acc > 90
     assert cm.stats()["bpw"] == pytest.approx(4 + 3 * 64 / (64 * 300 + 300 * 100 + 100 * 10))  # + range per tensor
+
+
+def test_the_result_does_not_depend_on_the_reference_s_train_or_eval_mode(digits_reference):
+    """Registering the parametrization runs it once; it must draw the same noise whether the
+    reference arrives in eval mode (after an evaluation, in process) or in train mode (a job)."""
+    task, kwargs, ref = digits_reference
+    packed = []
+    for mode in ("eval", "train"):
+        model = copy.deepcopy(ref)
+        model.train(mode == "train")
+        cls = get_method("diffq")
+        ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
+        packed.append(cls(make_params(cls.Params, {"epochs": 1}, "diffq")).compress(model, Budget(3), ctx).pack())
+    assert packed[0] == packed[1]
+
+
+def test_one_width_per_tensor_serves_budgets_down_to_min_bits():
+    """group_size 0 stores one 4-bit width per tensor, not 4 bits per weight."""
+    cls = get_method("diffq")
+    per_tensor = make_params(cls.Params, {"group_size": 0, "min_bits": 2.0}, "diffq")
+    grouped = make_params(cls.Params, {"group_size": 16, "min_bits": 2.0}, "diffq")
+    assert cls.serves(Budget(2), per_tensor) and not cls.serves(Budget(1.5), per_tensor)
+    assert not cls.serves(Budget(2), grouped) and cls.serves(Budget(2.25), grouped)
