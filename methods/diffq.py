@@ -191,7 +191,7 @@ class DiffQ(Method):
             model.train()
             total, count = 0.0, 0
             for x, y in ctx.task.loader("train", p.batch_size, seed=derive_seed(ctx.seed, DATA_ORDER, epoch)):
-                x, y = x.to(ctx.device), y.to(ctx.device)
+                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                 size_mb = (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
                 task_loss = ctx.task.loss(model(x), y)
                 loss = task_loss + lam * size_mb

@@ -206,7 +206,7 @@ class Config:
         return JobContext(experiment=self.name, results_dir=str(self.results), data_root=self.raw["data_root"],
                           download=self.raw["download"], tracking_uri=self.raw["tracking_uri"],
                           device=self.raw["device"], paper_source=self.raw["paper"].get("source", ""),
-                          paper_figures=self.raw["paper"].get("figures", {}))
+                          paper_figures=self.raw["paper"].get("figures", {}), loaders=self.raw["loaders"])
 
     def reference_identity(self, task: str, arch: str, seed: int) -> JobIdentity:
         """What the reference job of (task, arch, seed) computes."""
@@ -301,6 +301,9 @@ def load_config(source: str | Path | dict) -> Config:
             if name not in known:
                 raise ConfigError(f"config.{key}.{name}: unknown {key[:-7]}; allowed values: {known.names()}")
             check_kwargs(known.get(name), params, f"config.{key}.{name}")
+    for name in raw["loaders"]:
+        if name not in available_tasks():
+            raise ConfigError(f"config.loaders.{name}: unknown task; allowed values: {available_tasks()}")
     for name in raw["method_params"]:
         if name not in available_methods():
             raise ConfigError(f"config.method_params.{name}: unknown method; allowed values: {available_methods()}")

@@ -29,17 +29,76 @@ import gzip
 import hashlib
 import importlib.util
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from quantbench.method import SAMPLE, derive_seed
 from quantbench.registry import TASKS, check_kwargs, register_task
 
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary's first four indices
 UNK = 3
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """How a task's batches are made (config ``loaders.<task>``; not part of a job's identity: the
+    batches are the same whatever these are). ``workers``: loader processes (0: in the training
+    process); ``pin_memory``: page-locked batches for non-blocking copies to a GPU (used only when
+    one is present); ``persistent_workers``: keep the worker processes from epoch to epoch;
+    ``prefetch_factor``: batches loaded ahead per worker."""
+
+    workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+
+
+class EpochOrder(Sampler):
+    """The sample order of one epoch, ``(seed, index)`` pairs: a permutation drawn from ``seed``
+    (exactly the order of ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``),
+    or ``range(n)`` without a seed. The loader is kept across epochs; ``epoch(seed)`` sets the next
+    one, and the seed travels with each index, so persistent workers see it too."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.seed = n, None
+
+    def epoch(self, seed: int | None) -> EpochOrder:
+        self.seed = seed
+        return self
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if self.seed is None:
+            return iter((None, i) for i in range(self.n))
+        gen = torch.Generator().manual_seed(self.seed)
+        torch.empty((), dtype=torch.int64).random_(generator=gen)  # what DataLoader draws first from it
+        return iter((self.seed, i) for i in torch.randperm(self.n, generator=gen).tolist())
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` for ``(seed, i)``; with ``augmented``, the torch generator is seeded from
+    (seed, i) while the sample is made (and restored after), so its random augmentation is the same
+    in whichever process, worker or position it is loaded."""
+
+    def __init__(self, dataset: Dataset, augmented: bool) -> None:
+        self.dataset, self.augmented = dataset, augmented
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int | None, int]):
+        seed, i = key
+        if not self.augmented or seed is None:
+            return self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, SAMPLE, i))
+            return self.dataset[i]
 
 
 @dataclass
@@ -53,12 +112,28 @@ class Task:
     num_classes: int
     metric: str = "accuracy"  # reported in percent; higher is better
     higher_is_better: bool = True
+    augmented: bool = False  # the train split draws random augmentation (seeded per sample)
+    pipeline: Pipeline = field(default_factory=Pipeline)
+    _loaders: dict = field(default_factory=dict, repr=False, compare=False)
 
     def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
-        """Batches of ``split``; shuffled (by ``seed``) when a seed is given, in order otherwise."""
-        data = {"train": self.train, "test": self.test}[split]
-        gen = None if seed is None else torch.Generator().manual_seed(seed)
-        return DataLoader(data, batch_size=batch_size, shuffle=seed is not None, generator=gen)
+        """Batches of ``split``; shuffled (by ``seed``) when a seed is given, in order otherwise.
+        One loader per (split, batch size, shuffled or not) is kept, so worker processes persist."""
+        key = (split, batch_size, seed is not None)
+        if key not in self._loaders:
+            data = {"train": self.train, "test": self.test}[split]
+            p = self.pipeline
+            extra = {"persistent_workers": p.persistent_workers, "prefetch_factor": p.prefetch_factor} \
+                if p.workers > 0 else {}
+            self._loaders[key] = DataLoader(
+                SeededSamples(data, self.augmented and split == "train"), batch_size=batch_size,
+                sampler=EpochOrder(len(data)), num_workers=p.workers,
+                pin_memory=p.pin_memory and torch.cuda.is_available(),
+                generator=torch.Generator(),  # the loader's own draws never touch the global generator
+                **extra)
+        loader = self._loaders[key]
+        loader.sampler.epoch(seed)
+        return loader
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy; class scores on the last axis (any leading shape)."""
@@ -70,7 +145,7 @@ class Task:
         model.eval()
         correct, loss, n = 0, 0.0, 0
         for x, y in self.loader("test", batch_size):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             loss += torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(dim=1) == y).sum().item()
@@ -93,7 +168,7 @@ class LanguageModelingTask(Task):
         model.eval()
         total, n = 0.0, 0
         for x, y in self.loader("test", batch_size):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             total += torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
                                                        reduction="sum").item()
@@ -228,7 +303,8 @@ def _torchvision_task(name: str, dataset_cls: str, root: str, download: bool, tr
         raise missing_files(name, [Path(root) / p for p in expected],
                             f"Set `download: true` in the config (torchvision fetches them) or copy them there. ({e})"
                             ) from None
-    return Task(name=name, train=train, test=test, input_shape=input_shape, num_classes=num_classes)
+    return Task(name=name, train=train, test=test, input_shape=input_shape, num_classes=num_classes,
+                augmented=train_tf is not test_tf)
 
 
 def _mnist_like(name: str, cls: str, root: str, download: bool) -> Task:
@@ -292,7 +368,7 @@ def imagenet(root: str = "data", download: bool = False, image_size: int = 224) 
     test_tf = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(), norm])
     train = torchvision.datasets.ImageFolder(str(splits[0]), transform=train_tf)
     test = torchvision.datasets.ImageFolder(str(splits[1]), transform=test_tf)
-    return Task("imagenet", train, test, (3, image_size, image_size), len(train.classes))
+    return Task("imagenet", train, test, (3, image_size, image_size), len(train.classes), augmented=True)
 
 
 # ---- language modelling -------------------------------------------------------------------------

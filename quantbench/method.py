@@ -58,6 +58,7 @@ class NoParams:
 DATA_ORDER = 7919  # the order of training batches (offset: the epoch, or a step's epoch index)
 REFERENCE_DATA_ORDER = 10_007  # the reference's training batches
 GENERATOR = 1_000_003  # a method's own random draws (ctx.generator(offset))
+SAMPLE = 1_299_709  # one sample's augmentation (offset: the sample index; > ImageNet's 1,281,167 images)
 
 
 def derive_seed(seed: int, stream: int, offset: int = 0) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from quantbench.data import build_task
+from quantbench.data import Pipeline, build_task
 from quantbench.files import write_json_atomic
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, JobFailed, RunContext, make_params
@@ -85,6 +85,7 @@ def _setup(spec: JobSpec, threads: int) -> tuple:
     torch.set_num_threads(max(1, threads))
     seed_everything(job.seed)
     task = build_task(job.task, root=where.data_root, download=where.download, **job.task_params)
+    task.pipeline = Pipeline(**{"workers": max(0, threads - 1), **where.loaders.get(job.task, {})})
     arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **job.arch_params}
     return task, arch_kwargs, pick_device(where.device)
 

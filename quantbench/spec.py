@@ -110,6 +110,7 @@ class JobContext:
     device: str = "auto"
     paper_source: str = ""
     paper_figures: dict = field(default_factory=dict)
+    loaders: dict = field(default_factory=dict)  # per task: quantbench.data.Pipeline fields
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

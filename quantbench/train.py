@@ -113,7 +113,7 @@ def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_
     model.train()
     total, n = 0.0, 0
     for x, y in task.loader("train", batch_size, seed=seed):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad(set_to_none=True)
         with autocast(device, amp):
             loss = task.loss(model(x), y)
@@ -157,7 +157,7 @@ def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str
         model.train()
         total, count = 0.0, 0
         for x, y in task.loader("train", batch_size, seed=derive_seed(seed, DATA_ORDER, epoch)):
-            x, y = x.to(device), y.to(device)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             weights = {n: forward_weights(n, params[n]) for n in names}
             loss = task.loss(torch.func.functional_call(model, weights, (x,)), y)
             if not torch.isfinite(loss):

@@ -138,3 +138,54 @@ def test_language_model_perplexity_is_exp_of_the_mean_nll():
     result = task.evaluate(Uniform())
     assert result["perplexity"] == pytest.approx(v) and result["loss"] == pytest.approx(math.log(v))
     assert result["bits_per_token"] == pytest.approx(math.log2(v))
+
+
+class _Jitter(torch.utils.data.Dataset):
+    """A dataset with random augmentation from torch's generator (as torchvision's transforms)."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int):
+        return torch.full((3,), float(i)) + torch.rand(3), i % 4
+
+
+def _batches(task, seed, epochs=2):
+    return [[b.clone() for b in batch] for e in range(epochs) for batch in task.loader("train", 8, seed=seed + e)]
+
+
+def test_batches_are_the_same_whatever_the_number_of_workers():
+    """Order and augmentation come from the seed alone: 0, 1 or 2 worker processes (persistent
+    across epochs) give the same batches; another seed gives other ones; the caller's global
+    generator is left untouched."""
+    from quantbench.data import Pipeline, Task
+
+    def task(workers):
+        return Task("jitter", _Jitter(), _Jitter(), (3,), 4, augmented=True,
+                    pipeline=Pipeline(workers=workers, persistent_workers=True))
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    runs = {w: _batches(task(w), seed=5) for w in (0, 1, 2)}
+    assert torch.equal(torch.get_rng_state(), state)
+    for w in (1, 2):
+        pairs = [(a, b) for ba, bb in zip(runs[0], runs[w], strict=True) for a, b in zip(ba, bb, strict=True)]
+        assert all(torch.equal(a, b) for a, b in pairs)
+    other = _batches(task(0), seed=6)
+    assert not torch.equal(other[0][0], runs[0][0][0])
+
+
+def test_the_shuffled_order_is_the_one_a_seeded_dataloader_gives():
+    """Kept loaders, same order as before: DataLoader(shuffle=True, generator=Generator().manual_seed(s))."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from quantbench.data import Task
+
+    data = TensorDataset(torch.arange(37.0).unsqueeze(1), torch.arange(37))
+    task = Task("t", data, data, (1,), 37)
+    for seed in (0, 11):
+        ours = torch.cat([y for _, y in task.loader("train", 5, seed=seed)])
+        plain = torch.cat([y for _, y in DataLoader(data, batch_size=5, shuffle=True,
+                                                    generator=torch.Generator().manual_seed(seed))])
+        assert torch.equal(ours, plain)
+    assert torch.equal(torch.cat([y for _, y in task.loader("test", 5)]), torch.arange(37))
