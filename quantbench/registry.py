@@ -11,6 +11,7 @@ names both places.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -63,6 +64,9 @@ class Registry:
         return name in self._items or name in self.plugins()
 
     def get(self, name: str) -> Any:
+        if name not in self._items and name not in self.plugins():  # installed since the entry points were read?
+            importlib.invalidate_caches()
+            self._entry_points = None
         ep = self.plugins().get(name)
         if ep is not None:
             self._load(ep)

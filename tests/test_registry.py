@@ -111,3 +111,19 @@ def test_a_builder_s_own_type_error_is_its_traceback_not_a_config_error(monkeypa
         build_model("_broken", (1, 8, 8), 10, depth=2)
     with pytest.raises(ConfigError, match=r"task_params.digits.size: unknown parameter"):
         build_task("digits", size=3)
+
+
+def test_a_plugin_installed_after_the_entry_points_were_read_is_found(tmp_path, monkeypatch):
+    """A long-lived process (a test session, a notebook) that listed the methods before a plugin
+    was installed still finds it by name."""
+    early = Registry("method", group="quantbench.methods")
+    early._items = dict(METHODS._items)
+    assert "late" not in early.names()  # the entry points are read (and cached) here
+    _plugin(tmp_path, monkeypatch, "qb_late_demo", """
+        from quantbench.method import Method
+
+        class Late(Method):
+            pass
+    """, "late = qb_late_demo:Late")
+    assert early.get("late").__name__ == "Late"
+    sys.modules.pop("qb_late_demo", None)
