@@ -143,6 +143,7 @@ def _hf_file(cfg, download: bool) -> Path:
     if not cfg.hf_hub_id:
         raise WeightsError(f"timm weights {cfg.architecture}.{cfg.tag} have no Hugging Face file; "
                            f"give their URL and sha256 as pretrained instead ({cfg.url})")
+    last: Exception | None = None
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
             return Path(hf_hub_download(cfg.hf_hub_id, filename, local_files_only=not download))
