@@ -2,9 +2,7 @@
 # two parts of a job's spec: its identity (params.spec, which Snakemake compares to decide what to
 # rerun) and the grid's context (results/data/tracking locations, download, device, published
 # figures; params.context, which it does not compare), so changing where things live reruns nothing.
-import os
 import shlex
-from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
