@@ -11,6 +11,10 @@ K x N int32 would exceed ``table_bytes``, only every s-th row of D is kept and b
 are recomputed while back-tracking (about twice the time, memory O(N K / s + s N)).
 The result is the global optimum of sum_n min_k (x_n - c_k)^2 (up to floating-point ties),
 deterministic, with no random restarts.
+
+The kernels are compiled by numba and cached beside this file (``__pycache__``). The cache
+records this module's import name (``quantbench.methods.lc.kmeans1d`` since the package mapping)
+and is invalidated only when this file changes: a rename of the package must change this file.
 """
 
 from __future__ import annotations
