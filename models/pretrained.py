@@ -159,35 +159,40 @@ def _hf_file(cfg, download: bool) -> Path:
                        f"(HF_HOME, repository {cfg.hf_hub_id}); {FETCH_HINT}")
 
 
-def fetch(source: str, sha256: str = "") -> Path:
-    """Download the weights of ``source`` into their library's cache (``quantbench fetch-weights``);
-    returns the cached file. Already cached files are not downloaded again."""
+def weights_file(source: str, sha256: str = "", download: bool = False) -> tuple[Path, str]:
+    """The cached file of ``source`` and its sha256, downloading it only when ``download``; a path or
+    URL must match ``sha256``."""
     kind, name = parse(source)
     if kind == "torchvision":
         weights = torchvision_weights(name)
         path = _torch_hub_file(weights.url)
         if not path.is_file():
+            if not download:
+                raise WeightsError(f"the weights {source} are not cached at {path} (TORCH_HOME); {FETCH_HINT}")
             weights.get_state_dict(progress=True, check_hash=True)
-        return path
-    if kind == "timm":
-        return _hf_file(timm_config(name), download=True)
-    return _local_file(kind, name, sha256, download=True)
-
-
-def _local_file(kind: str, name: str, sha256: str, download: bool) -> Path:
-    path = _torch_hub_file(name) if kind == "url" else Path(name).expanduser()
-    if not path.is_file():
-        if kind == "url" and download:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(name, str(path), progress=True)
-        elif kind == "url":
-            raise WeightsError(f"the weights {name} are not cached at {path}; {FETCH_HINT}")
-        else:
-            raise WeightsError(f"pretrained weights file {path} does not exist")
-    if sha256 and file_sha256(path) != sha256.lower():
-        raise WeightsError(f"pretrained weights file {path} has sha256 {file_sha256(path)}, "
+    elif kind == "timm":
+        path = _hf_file(timm_config(name), download)
+    else:
+        path = _torch_hub_file(name) if kind == "url" else Path(name).expanduser()
+        if not path.is_file():
+            if kind == "url" and download:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(name, str(path), progress=True)
+            elif kind == "url":
+                raise WeightsError(f"the weights {name} are not cached at {path}; {FETCH_HINT}")
+            else:
+                raise WeightsError(f"pretrained weights file {path} does not exist")
+    digest = file_sha256(path)
+    if sha256 and kind in ("url", "path") and digest != sha256.lower():
+        raise WeightsError(f"pretrained weights file {path} has sha256 {digest}, "
                            f"not the pretrained_sha256 {sha256} the recipe gives")
-    return path
+    return path, digest
+
+
+def fetch(source: str, sha256: str = "") -> Path:
+    """Download the weights of ``source`` into their library's cache (``quantbench fetch-weights``);
+    returns the cached file. Already cached files are not downloaded again."""
+    return weights_file(source, sha256, download=True)[0]
 
 
 def load_state(model: nn.Module, state: dict, what: str) -> None:
@@ -210,28 +215,18 @@ def load_pretrained(model: nn.Module, source: str, sha256: str = "", download: b
     """Put the weights ``source`` names into ``model`` (built by ``build_model``), offline unless
     ``download``; returns what was loaded."""
     kind, name = parse(source)
-    if kind == "torchvision":
-        weights = torchvision_weights(name)
-        path = _torch_hub_file(weights.url)
-        if not path.is_file():
-            if not download:
-                raise WeightsError(f"the weights {source} are not cached at {path} (TORCH_HOME); {FETCH_HINT}")
-            weights.get_state_dict(progress=False, check_hash=True)
-        metrics = weights.meta.get("_metrics", {}).get("ImageNet-1K", {})
-        published = metrics.get("acc@1")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        load_state(model, state, f"the weights {source} ({path})")
-        return Weights(source, str(path), file_sha256(path), published,
-                       f"torchvision {type(weights).__name__}.{weights.name} metadata (ImageNet-1K acc@1)"
-                       if published is not None else "")
+    path, digest = weights_file(source, sha256, download)
     if kind == "timm":
-        cfg = timm_config(name)
-        path = _hf_file(cfg, download)
-        _load_timm(model, cfg, path, source)
-        return Weights(source, str(path), file_sha256(path))
-    path = _local_file(kind, name, sha256, download)
-    load_state(model, torch.load(path, map_location="cpu", weights_only=True), f"the weights {path}")
-    return Weights(source, str(path), file_sha256(path))
+        _load_timm(model, timm_config(name), path, source)
+        return Weights(source, str(path), digest)
+    load_state(model, torch.load(path, map_location="cpu", weights_only=True), f"the weights {source} ({path})")
+    if kind != "torchvision":
+        return Weights(source, str(path), digest)
+    weights = torchvision_weights(name)
+    published = weights.meta.get("_metrics", {}).get("ImageNet-1K", {}).get("acc@1")
+    return Weights(source, str(path), digest, published,
+                   f"torchvision {type(weights).__name__}.{weights.name} metadata (ImageNet-1K acc@1)"
+                   if published is not None else "")
 
 
 def _load_timm(model: nn.Module, cfg, path: Path, source: str) -> None:
