@@ -127,12 +127,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "fetch-weights":
         from quantbench.config import load_config
         from quantbench.models.pretrained import fetch
-        from quantbench.train import TrainSettings
 
         cfg = load_config(args.config)
         sources = {}
-        for task, arch, seed in cfg.references():
-            settings = TrainSettings(**cfg.reference_identity(task, arch, seed).train)
+        for task, arch in dict.fromkeys((task, arch) for task, arch, _ in cfg.references()):
+            settings = cfg.train_settings(task, arch)
             if settings.pretrained:
                 sources.setdefault((settings.pretrained, settings.pretrained_sha256), []).append(f"{task}/{arch}")
         for (source, sha256), pairs in sources.items():
