@@ -13,8 +13,14 @@ Wu 1991 / Grønlund et al. 2017). Their columns are the time ratio to ours (> 1:
 faster) and must reach the same distortion (ratio 1.000): the context for how fast an exact
 C step can be on this machine.
 
+Beside the exact DP: Lloyd (``kmeans1d_lloyd``, sorted prefix sums), cold from quantile
+centres and warm-started as in an LC run (from the centres of the previous C step, simulated as
+Lloyd's centres of the weights before a change of 1 % of their spread), with time and distortion
+ratio to the exact optimum (>= 1); and the peak memory each solver adds (Linux: VmHWM, reset per
+call through /proc/self/clear_refs). These columns decide ``kmeans: auto`` (docs/methods/lc.md).
+
     python benchmarks/lc_cstep.py                    # N = 1e5, 1e6, 1e7; K = 2, 4, 16, 256
-    python benchmarks/lc_cstep.py --n 1e5 1e6 --k 2 16
+    python benchmarks/lc_cstep.py --n 1e7 1e8 --k 2 16 --sklearn-budget 1 --exact-budget 1
 """
 
 from __future__ import annotations
@@ -26,7 +32,26 @@ import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
 
-from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact
+from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd
+
+
+def _status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
+
+
+def measured(solve):
+    """(result, seconds, MB of peak memory above the memory in use before the call; NaN off Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set (VmHWM) to the current one
+        before = _status_mb("VmRSS")
+    except OSError:
+        before = None
+    t0 = time.perf_counter()
+    out = solve()
+    seconds = time.perf_counter() - t0
+    return out, seconds, (_status_mb("VmHWM") - before) if before is not None else float("nan")
 
 
 def _exact_references() -> dict[str, object]:
@@ -70,16 +95,21 @@ def main() -> None:
     for n in (int(v) for v in args.n):
         x = np.random.default_rng(0).standard_normal(n)
         for k in args.k:
-            t0 = time.perf_counter()
-            c, labels = kmeans1d_exact(x, k)
-            t_ours = time.perf_counter() - t0
+            (c, labels), t_ours, mb_ours = measured(lambda x=x, k=k: kmeans1d_exact(x, k))
             d_ours = distortion(x, c, labels)
-            row = {"N": n, "K": k, "ours_s": t_ours, "sklearn_s": np.nan, "speedup": np.nan,
+            row = {"N": n, "K": k, "ours_s": t_ours, "ours_MB": mb_ours, "sklearn_s": np.nan, "speedup": np.nan,
                    "distortion_ratio": np.nan}
+            quantiles = np.quantile(x, (np.arange(k) + 0.5) / k)
+            (c_cold, l_cold), t_cold, _ = measured(lambda x=x, q=quantiles: kmeans1d_lloyd(x, q))
+            before = x - 0.01 * x.std() * np.random.default_rng(1).standard_normal(n)  # the weights one L step ago
+            previous = kmeans1d_lloyd(before, quantiles)[0]
+            (c_warm, l_warm), t_warm, mb_warm = measured(lambda x=x, p=previous: kmeans1d_lloyd(x, p))
+            row.update(lloyd_cold_s=t_cold, lloyd_cold_ratio=distortion(x, c_cold, l_cold) / d_ours,
+                       lloyd_warm_s=t_warm, lloyd_warm_ratio=distortion(x, c_warm, l_warm) / d_ours,
+                       lloyd_MB=mb_warm)
             if not args.sklearn_budget or n * k * 10 <= args.sklearn_budget:
-                t0 = time.perf_counter()
-                km = KMeans(k, n_init=10, random_state=0).fit(x.reshape(-1, 1))
-                row["sklearn_s"] = time.perf_counter() - t0
+                km, row["sklearn_s"], _ = measured(lambda x=x, k=k: KMeans(k, n_init=10, random_state=0).fit(
+                    x.reshape(-1, 1)))
                 d_sk = distortion(x, km.cluster_centers_.ravel(), km.labels_)
                 row.update(speedup=row["sklearn_s"] / t_ours, distortion_ratio=d_ours / d_sk)
             for name, solve in references.items():

@@ -35,22 +35,107 @@ from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, Qua
 from quantbench.method import DATA_ORDER, GENERATOR, Budget, Method, RunContext, StepCurve, compressible, derive_seed
 from quantbench.models import build_model
 from quantbench.registry import register_method
-from quantbench.train import make_optimizer, straight_through, train_quantized
-from quantbench.uniform import quantize_uniform, round_to_grid
+from quantbench.train import make_optimizer, straight_through, train_epoch, train_quantized
+from quantbench.uniform import fake_quantize_uniform, quantize_uniform, round_to_grid
 
 RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
 
 
+def range_codes(flat: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float, levels: torch.Tensor
+                ) -> torch.Tensor:
+    """``min(max(round((w − lo) / (hi − lo) · L), 0), L)`` with ``L = 2^b − 1`` per element (a float tensor)."""
+    span = torch.where(torch.as_tensor(hi > lo), torch.as_tensor(hi - lo, dtype=flat.dtype), 1.0)
+    return torch.minimum(torch.round((flat - lo) / span * levels).clamp(min=0), levels)
+
+
+def group_levels(bits: torch.Tensor, group_size: int, numel: int, like: torch.Tensor) -> torch.Tensor:
+    """``2^b_j − 1`` of every element's group j, in ``like``'s dtype and device."""
+    return 2.0 ** torch.repeat_interleave(bits.to(like), group_size)[:numel] - 1
+
+
 def range_record(w: torch.Tensor, bits: torch.Tensor, group_size: int) -> QuantizedTensor:
-    """True quantization of ``w`` on its [min, max] range with integer per-group widths ``bits``."""
+    """True quantization of ``w`` on its [min, max] range with integer per-group widths ``bits`` (host, float64)."""
     flat = w.detach().reshape(-1).double().cpu()
     grid = RangeGrid(float(flat.min()), float(flat.max()))
     grid.round_to_storage("float32")
-    levels = 2.0 ** torch.repeat_interleave(bits.double().cpu(), group_size)[: flat.numel()] - 1
-    span = grid.hi - grid.lo if grid.hi > grid.lo else 1.0
-    codes = torch.minimum(torch.round((flat - grid.lo) / span * levels).clamp(min=0), levels)
+    codes = range_codes(flat, grid.lo, grid.hi, group_levels(bits, group_size, flat.numel(), flat))
     return QuantizedTensor(tuple(w.shape), codes.long().numpy(), grid, group_size=group_size,
                            group_bits=bits.long().cpu().numpy())
+
+
+@torch.no_grad()
+def range_dequantize(w: torch.Tensor, bits: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``range_record(w, bits, g).dequantize()`` on ``w``'s device in ``w``'s dtype:
+    ``lo + code (hi − lo) / (2^b − 1)`` (equal up to that dtype's rounding)."""
+    flat = w.reshape(-1)
+    lo, hi = torch.aminmax(flat)
+    levels = group_levels(bits, group_size, flat.numel(), flat)
+    return (lo + range_codes(flat, lo, hi, levels) * ((hi - lo) / levels)).view_as(w)
+
+
+def _groups(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (flat) as full groups of ``group_size`` (rows) and the shorter last group (one row, maybe empty)."""
+    full = x.numel() // group_size * group_size
+    return x[:full].view(-1, group_size), x[full:].view(1, -1)
+
+
+def add_per_group(x: torch.Tensor, y: torch.Tensor, values: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``x_i + y_i · values_j`` with j the group of element i (flat ``x`` and ``y``, one value per group),
+    in one pass."""
+    out = torch.empty_like(x)
+    (x_full, x_last), (y_full, y_last), (o_full, o_last) = (_groups(t, group_size) for t in (x, y, out))
+    torch.addcmul(x_full, y_full, values[: x_full.shape[0], None], out=o_full)
+    torch.addcmul(x_last, y_last, values[x_full.shape[0]:, None], out=o_last)
+    return out
+
+
+def group_sums(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """``Σ_{i ∈ j} x_i`` for every group j."""
+    full, last = _groups(x, group_size)
+    return torch.cat([full.sum(dim=1), last.sum(dim=1)]) if last.numel() else full.sum(dim=1)
+
+
+def arg_extremes(flat: torch.Tensor, row: int = 1024) -> torch.Tensor:
+    """``[argmin, argmax]`` of a flat tensor, on its device. Reduced over rows of ``row`` elements first,
+    then over the rows' extremes (the CPU's flat argmin/argmax is several times slower than that)."""
+    full = flat.numel() // row * row
+    if full == 0:
+        return torch.stack([flat.argmin(), flat.argmax()])
+    (mins, at_min), (maxs, at_max) = flat[:full].view(-1, row).min(dim=1), flat[:full].view(-1, row).max(dim=1)
+    lo, hi = mins.argmin().view(1), maxs.argmax().view(1)
+    ends = torch.cat([lo * row + at_min.index_select(0, lo), hi * row + at_max.index_select(0, hi)])
+    if full < flat.numel():  # the tail, shorter than a row
+        tail = flat[full:]
+        candidates = torch.stack([tail.argmin(), tail.argmax()]) + full
+        now, then = flat.index_select(0, ends), flat.index_select(0, candidates)
+        ends = torch.where(torch.stack([then[0] < now[0], then[1] > now[1]]), candidates, ends)
+    return ends
+
+
+class _RangeNoise(torch.autograd.Function):
+    """``w̃_i = w_i + ε_i (max w − min w) / L_j`` on a flat ``w``, with its gradients written out, so a
+    step costs one pass for the noise, one for its gradient in L, and no dense masks for max/min:
+
+    ∂/∂w = g + (e_argmax − e_argmin) Σ_j (Σ_{i∈j} g_i ε_i) / L_j,
+    ∂/∂L_j = −(max w − min w) (Σ_{i∈j} g_i ε_i) / L_j².
+    """
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, levels: torch.Tensor, eps: torch.Tensor, group_size: int) -> torch.Tensor:
+        ends = arg_extremes(flat)  # kept on the device: no index read on the host
+        lo_value, hi_value = flat.index_select(0, ends)
+        span = hi_value - lo_value
+        ctx.save_for_backward(levels, eps, span, ends)
+        ctx.group_size = group_size
+        return add_per_group(flat, eps, span / levels, group_size)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        levels, eps, span, ends = ctx.saved_tensors
+        sums = group_sums(grad * eps, ctx.group_size)
+        d_span = (sums / levels).sum()
+        grad_w = grad.index_add(0, ends, torch.stack([-d_span, d_span]))
+        return grad_w, -span * sums / levels**2, None, None
 
 
 class PseudoQuantizer(nn.Module):
@@ -83,15 +168,13 @@ class PseudoQuantizer(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return range_record(w, self.rounded_bits(), self.group_size).dequantize().to(w)
-        flat = w.reshape(-1)
-        widths = torch.repeat_interleave(self.bits(), self.group_size)[: self.numel]
-        step = (flat.max() - flat.min()) / (2**widths - 1)
+            return range_dequantize(w, self.rounded_bits(), self.group_size)
         if self.noise == "uniform":
-            eps = torch.rand(flat.shape, generator=self.generator, device=w.device) - 0.5
+            eps = torch.rand(w.numel(), generator=self.generator, device=w.device, dtype=w.dtype).sub_(0.5)
         else:
-            eps = torch.randn(flat.shape, generator=self.generator, device=w.device) / 2
-        return (flat + step * eps).view_as(w)
+            eps = torch.randn(w.numel(), generator=self.generator, device=w.device, dtype=w.dtype).div_(2)
+        levels = 2 ** self.bits().to(w.dtype) - 1
+        return _RangeNoise.apply(w.reshape(-1), levels, eps, self.group_size).view_as(w)
 
 
 @dataclass
@@ -184,36 +267,29 @@ class DiffQ(Method):
         logits = [q.logit for q in quantizers.values()]
         weights = [par for n, par in model.named_parameters() if not n.endswith(".logit")]
         opt = make_optimizer(weights, p.optimizer, p.lr, p.momentum)
-        opt_bits = torch.optim.Adam(logits, lr=p.bits_lr)
-        lam = p.size_penalty
-        step = 0
+        opt_bits = make_optimizer(logits, "adam", p.bits_lr)
+        lam = torch.tensor(p.size_penalty, device=ctx.device)  # λ stays on the device: no sync per step
+
+        def size_penalty() -> torch.Tensor:
+            return lam * (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
+
+        @torch.no_grad()
+        def control() -> None:
+            """λ ← λ · exp(η (bpw − target) / target)"""
+            lam.mul_(torch.exp(p.control_rate * (expected_bpw(quantizers) - budget.bits) / budget.bits))
+
         for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
-            model.train()
-            total, count = 0.0, 0
-            for x, y in ctx.task.loader("train", p.batch_size, seed=derive_seed(ctx.seed, DATA_ORDER, epoch)):
-                x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-                size_mb = (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
-                task_loss = ctx.task.loss(model(x), y)
-                loss = task_loss + lam * size_mb
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"DiffQ loss is {loss.item()} at epoch {epoch}")
-                opt.zero_grad(set_to_none=True)
-                opt_bits.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                opt_bits.step()
-                if p.budget_control:
-                    with torch.no_grad():
-                        gap = (float(expected_bpw(quantizers)) - budget.bits) / budget.bits
-                    lam *= math.exp(p.control_rate * gap)
-                total += task_loss.item() * y.numel()
-                count += y.numel()
-                step += 1
+            try:
+                loss = train_epoch(model, ctx.task, [opt, opt_bits], p.batch_size,
+                                   derive_seed(ctx.seed, DATA_ORDER, epoch), ctx.device, penalty=size_penalty,
+                                   after_step=control if p.budget_control else None)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"DiffQ: {e} at epoch {epoch}") from None
             if p.budget_control:
                 ctx.log_metric("diffq/shift", project_to_budget(quantizers, budget.bits), epoch)
             with torch.no_grad():
-                ctx.log_metric("diffq/train_loss", total / count, epoch)
-                ctx.log_metric("diffq/lambda", lam, epoch)
+                ctx.log_metric("diffq/train_loss", loss, epoch)
+                ctx.log_metric("diffq/lambda", float(lam), epoch)
                 ctx.log_metric("diffq/bpw", float(expected_bpw(quantizers)), epoch)
                 for n, q in quantizers.items():
                     ctx.log_metric(f"diffq/bits/{n}", float(q.bits().mean()), epoch)
@@ -287,8 +363,7 @@ class QAT(Method):
         model = copy.deepcopy(ref).to(ctx.device)
 
         def fake(name: str, w: torch.Tensor) -> torch.Tensor:
-            q = quantize_uniform(w.detach().cpu(), bits, "minmax", p.per_channel).dequantize().to(w)
-            return straight_through(w, q)
+            return straight_through(w, fake_quantize_uniform(w, bits, "minmax", p.per_channel))
 
         _train_quantized(model, ctx, p, fake)
         state = model.state_dict()
@@ -301,13 +376,33 @@ class LSQParams(QATParams):
     step_lr_scale: float = 1.0  # extra factor on the step-size gradient scale g
 
 
+class _LSQ(torch.autograd.Function):
+    """``ŵ = round(clamp(w/s, −Q_N, Q_P)) · s`` with LSQ's gradients (Esser et al., eq. 3 and the STE):
+    ∂/∂w = 1 inside [−Q_N, Q_P], 0 outside; ∂/∂s = g · (round(v) − v inside, the clamped bound outside),
+    v = w/s. Written out so a step costs a few passes over the weights instead of autograd's chain."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float) -> torch.Tensor:
+        v = w / s
+        ctx.save_for_backward(v, s)
+        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
+        return v.clamp(-qn, qp).round_().mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        v, s = ctx.saved_tensors
+        clamped = v.clamp(-ctx.qn, ctx.qp)
+        inside = clamped == v
+        rounded = clamped.round()
+        d_s = torch.where(inside, rounded - v, rounded)
+        grad_s = (grad.reshape(-1) @ d_s.reshape(-1)) * ctx.grad_scale
+        return torch.where(inside, grad, 0), grad_s.reshape(s.shape), None, None, None
+
+
 def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float) -> torch.Tensor:
     """LSQ (Esser et al.): ŵ = round(clamp(w/s, −Q_N, Q_P)) · s with the step's gradient scaled by
     g = 1/sqrt(numel · Q_P); Q_N = 2^(b−1), Q_P = 2^(b−1) − 1."""
-    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
-    s_scaled = s * grad_scale + (s - s * grad_scale).detach()  # value s, gradient g·∂/∂s
-    v = torch.clamp(w / s_scaled, -qn, qp)
-    return straight_through(v, torch.round(v)) * s_scaled
+    return _LSQ.apply(w, s, 2 ** (bits - 1), 2 ** (bits - 1) - 1, grad_scale)
 
 
 @register_method("lsq")

@@ -218,15 +218,15 @@ def finetune(model: nn.Module, records: dict[str, QuantizedTensor], allocs: dict
     """Masks, codebooks and channel scales fixed; weights trained through the quantizer (STE);
     pruned weights stay 0 (their gradient is masked)."""
     masks = {n: np.ones(r.numel, bool) if r.mask is None else r.mask for n, r in records.items()}
-    codebooks = {n: torch.as_tensor(shared_codebook(allocs[n])) for n in records}
-    on_device: dict[str, tuple[torch.Tensor, ...]] = {}
+    params = dict(model.named_parameters())
+    on_device: dict[str, tuple[torch.Tensor, ...]] = {}  # built once, on the weights' device and dtype
+    for n, w in ((n, params[n]) for n in records):
+        values = torch.as_tensor(shared_codebook(allocs[n])).to(w)
+        on_device[n] = (values, (values[1:] + values[:-1]) / 2, scales[n].to(w)[:, None],
+                        torch.as_tensor(masks[n]).reshape(w.shape).to(w))
 
     def quantized(n: str, w: torch.Tensor) -> torch.Tensor:
         """make_record's projection, on the weights' device: nearest codebook value times b_c, 0 where pruned."""
-        if n not in on_device:
-            values = codebooks[n].to(w)
-            on_device[n] = (values, (values[1:] + values[:-1]) / 2, scales[n].to(w)[:, None],
-                            torch.as_tensor(masks[n]).reshape(w.shape).to(w))
         values, mid, b, keep = on_device[n]
         v = (w.detach().reshape(w.shape[0], -1) / b).contiguous()
         q = (values[torch.searchsorted(mid, v)] * b).reshape(w.shape)
@@ -236,7 +236,6 @@ def finetune(model: nn.Module, records: dict[str, QuantizedTensor], allocs: dict
                     momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
                     progress=lambda it: ctx.progress(it, desc="OPQ finetune"),
                     log=lambda loss, epoch: ctx.log_metric("opq/train_loss", loss, epoch))
-    params = dict(model.named_parameters())
     return {n: make_record(params[n], allocs[n], masks[n], scales[n]) for n in records}
 
 

@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,12 +71,19 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
                    ) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW, fused (one kernel per tensor, no per-tensor Python loop) on
+    CPU and CUDA. Fused SGD gives the same bits as the default SGD; fused Adam/AdamW differ from the
+    default in the last bit (measured in issue #17, where fused Adam cut a ResNet-18 step by 38 ms on CPU)."""
+    params = list(params)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = bool(devices) and devices <= {"cpu", "cuda"}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     raise ValueError(f"unknown optimizer {name!r}; allowed: ['sgd', 'adam', 'adamw']")
 
 
@@ -102,32 +109,54 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
 
 
-def train_epoch(model: nn.Module, task: Task, opt: torch.optim.Optimizer, batch_size: int, seed: int,
-                device: torch.device, penalty: Callable[[], torch.Tensor] | None = None, amp: bool = False,
-                grad_clip: float = 0.0) -> float:
-    """One pass over the training split (order fixed by ``seed``); returns the mean objective.
+def train_step(model: nn.Module, task: Task, optimizers: Sequence[torch.optim.Optimizer], x: torch.Tensor,
+               y: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+               penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
+               amp: bool = False, grad_clip: float = 0.0) -> torch.Tensor:
+    """One step on the objective ``task.loss(forward(x), y) + penalty()``, then ``after_step()``; returns
+    the task loss, detached, on the device (reading it would synchronise the device, so the caller does
+    that once per epoch)."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    with autocast(x.device, amp):
+        loss = task.loss((forward or model)(x), y)
+    objective = loss if penalty is None else loss + penalty()
+    objective.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+    if after_step is not None:
+        after_step()
+    return loss.detach()
 
-    The objective is the task loss plus ``penalty()`` when given (e.g. LC's quadratic term).
-    Raises :class:`FloatingPointError` when it becomes NaN/inf (a diverged run).
+
+def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+                batch_size: int, seed: int, device: torch.device, *,
+                forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
+                amp: bool = False, grad_clip: float = 0.0) -> float:
+    """One pass over the training split (order fixed by ``seed``), the one epoch loop of every
+    training-based method; returns the mean task loss.
+
+    Each batch is one :func:`train_step` (``forward`` replaces ``model(x)``, e.g. with fake-quantized
+    weights; ``penalty()`` is added to the objective, e.g. LC's quadratic term or DiffQ's λ · size),
+    then ``after_step()`` (e.g. DiffQ's budget controller). Everything per step stays on ``device``:
+    the loss is summed there and read once, at the end of the epoch, which raises
+    :class:`FloatingPointError` when it is NaN/inf (a diverged run).
     """
+    optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     model.train()
-    total, n = 0.0, 0
+    total, count = torch.zeros((), device=device), 0
     for x, y in task.loader("train", batch_size, seed=seed):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            loss = task.loss(model(x), y)
-        if penalty is not None:
-            loss = loss + penalty()
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()}")
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        total += loss.item() * y.numel()
-        n += y.numel()
-    return total / n
+        loss = train_step(model, task, optimizers, x, y, forward, penalty, after_step, amp, grad_clip)
+        total += loss.float() * y.numel()
+        count += y.numel()
+    mean = float(total) / count
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"training loss is {mean}")
+    return mean
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -153,22 +182,18 @@ def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str
     ``forward_weights(name, parameter)`` (a fake-quantized weight, usually via the STE)."""
     params = dict(model.named_parameters())
     opt = make_optimizer(list(model.parameters()) + list(extra_params), optimizer, lr, momentum)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, {n: forward_weights(n, params[n]) for n in names}, (x,))
+
     for epoch in progress(range(epochs)):
-        model.train()
-        total, count = 0.0, 0
-        for x, y in task.loader("train", batch_size, seed=derive_seed(seed, DATA_ORDER, epoch)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            weights = {n: forward_weights(n, params[n]) for n in names}
-            loss = task.loss(torch.func.functional_call(model, weights, (x,)), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * y.numel()
-            count += y.numel()
+        try:
+            loss = train_epoch(model, task, opt, batch_size, derive_seed(seed, DATA_ORDER, epoch), device,
+                               forward=forward)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} at epoch {epoch}") from None
         if log is not None:
-            log(total / count, epoch)
+            log(loss, epoch)
 
 
 def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: torch.device,

@@ -80,8 +80,54 @@ def test_training_forward_adds_noise_of_the_quantization_step(noise):
         assert noisy.std().item() == pytest.approx(step.item() / math.sqrt(12), rel=0.05)
     else:
         assert noisy.std().item() == pytest.approx(step.item() / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("numel,group_size", [(80, 16), (75, 16), (30, 30)])
+def test_range_noise_gradients_are_those_of_the_plain_expression(numel, group_size):
+    """The fused pseudo-quantization noise against autograd of w + ε (max w − min w) / (2^b − 1),
+    written element by element (75 = 4 full groups of 16 and one of 11)."""
+    from quantbench.methods.diffq import _RangeNoise
+
+    gen = torch.Generator().manual_seed(numel)
+    w = torch.randn(numel, generator=gen, dtype=torch.float64, requires_grad=True)
+    groups = -(-numel // group_size)
+    bits = (2 + 6 * torch.rand(groups, generator=gen, dtype=torch.float64)).requires_grad_()
+    eps = torch.rand(numel, generator=gen, dtype=torch.float64) - 0.5
+    upstream = torch.randn(numel, generator=gen, dtype=torch.float64)
+
+    fused = _RangeNoise.apply(w, 2**bits - 1, eps, group_size)
+    g_w, g_b = torch.autograd.grad((fused * upstream).sum(), (w, bits))
+    widths = torch.stack([bits[i // group_size] for i in range(numel)])
+    plain = w + eps * (w.max() - w.min()) / (2**widths - 1)
+    r_w, r_b = torch.autograd.grad((plain * upstream).sum(), (w, bits))
+    assert torch.allclose(fused, plain, rtol=1e-14) and torch.allclose(g_w, r_w) and torch.allclose(g_b, r_b)
+    assert torch.autograd.gradcheck(lambda w, b: _RangeNoise.apply(w, 2**b - 1, eps, group_size), (w, bits))
+
+
+def test_eval_forward_is_the_records_quantization_in_the_weights_dtype():
+    """The device-resident eval forward (float32) against the float64 record and against brute force:
+    every weight on the nearest of its group's 2^b levels of [min w, max w]."""
+    torch.manual_seed(3)
+    w = torch.randn(37, 29)
+    q = PseudoQuantizer(w.numel(), 50, 1.0, 15.0, 4.0, "uniform", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q.logit.copy_(torch.randn(q.n_groups) * 3)
     q.eval()
-    assert torch.equal(q(w), range_record(w, q.rounded_bits(), 50).dequantize())
+    bits = q.rounded_bits()
+    out = q(w)
+    assert out.dtype == torch.float32 and len(set(bits.tolist())) > 3
+    rec = range_record(w, bits, 50).dequantize()
+    span = float(w.max() - w.min())
+    step = (span / (2 ** torch.repeat_interleave(bits, 50)[: w.numel()] - 1)).reshape(w.shape)
+    differ = (out - rec).abs() > 4e-7 * span
+    # float32 can round an exact tie of float64 the other way (at 15 bits a code is 2^-15 of the range)
+    assert differ.sum() <= 2 and torch.allclose((out - rec).abs()[differ], step[differ], rtol=1e-3)
+    lo, flat = float(w.min()), w.reshape(-1).double()
+    for j, b in enumerate(bits.tolist()):
+        levels = lo + torch.arange(2 ** int(b), dtype=torch.float64) * span / (2**b - 1)
+        group = flat[50 * j: 50 * (j + 1)]
+        nearest = (group[:, None] - levels[None, :]).abs().min(dim=1).values
+        assert ((group - out.reshape(-1)[50 * j: 50 * (j + 1)].double()).abs() <= nearest + 1e-6 * span).all()
 
 
 def _run(name, bits, digits_reference, **params):
@@ -115,10 +161,13 @@ def test_fixed_lambda_keeps_lambda(digits_reference):
 
 def test_lsq_step_gradient_matches_the_paper():
     """∂ŵ/∂s = −w/s + round(w/s) inside the range, −Q_N below, Q_P above (times g)."""
-    w = torch.tensor([-3.0, -0.74, -0.2, 0.1, 0.55, 0.9, 2.5])
+    w = torch.tensor([-3.0, -0.74, -0.2, 0.1, 0.55, 0.9, 2.5], requires_grad=True)
     s = torch.tensor(0.5, requires_grad=True)
     g = 0.3
-    lsq_quantize(w, s, 2, g).sum().backward()  # Q_N = 2, Q_P = 1
+    upstream = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    (lsq_quantize(w, s, 2, g) * upstream).sum().backward()  # Q_N = 2, Q_P = 1
+    assert w.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]  # the STE inside [−Q_N s, Q_P s] only
+    w = w.detach()
     v = w / 0.5
     expected = torch.where(v <= -2, torch.tensor(-2.0), torch.where(v >= 1, torch.tensor(1.0), -v + torch.round(v)))
     assert s.grad.item() == pytest.approx(g * expected.sum().item(), rel=1e-6)
@@ -153,3 +202,16 @@ def test_one_width_per_tensor_serves_budgets_down_to_min_bits():
     grouped = make_params(cls.Params, {"group_size": 16, "min_bits": 2.0}, "diffq")
     assert cls.serves(Budget(2), per_tensor) and not cls.serves(Budget(1.5), per_tensor)
     assert not cls.serves(Budget(2), grouped) and cls.serves(Budget(2.25), grouped)
+
+
+@pytest.mark.parametrize("numel", [5, 1024, 1025, 3000, 6144])
+def test_arg_extremes_are_the_argmin_and_argmax(numel):
+    from quantbench.methods.diffq import arg_extremes
+
+    gen = torch.Generator().manual_seed(numel)
+    for _ in range(20):
+        x = torch.randn(numel, generator=gen)
+        assert arg_extremes(x).tolist() == [int(x.argmin()), int(x.argmax())]
+    x = torch.zeros(numel)
+    x[-1], x[0] = 5.0, -5.0  # the extremes at the two ends (the tail and the first row)
+    assert arg_extremes(x).tolist() == [0, numel - 1]

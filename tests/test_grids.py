@@ -144,7 +144,7 @@ def test_variants_run_as_methods_of_their_own():
                        "variants": {"lc_adaptive": {"lloyd": {"kmeans": "lloyd", "steps": 3}}}})
     assert [c.method for c in cfg.cells] == ["rtn", "lc_adaptive", "lc_adaptive@lloyd"]
     plain, variant = (cfg.cell_identity(c).method_params for c in cfg.cells[1:])
-    assert (plain["kmeans"], plain["steps"], plain["mu0"]) == ("exact", 5, 0.01)
+    assert (plain["kmeans"], plain["steps"], plain["mu0"]) == ("auto", 5, 0.01)
     assert (variant["kmeans"], variant["steps"], variant["mu0"]) == ("lloyd", 3, 0.01)
 
 

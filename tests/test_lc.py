@@ -77,6 +77,28 @@ def test_exact_kmeans_is_never_worse_than_lloyd():
         assert exact <= lloyd * (1 + 1e-12)
 
 
+def _lloyd_by_the_definition(x, c, max_iter=100):
+    """Lloyd written from its two steps: every x to its nearest centre, every centre to its cluster's mean."""
+    c = np.sort(c)
+    for _ in range(max_iter):
+        labels = np.abs(x[:, None] - c[None, :]).argmin(axis=1)
+        new = np.sort([x[labels == j].mean() if (labels == j).any() else c[j] for j in range(c.size)])
+        if np.allclose(new, c, rtol=0, atol=1e-13):
+            break
+        c = new
+    return c
+
+
+def test_sorted_lloyd_matches_lloyd_written_from_the_definition():
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        x = np.concatenate([rng.standard_normal(300), rng.laplace(2, 0.3, 100)])
+        init = rng.choice(x, [2, 3, 8, 16][trial % 4], replace=False)
+        c, labels = kmeans1d_lloyd(x, init)
+        assert np.allclose(c, _lloyd_by_the_definition(x, init), rtol=0, atol=1e-10)
+        assert np.array_equal(labels, np.abs(x[:, None] - c[None, :]).argmin(axis=1))
+
+
 def test_memory_bounded_backtracking_gives_the_same_partition():
     x = np.sort(np.random.default_rng(2).standard_normal(3000))
     full = optimal_breaks(x, 23)
@@ -153,7 +175,7 @@ def test_scaled_closed_forms_agree_with_the_generic_sweep():
 def test_penalty_gradient_and_multiplier_update_by_hand():
     w = torch.tensor([1.0, -3.0], requires_grad=True)
     q, lam, mu = torch.tensor([2.0, -2.0]), torch.tensor([1.0, 1.0]), 2.0
-    value = penalty(w, q, lam, mu)
+    value = penalty(w, q + lam / mu, mu)  # the L step's fixed target Δ(Θ) + λ/μ
     # mu/2 * ||w - q - lam/mu||^2 = 1 * ((1-2-0.5)^2 + (-3+2-0.5)^2) = 2.25 + 2.25
     assert value.item() == pytest.approx(4.5)
     value.backward()
@@ -230,3 +252,13 @@ def test_budgets_served():
     assert get_method("lc_binary").serves(Budget(1), get_method("lc_binary").Params())
     assert not get_method("lc_pow2").serves(Budget(1), get_method("lc_pow2").Params())
     assert get_method("dc").serves(Budget(1.58), make_params(get_method("dc").Params, {"codebook": "ternary"}, "x"))
+
+
+def test_auto_kmeans_is_exact_up_to_the_measured_size_and_lloyd_beyond():
+    from quantbench.methods.lc.csteps import EXACT_MAX_WORK
+
+    cs = AdaptiveCodebook(16)
+    assert cs.algorithm == "auto"
+    assert cs.solver(int(EXACT_MAX_WORK) // 16) == "exact" and cs.solver(int(EXACT_MAX_WORK) // 16 + 1) == "lloyd"
+    w = np.random.default_rng(6).standard_normal(5000)
+    assert np.array_equal(cs.project(w).values, kmeans1d_exact(w, 16)[0])

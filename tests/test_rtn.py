@@ -9,7 +9,7 @@ import torch
 from quantbench.data import build_task
 from quantbench.method import Budget, RunContext
 from quantbench.methods.rtn import RTN, RTNParams
-from quantbench.uniform import quantize_uniform
+from quantbench.uniform import fake_quantize_uniform, quantize_uniform
 
 
 def brute_force_levels(w: np.ndarray, bits: int, scheme: str) -> np.ndarray:
@@ -40,6 +40,22 @@ def test_rtn_picks_the_nearest_level(scheme, per_channel, bits):
         assert np.allclose(qr.reshape(-1), best, atol=1e-5 * np.abs(levels).max())
         assert np.abs(wr.reshape(-1) - qr.reshape(-1)).max() <= (levels[1] - levels[0]) / 2 + 1e-6
     assert rec.size_bits() == 240 * bits + (6 if per_channel else 1) * 2 * 32
+
+
+@pytest.mark.parametrize("scheme", ["minmax", "symmetric"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_training_fake_quantizer_is_the_record_in_the_weights_dtype(scheme, per_channel, bits):
+    """QAT's fake quantizer (float32, the weights' device) gives the record's values up to float32 rounding."""
+    torch.manual_seed(10 + bits)
+    w = torch.randn(8, 3, 5, 5)
+    fake = fake_quantize_uniform(w, bits, scheme, per_channel)
+    assert fake.dtype == torch.float32 and fake.shape == w.shape
+    rec = quantize_uniform(w, bits, scheme, per_channel).dequantize()
+    assert torch.allclose(fake, rec, rtol=0, atol=1e-6 * float(w.abs().max()))
+    # exactly 2**b levels (minmax) or 2**b - 1 (symmetric) per grid, never more
+    groups = fake.reshape(8, -1) if per_channel else fake.reshape(1, -1)
+    assert max(len(torch.unique(g)) for g in groups) <= 2**bits - (scheme == "symmetric")
 
 
 def test_symmetric_grid_holds_zero_and_constant_tensors_survive():

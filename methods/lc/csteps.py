@@ -4,7 +4,8 @@ Every C step maps a flat float64 vector ``w`` to a :class:`Projection` (codebook
 one code per weight) that is the *exact* minimiser of its projection problem:
 
 * :class:`AdaptiveCodebook`  K = 2^b free centroids: 1-D k-means, exact by dynamic programming
-  (or Lloyd warm-started from the previous centroids, the paper's choice, as an option);
+  up to N·K = 3·10^7, Lloyd warm-started from the previous centroids (the paper's choice) beyond,
+  where it came within 2·10^-6 of the optimum at a fraction of the time and memory (measured);
 * :class:`Binary`            {−1, +1}: c = sign(w);
 * :class:`ScaledBinary`      {−a, +a}: a = mean |w|;
 * :class:`ScaledTernary`     {−a, 0, +a}: with |w| sorted decreasingly and s_j the sum of the j
@@ -49,17 +50,27 @@ class CStep:
         raise NotImplementedError
 
 
-class AdaptiveCodebook(CStep):
-    """K free centroids (1-D k-means). ``exact``: global optimum; ``lloyd``: warm-started."""
+EXACT_MAX_WORK = 3e7  # N·K above which ``auto`` runs warm-started Lloyd (benchmarks/lc_cstep.py, docs/methods/lc.md)
 
-    def __init__(self, levels: int, algorithm: str = "exact") -> None:
+
+class AdaptiveCodebook(CStep):
+    """K free centroids (1-D k-means). ``exact``: global optimum; ``lloyd``: warm-started;
+    ``auto``: exact while N·K <= :data:`EXACT_MAX_WORK`, warm-started Lloyd beyond (a measured choice)."""
+
+    def __init__(self, levels: int, algorithm: str = "auto") -> None:
         self.levels, self.algorithm = levels, algorithm
         self.centroids: np.ndarray | None = None  # Lloyd's warm start
 
+    def solver(self, numel: int) -> str:
+        if self.algorithm == "auto":
+            return "exact" if numel * self.levels <= EXACT_MAX_WORK else "lloyd"
+        return self.algorithm
+
     def project(self, w: np.ndarray) -> Projection:
-        if self.algorithm == "lloyd" and self.centroids is not None and self.centroids.size == self.levels:
+        lloyd = self.solver(w.size) == "lloyd"
+        if lloyd and self.centroids is not None and self.centroids.size == self.levels:
             values, codes = kmeans1d_lloyd(w, self.centroids)
-        elif self.algorithm == "lloyd":  # first call: deterministic quantile initialisation
+        elif lloyd:  # first call: deterministic quantile initialisation
             init = np.quantile(w, (np.arange(self.levels) + 0.5) / self.levels)
             values, codes = kmeans1d_lloyd(w, init)
         else:

@@ -137,20 +137,27 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def kmeans1d_lloyd(x: np.ndarray, init: np.ndarray, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's iterations from ``init`` (the paper's warm-started C step): a local optimum."""
+    """Lloyd's iterations from ``init`` (the paper's warm-started C step): a local optimum.
+
+    In 1-D every cluster is an interval of the sorted values, so after one sort an iteration costs
+    O(K log N): the cluster ends are binary searches for the midpoints (x on a midpoint goes to the
+    lower cluster, as in :func:`assign_nearest`) and the cluster sums are differences of prefix sums
+    (of the centred values). An empty cluster keeps its centre. Stops when the centroids repeat.
+    """
     x = np.asarray(x, dtype=np.float64).reshape(-1)
+    xs = np.sort(x)
+    shift = float(xs.mean()) if xs.size else 0.0
+    prefix = np.concatenate([[0.0], np.cumsum(xs - shift)])
     c = np.sort(np.asarray(init, dtype=np.float64))
-    labels = assign_nearest(x, c)
     for _ in range(max_iter):
-        counts = np.bincount(labels, minlength=c.size)
-        sums = np.bincount(labels, weights=x, minlength=c.size)
-        new = np.where(counts > 0, sums / np.maximum(counts, 1), c)  # an empty cluster keeps its centre
-        new = np.sort(new)
-        new_labels = assign_nearest(x, new)
-        if np.array_equal(new_labels, labels) and np.array_equal(new, c):
+        bounds = np.concatenate([[0], np.searchsorted(xs, (c[1:] + c[:-1]) / 2, side="right"), [xs.size]])
+        counts = np.diff(bounds)
+        means = (prefix[bounds[1:]] - prefix[bounds[:-1]]) / np.maximum(counts, 1) + shift
+        new = np.sort(np.where(counts > 0, means, c))
+        if np.array_equal(new, c):
             break
-        c, labels = new, new_labels
-    return c, labels
+        c = new
+    return c, assign_nearest(x, c)
 
 
 def distortion(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:

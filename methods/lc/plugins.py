@@ -50,7 +50,7 @@ def serves(kind: str, budget: Budget, unit_codebook: list[float] | None = None) 
     raise ValueError(f"unknown codebook kind {kind!r}")
 
 
-def make_cstep(kind: str, budget: Budget, kmeans: str = "exact", unit_codebook: list[float] | None = None) -> CStep:
+def make_cstep(kind: str, budget: Budget, kmeans: str = "auto", unit_codebook: list[float] | None = None) -> CStep:
     if kind == "adaptive":
         return AdaptiveCodebook(2 ** budget.int_bits, kmeans)
     if kind == "pow2":
@@ -64,7 +64,7 @@ def make_cstep(kind: str, budget: Budget, kmeans: str = "exact", unit_codebook: 
 class ViewParams:
     shared_codebook: bool = False  # one codebook for all compressed layers (default: one per layer)
     compress_biases: bool = False  # quantize biases too (default: they stay fp32)
-    kmeans: Literal["exact", "lloyd"] = "exact"  # adaptive codebook: exact DP, or Lloyd warm-started
+    kmeans: Literal["auto", "exact", "lloyd"] = "auto"  # adaptive codebook: exact DP, Lloyd warm-started, or by size
 
 
 @dataclass
