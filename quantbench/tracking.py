@@ -6,6 +6,16 @@ jobs retry a write that meets a locked database, and the database and experiment
 once, before the grid (rule ``tracking``), so no two jobs run MLflow's schema migrations at once.
 Each run is written in a handful of calls at its end (create, batched params/metrics,
 artifacts, terminate), so a job holds the write lock only briefly.
+
+A tracking server (``http(s)://``; docs/cluster.md) is checked when a job starts (:func:`check_server`:
+a few tries within seconds, then an error naming the URI: unreachable, or credentials refused).
+Later calls ride out a server restart with MLflow's own bounded retries (connection errors and
+the transient statuses 408, 429, 500, 502-504; ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 7 and
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR`` = 2 by default: about 4 minutes). Every call but run creation
+is idempotent; a creation that the client retried after the server had already written it would
+leave a twin, so each run carries a one-off ``attempt`` tag and :meth:`Tracker.start_run` keeps
+exactly one run per attempt. Credentials come from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``), read by MLflow itself.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import platform
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +34,52 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
 PACKAGES = ("quantbench", "torch", "torchvision", "timm", "fairseq", "fairseq-fixed", "mlflow", "snakemake", "numpy")
+
+
+SERVER_TRANSIENT = (408, 429, 500, 502, 503, 504)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used: unreachable, or it refused this writer."""
+
+
+def check_server(uri: str, attempts: int = 4, timeout: float = 5.0) -> None:
+    """For an ``http(s)://`` tracking URI: one authenticated read (search one experiment), tried
+    ``attempts`` times with 1, 2, 4 … s between tries (at most ~30 s in all by default), so a job
+    fails at its start, naming the URI, instead of computing for hours and failing at its end.
+    Other URIs (a SQLite file, a directory) pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    user, token = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_TOKEN")
+    auth = (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", "")) if user and not token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    who = f"user {user!r}" if user else ("a token" if token else "no credentials")
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
+    t0, problem = time.monotonic(), ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(2 ** (attempt - 1))
+        try:
+            response = requests.get(url, params={"max_results": 1}, auth=auth, headers=headers, timeout=timeout)
+        except requests.RequestException as e:
+            problem = f"{type(e).__name__}: {e}"
+            continue
+        if response.status_code == 401:
+            raise TrackingError(f"the MLflow tracking server at {uri} refused {who} (HTTP 401); set "
+                                f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account it knows")
+        if response.status_code == 403:
+            raise TrackingError(f"the MLflow tracking server at {uri} does not let {who} read (HTTP 403)")
+        if response.status_code in SERVER_TRANSIENT:
+            problem = f"HTTP {response.status_code}"
+            continue
+        if response.status_code != 200:
+            raise TrackingError(f"{url} answered HTTP {response.status_code}: is {uri} an MLflow tracking server? "
+                                f"{response.text[:200]}")
+        return
+    raise TrackingError(f"the MLflow tracking server at {uri} is unreachable ({attempts} tries in "
+                        f"{time.monotonic() - t0:.0f} s; last: {problem}); start it, or set MLFLOW_TRACKING_URI")
 
 
 def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str:
@@ -101,6 +158,7 @@ class Tracker:
     def __init__(self, uri: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        check_server(uri)
         self.uri = uri
         self.client = with_retry(MlflowClient, tracking_uri=uri)
 
@@ -120,15 +178,33 @@ class Tracker:
             return with_retry(self.client.get_experiment_by_name, name).experiment_id
 
     def start_run(self, experiment_id: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> str:
-        """Open a run (status RUNNING) with its params and tags; returns its id."""
+        """Open a run (status RUNNING) with its params and tags; returns its id. Exactly one run is
+        left per call, even when the client retried the creation (see the module docstring)."""
         from mlflow.entities import Param
 
-        run = with_retry(self.client.create_run, experiment_id, run_name=run_name,
-                         tags={k: str(v)[:5000] for k, v in tags.items()})
-        run_id = run.info.run_id
+        attempt = uuid.uuid4().hex
+        tags = {**tags, "attempt": attempt}
+        try:
+            run_id = with_retry(self.client.create_run, experiment_id, run_name=run_name,
+                                tags={k: str(v)[:5000] for k, v in tags.items()}).info.run_id
+        except Exception as e:
+            if not self.uri.startswith(("http://", "https://")):
+                raise
+            found = self._attempt_runs(experiment_id, attempt)
+            if not found:
+                raise TrackingError(f"cannot open a run at {self.uri}: {e}") from e
+            run_id = found[0]
+        for twin in self._attempt_runs(experiment_id, attempt):
+            if twin != run_id:
+                with_retry(self.client.delete_run, twin)
         for chunk in _chunks([Param(k, v[:6000]) for k, v in params.items()], 100):
             with_retry(self.client.log_batch, run_id, params=chunk)
         return run_id
+
+    def _attempt_runs(self, experiment_id: str, attempt: str) -> list[str]:
+        found = with_retry(self.client.search_runs, [experiment_id], filter_string=f"tags.attempt = '{attempt}'",
+                           order_by=["attributes.start_time ASC"])
+        return [r.info.run_id for r in found]
 
     def finish_run(self, run_id: str, metrics: dict[str, float], step_metrics: list[tuple[str, float, int]],
                    tags: dict[str, str], artifacts: list[Path], status: str = "FINISHED") -> None:
