@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs a service test (e.g. tests/cluster/run_slurm.sh) beside decoys of the host's own services
 # and checks that the test left them alone:
-#   * decoy processes named slurmd, slurmctld, slurmdbd, munged and mariadbd (copies of `sleep`)
-#     must still run afterwards: a test that stops daemons by name would kill them;
+#   * decoy processes named slurmd, slurmctld, slurmdbd, munged, mariadbd and postgres (copies of
+#     `sleep`) must still run afterwards: a test that stops daemons by name would kill them;
 #   * /etc/slurm/slurm.conf, /etc/slurm/slurmdbd.conf and /etc/munge/munge.key must be byte for
 #     byte as before; where slurm.conf is absent, a decoy with known content stands in for it and
-#     is removed again afterwards (an existing file is only read).
+#     is removed again afterwards (an existing file is only read); so must the host's PostgreSQL
+#     cluster configurations (/etc/postgresql/*/*/*.conf) and, where it exists before, the list of
+#     /var/lib/postgresql (a package installed by the test may add its own default cluster).
 #
 #   QUANTBENCH_SERVICE_TESTS=1 tests/cluster/host_untouched.sh tests/cluster/run_slurm.sh
 #
@@ -20,7 +22,7 @@ fi
 if [ "$(id -u)" != 0 ]; then echo "SKIP: the service tests need root"; exit 0; fi
 
 DECOYS=$(mktemp -d /tmp/quantbench-decoys.XXXXXX)
-WATCHED=(/etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf /etc/munge/munge.key)
+WATCHED=(/etc/slurm/slurm.conf /etc/slurm/slurmdbd.conf /etc/munge/munge.key /etc/postgresql/*/*/*.conf)
 DECOY_CONF=""
 DECOY_DIR=0
 DECOY_PIDS=()
@@ -41,11 +43,17 @@ if [ ! -e /etc/slurm/slurm.conf ]; then
         >/etc/slurm/slurm.conf
     DECOY_CONF=/etc/slurm/slurm.conf
 fi
-for f in "${WATCHED[@]}"; do
-    if [ -e "$f" ]; then sha256sum "$f"; else echo "absent  $f"; fi
-done >"$DECOYS/before"
+PG_HOME=0  # where the host has PostgreSQL (installed before), its clusters must stay as they are
+[ -d /var/lib/postgresql ] && PG_HOME=1
+snapshot() {
+    for f in "${WATCHED[@]}"; do
+        if [ -e "$f" ]; then sha256sum "$f"; else echo "absent  $f"; fi
+    done
+    if [ $PG_HOME = 1 ]; then find /var/lib/postgresql -maxdepth 3 | sort; fi
+}
+snapshot >"$DECOYS/before"
 
-for name in slurmd slurmctld slurmdbd munged mariadbd; do
+for name in slurmd slurmctld slurmdbd munged mariadbd postgres; do
     cp "$(command -v sleep)" "$DECOYS/$name"
     "$DECOYS/$name" 100000 &
     DECOY_PIDS+=("$!")
@@ -54,9 +62,7 @@ echo "[host-untouched] decoys running: ${DECOY_PIDS[*]}; watching ${WATCHED[*]}"
 
 "$@"
 
-for f in "${WATCHED[@]}"; do
-    if [ -e "$f" ]; then sha256sum "$f"; else echo "absent  $f"; fi
-done >"$DECOYS/after"
+snapshot >"$DECOYS/after"
 failed=0
 if ! diff "$DECOYS/before" "$DECOYS/after"; then echo "[host-untouched] FAILED: a host file changed"; failed=1; fi
 for pid in "${DECOY_PIDS[@]}"; do

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster, private to this test, from the distribution's packages:
 # munge, MariaDB + slurmdbd (accounting: the executor plugin reads job states with sacct),
-# slurmctld and slurmd. Runs the default grid's smallest slice with `--executor slurm`, checks the
-# table and the accounting, and stops its daemons again (also on failure). No mocks.
+# slurmctld and slurmd; and the MLflow tracking server on PostgreSQL with basic-auth of
+# tests/cluster/tracking_server.sh, where the jobs record their runs, as a user would set it up.
+# Runs the default grid's smallest slice with `--executor slurm`, checks the table, the accounting
+# and the runs on the server, and stops its daemons again (also on failure). No mocks.
 #
 #   QUANTBENCH_SERVICE_TESTS=1 tests/cluster/run_slurm.sh    # as root, from the project root, in its venv
 #
@@ -10,8 +12,8 @@
 # "SKIP: <reason>" and exits 0 otherwise.
 #
 # What it touches: its own temporary directory (configs, keys, sockets, PID files, databases,
-# spool, logs) and the loopback ports QUANTBENCH_PORT_BASE+0..3 (default 16817..16820:
-# slurmctld, slurmd, slurmdbd, MariaDB). Every daemon is started by this script with its own
+# spool, logs) and the loopback ports QUANTBENCH_PORT_BASE+0..5 (default 16817..16822:
+# slurmctld, slurmd, slurmdbd, MariaDB, PostgreSQL, mlflow). Every daemon is started by this script with its own
 # settings (SLURM_CONF, munged --socket/--key-file, mariadbd --no-defaults --datadir/--socket/
 # --port) and stopped by the PID it recorded, never by name; scontrol, sacct, sacctmgr and sbatch
 # reach only these instances (SLURM_CONF). Nothing under /etc, /run or /var is written, and no
@@ -30,11 +32,12 @@ if ! command -v apt-get >/dev/null; then echo "SKIP: the SLURM cluster test need
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BASE=${QUANTBENCH_PORT_BASE:-16817}
 CTLD_PORT=$BASE SLURMD_PORT=$((BASE + 1)) DBD_PORT=$((BASE + 2)) DB_PORT=$((BASE + 3))
+PG_PORT=$((BASE + 4)) MLFLOW_PORT=$((BASE + 5))
 HOST=$(hostname -s)
 log() { echo "[slurm-test $(date +%H:%M:%S)] $*"; }
 
 port_in_use() { python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $1)) != 0)"; }
-for port in $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT; do
+for port in $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT $PG_PORT $MLFLOW_PORT; do
     if port_in_use "$port"; then
         echo "REFUSED: 127.0.0.1:$port is already in use (a SLURM or database service of this machine?);"
         echo "         this test starts its own daemons only on free ports: set QUANTBENCH_PORT_BASE to another base"
@@ -51,8 +54,12 @@ start() {  # start <name> <command...>: run a daemon in the foreground of a back
     echo "$!" >"$WORK/$name.pid"
 }
 
+# shellcheck source=tests/cluster/tracking_server.sh
+. "$REPO/tests/cluster/tracking_server.sh"
+
 cleanup() {
     status=$?
+    tracking_server_down
     log "stopping this test's daemons by PID: ${PIDS[*]:-none}"
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do kill -TERM "${PIDS[i]}" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do
@@ -180,7 +187,9 @@ start slurmd slurmd -D
 for _ in $(seq 60); do sinfo -h -o %T 2>/dev/null | grep -qE "idle|mix" && break; sleep 1; done
 sinfo
 
-log "the smallest slice of the default grid, submitted with --executor slurm"
+tracking_server_up "$PG_PORT" "$MLFLOW_PORT"  # exports MLFLOW_TRACKING_URI and the writer's credentials
+
+log "the smallest slice of the default grid, submitted with --executor slurm, recording to $MLFLOW_TRACKING_URI"
 cat >"$WORK/config.yaml" <<CONF
 name: slurm
 archs: [lenet300]
@@ -202,4 +211,15 @@ JOBS=$(sacct -n -X -o JobName%60,State%20 | grep -c COMPLETED || true)
 sacct -X -o JobID,JobName%40,State,Elapsed
 # tracking and tables are local rules: the reference and the cell are the SLURM jobs
 [ "$JOBS" -ge 2 ] || { echo "expected >= 2 COMPLETED SLURM jobs (reference, cell), found $JOBS"; exit 1; }
-log "OK: $JOBS jobs ran through SLURM and the table has the cell"
+RUNS=$(python - <<'PY'
+import os
+from mlflow.tracking import MlflowClient
+os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = \
+    os.environ["QB_ADMIN_USER"], os.environ["QB_ADMIN_PASSWORD"]
+client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+exp = client.get_experiment_by_name("slurm")
+print(sum(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id])) if exp else 0)
+PY
+)
+[ "$RUNS" = 2 ] || { echo "expected 2 FINISHED runs (reference, cell) on the tracking server, found $RUNS"; exit 1; }
+log "OK: $JOBS jobs ran through SLURM, the table has the cell, and the tracking server has their $RUNS runs"
