@@ -24,35 +24,18 @@
 # if this script installed it.
 set -euo pipefail
 
-if [ "${CI:-}" != true ] && [ "${QUANTBENCH_SERVICE_TESTS:-}" != 1 ]; then
-    echo "SKIP: the SLURM cluster test runs only when asked (CI=true or QUANTBENCH_SERVICE_TESTS=1)"; exit 0
-fi
-if [ "$(id -u)" != 0 ]; then echo "SKIP: the SLURM cluster test needs root"; exit 0; fi
-if ! command -v apt-get >/dev/null; then echo "SKIP: the SLURM cluster test needs apt-get (Debian/Ubuntu)"; exit 0; fi
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tests/cluster/common.sh
+. "$REPO/tests/cluster/common.sh"
+service_test_gate "the SLURM cluster test"
 BASE=${QUANTBENCH_PORT_BASE:-16817}
 CTLD_PORT=$BASE SLURMD_PORT=$((BASE + 1)) DBD_PORT=$((BASE + 2)) DB_PORT=$((BASE + 3))
 PG_PORT=$((BASE + 4)) MLFLOW_PORT=$((BASE + 5))
 HOST=$(hostname -s)
 log() { echo "[slurm-test $(date +%H:%M:%S)] $*"; }
-
-port_in_use() { python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $1)) != 0)"; }
-for port in $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT $PG_PORT $MLFLOW_PORT; do
-    if port_in_use "$port"; then
-        echo "REFUSED: 127.0.0.1:$port is already in use (a SLURM or database service of this machine?);"
-        echo "         this test starts its own daemons only on free ports: set QUANTBENCH_PORT_BASE to another base"
-        exit 1
-    fi
-done
+refuse_taken_ports $CTLD_PORT $SLURMD_PORT $DBD_PORT $DB_PORT $PG_PORT $MLFLOW_PORT
 
 WORK=$(mktemp -d /tmp/quantbench-slurm.XXXXXX)
-PIDS=()  # every daemon this script started, in start order
-start() {  # start <name> <command...>: run a daemon in the foreground of a background job, record its PID
-    local name=$1; shift
-    "$@" >"$WORK/$name.out" 2>&1 &
-    PIDS+=("$!")
-    echo "$!" >"$WORK/$name.pid"
-}
 
 # shellcheck source=tests/cluster/tracking_server.sh
 . "$REPO/tests/cluster/tracking_server.sh"

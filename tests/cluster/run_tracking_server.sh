@@ -14,29 +14,16 @@
 # taken. Stops what it started by PID (mlflow's process group, pg_ctl on its own data directory).
 set -euo pipefail
 
-if [ "${CI:-}" != true ] && [ "${QUANTBENCH_SERVICE_TESTS:-}" != 1 ]; then
-    echo "SKIP: the tracking server test runs only when asked (CI=true or QUANTBENCH_SERVICE_TESTS=1)"; exit 0
-fi
-if [ "$(id -u)" != 0 ]; then echo "SKIP: the tracking server test needs root"; exit 0; fi
-if ! command -v apt-get >/dev/null; then echo "SKIP: the tracking server test needs apt-get (Debian/Ubuntu)"; exit 0; fi
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=tests/cluster/common.sh
+. "$REPO/tests/cluster/common.sh"
+service_test_gate "the tracking server test"
 BASE=${QUANTBENCH_PORT_BASE:-16817}
 PG_PORT=$((BASE + 4)) MLFLOW_PORT=$((BASE + 5))
 log() { echo "[tracking-test $(date +%H:%M:%S)] $*"; }
-port_in_use() { python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $1)) != 0)"; }
-for port in $PG_PORT $MLFLOW_PORT; do
-    if port_in_use "$port"; then
-        echo "REFUSED: 127.0.0.1:$port is already in use; set QUANTBENCH_PORT_BASE to another base"; exit 1
-    fi
-done
+refuse_taken_ports $PG_PORT $MLFLOW_PORT
 
 WORK=$(mktemp -d /tmp/quantbench-tracking.XXXXXX)
-PIDS=()
-start() {  # start <name> <command...>: a daemon in a background job; its PID recorded
-    local name=$1; shift
-    "$@" >"$WORK/$name.out" 2>&1 &
-    PIDS+=("$!")
-}
 # shellcheck source=tests/cluster/tracking_server.sh
 . "$REPO/tests/cluster/tracking_server.sh"
 cleanup() {

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # A real MLflow tracking server on PostgreSQL with MLflow's basic-auth app, private to a test.
-# Sourced by tests/cluster/run_tracking_server.sh and tests/cluster/run_slurm.sh, after they define
-# `log`, `start <name> <command...>` (records the PID in PIDS) and WORK (their temporary directory).
+# Sourced by tests/cluster/run_tracking_server.sh and tests/cluster/run_slurm.sh, after
+# tests/cluster/common.sh (`start`, PIDS) and their `log` and WORK (their temporary directory).
 #
 #   tracking_server_up PG_PORT MLFLOW_PORT   # PostgreSQL + mlflow server; exports the client settings
 #   mlflow_stop / mlflow_start               # the server alone (fault injection); PostgreSQL stays up
