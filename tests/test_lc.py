@@ -175,7 +175,7 @@ def test_scaled_closed_forms_agree_with_the_generic_sweep():
 def test_penalty_gradient_and_multiplier_update_by_hand():
     w = torch.tensor([1.0, -3.0], requires_grad=True)
     q, lam, mu = torch.tensor([2.0, -2.0]), torch.tensor([1.0, 1.0]), 2.0
-    value = penalty(w, q + lam / mu, mu)  # the L step's fixed target Δ(Θ) + λ/μ
+    value = penalty(w, q, lam / mu, mu)  # λ/μ is fixed for the L step
     # mu/2 * ||w - q - lam/mu||^2 = 1 * ((1-2-0.5)^2 + (-3+2-0.5)^2) = 2.25 + 2.25
     assert value.item() == pytest.approx(4.5)
     value.backward()

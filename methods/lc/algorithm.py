@@ -82,9 +82,10 @@ def records(view: ParamView, csteps: list[CStep], projections: list[Projection],
     return out
 
 
-def penalty(w: torch.Tensor, target: torch.Tensor, mu: float) -> torch.Tensor:
-    """μ/2 ‖w − target‖² with target = Δ(Θ) + λ/μ, fixed for an L step (gradient μ(w − Δ(Θ)) − λ)."""
-    return 0.5 * mu * torch.nn.functional.mse_loss(w, target, reduction="sum")
+def penalty(w: torch.Tensor, q: torch.Tensor, lam_over_mu: torch.Tensor, mu: float) -> torch.Tensor:
+    """μ/2 ‖w − q − λ/μ‖² (gradient μ(w − q) − λ), as one fused ``mse_loss`` of (w − q) against λ/μ;
+    λ/μ is computed once per L step."""
+    return 0.5 * mu * torch.nn.functional.mse_loss(w - q, lam_over_mu, reduction="sum")
 
 
 def update_multipliers(lam: torch.Tensor, w: torch.Tensor, q: torch.Tensor, mu: float) -> torch.Tensor:
@@ -130,10 +131,10 @@ def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep],
             opt = make_optimizer(model.parameters(), optimizer, lr * lr_decay**k, momentum)
 
             with torch.no_grad():
-                target = {n: q[n] + lam[n] / mu for n in view.names}
+                lam_over_mu = {n: lam[n] / mu for n in view.names}
 
-            def lc_penalty(mu: float = mu, target: dict = target) -> torch.Tensor:
-                return sum(penalty(w[n], target[n], mu) for n in view.names)
+            def lc_penalty(mu: float = mu, q: dict = q, lam_over_mu: dict = lam_over_mu) -> torch.Tensor:
+                return sum(penalty(w[n], q[n], lam_over_mu[n], mu) for n in view.names)
 
             for epoch in range(epochs_per_step):
                 order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
