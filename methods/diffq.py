@@ -95,11 +95,12 @@ def group_sums(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.cat([full.sum(dim=1), last.sum(dim=1)]) if last.numel() else full.sum(dim=1)
 
 
-def arg_extremes(flat: torch.Tensor, row: int = 1024) -> torch.Tensor:
-    """``[argmin, argmax]`` of a flat tensor, on its device. Reduced over rows of ``row`` elements first,
-    then over the rows' extremes (the CPU's flat argmin/argmax is several times slower than that)."""
+def arg_extremes(flat: torch.Tensor, row: int = 1024, direct_below: int = 1 << 16) -> torch.Tensor:
+    """``[argmin, argmax]`` of a flat tensor, on its device. From ``direct_below`` elements on, reduced
+    over rows of ``row`` elements first, then over the rows' extremes (the CPU's flat argmin/argmax is
+    several times slower than that on millions of weights; below, the extra operations cost more)."""
     full = flat.numel() // row * row
-    if full == 0:
+    if flat.numel() < direct_below or full == 0:
         return torch.stack([flat.argmin(), flat.argmax()])
     (mins, at_min), (maxs, at_max) = flat[:full].view(-1, row).min(dim=1), flat[:full].view(-1, row).max(dim=1)
     lo, hi = mins.argmin().view(1), maxs.argmax().view(1)

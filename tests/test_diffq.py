@@ -211,7 +211,8 @@ def test_arg_extremes_are_the_argmin_and_argmax(numel):
     gen = torch.Generator().manual_seed(numel)
     for _ in range(20):
         x = torch.randn(numel, generator=gen)
-        assert arg_extremes(x).tolist() == [int(x.argmin()), int(x.argmax())]
+        for direct_below in (0, 1 << 16):  # the row-wise reduction, and the direct one
+            assert arg_extremes(x, direct_below=direct_below).tolist() == [int(x.argmin()), int(x.argmax())]
     x = torch.zeros(numel)
     x[-1], x[0] = 5.0, -5.0  # the extremes at the two ends (the tail and the first row)
-    assert arg_extremes(x).tolist() == [0, numel - 1]
+    assert arg_extremes(x, direct_below=0).tolist() == [0, numel - 1]
