@@ -102,7 +102,8 @@ def arg_extremes(flat: torch.Tensor, row: int = 1024, direct_below: int = 1 << 1
     full = flat.numel() // row * row
     if flat.numel() < direct_below or full == 0:
         return torch.stack([flat.argmin(), flat.argmax()])
-    (mins, at_min), (maxs, at_max) = flat[:full].view(-1, row).min(dim=1), flat[:full].view(-1, row).max(dim=1)
+    rows = flat[:full].view(-1, row)
+    (mins, at_min), (maxs, at_max) = rows.min(dim=1), rows.max(dim=1)
     lo, hi = mins.argmin().view(1), maxs.argmax().view(1)
     ends = torch.cat([lo * row + at_min.index_select(0, lo), hi * row + at_max.index_select(0, hi)])
     if full < flat.numel():  # the tail, shorter than a row
@@ -280,12 +281,9 @@ class DiffQ(Method):
             lam.mul_(torch.exp(p.control_rate * (expected_bpw(quantizers) - budget.bits) / budget.bits))
 
         for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
-            try:
-                loss = train_epoch(model, ctx.task, [opt, opt_bits], p.batch_size,
-                                   derive_seed(ctx.seed, DATA_ORDER, epoch), ctx.device, penalty=size_penalty,
-                                   after_step=control if p.budget_control else None)
-            except FloatingPointError as e:
-                raise FloatingPointError(f"DiffQ: {e} at epoch {epoch}") from None
+            loss = train_epoch(model, ctx.task, [opt, opt_bits], p.batch_size, derive_seed(ctx.seed, DATA_ORDER, epoch),
+                               ctx.device, penalty=size_penalty, after_step=control if p.budget_control else None,
+                               epoch=epoch)
             if p.budget_control:
                 ctx.log_metric("diffq/shift", project_to_budget(quantizers, budget.bits), epoch)
             with torch.no_grad():

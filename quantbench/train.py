@@ -137,7 +137,7 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
                 batch_size: int, seed: int, device: torch.device, *,
                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
-                amp: bool = False, grad_clip: float = 0.0) -> float:
+                amp: bool = False, grad_clip: float = 0.0, epoch: int | None = None) -> float:
     """One pass over the training split (order fixed by ``seed``), the one epoch loop of every
     training-based method; returns the mean task loss.
 
@@ -145,7 +145,7 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
     weights; ``penalty()`` is added to the objective, e.g. LC's quadratic term or DiffQ's λ · size),
     then ``after_step()`` (e.g. DiffQ's budget controller). Everything per step stays on ``device``:
     the loss is summed there and read once, at the end of the epoch, which raises
-    :class:`FloatingPointError` when it is NaN/inf (a diverged run).
+    :class:`FloatingPointError` when it is NaN/inf (a diverged run), naming ``epoch`` when given.
     """
     optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     model.train()
@@ -157,7 +157,7 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
         count += y.numel()
     mean = float(total) / count
     if not math.isfinite(mean):
-        raise FloatingPointError(f"training loss is {mean}")
+        raise FloatingPointError(f"training loss is {mean}" + ("" if epoch is None else f" at epoch {epoch}"))
     return mean
 
 
@@ -189,11 +189,8 @@ def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str
         return torch.func.functional_call(model, {n: forward_weights(n, params[n]) for n in names}, (x,))
 
     for epoch in progress(range(epochs)):
-        try:
-            loss = train_epoch(model, task, opt, batch_size, derive_seed(seed, DATA_ORDER, epoch), device,
-                               forward=forward)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"{e} at epoch {epoch}") from None
+        loss = train_epoch(model, task, opt, batch_size, derive_seed(seed, DATA_ORDER, epoch), device,
+                           forward=forward, epoch=epoch)
         if log is not None:
             log(loss, epoch)
 
@@ -207,11 +204,9 @@ def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: tor
     history = []
     bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
     for epoch in bar:
-        try:
-            order = derive_seed(seed, REFERENCE_DATA_ORDER, epoch)
-            history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=s.amp, grad_clip=s.grad_clip))
-        except FloatingPointError as e:
-            raise FloatingPointError(f"{e} at epoch {epoch}") from None
+        order = derive_seed(seed, REFERENCE_DATA_ORDER, epoch)
+        history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=s.amp, grad_clip=s.grad_clip,
+                                   epoch=epoch))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         sched.step()
     return history
