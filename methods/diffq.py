@@ -16,7 +16,14 @@ j has a bit width b_j = b_min + σ(ℓ_j)(b_max − b_min), logits ℓ initialis
   of every epoch a projection onto the budget: one common shift δ of all logits, found by
   bisection, the largest with bpw(round(b(ℓ + δ))) <= target. The shift keeps the relative
   allocation DiffQ learned, and the last one makes the artifact meet the budget (with rounded
-  widths). ``budget_control: false`` keeps λ fixed at ``size_penalty`` and never shifts.
+  widths). ``budget_control: false`` keeps λ fixed at ``size_penalty`` and never shifts;
+* final widths (ours): the last ⌊``final_fraction`` · epochs + ½⌋ epochs train at the widths
+  frozen after the last projection, without the size term; their forward is ``quantized``, the
+  eval forward ŵ with the straight-through estimator (∂ŵ/∂w := 1), or ``noise`` (w̃ at the frozen
+  widths). At 2 bpw pseudo-quantization noise does not prepare the weights for rounding — the
+  authors' package loses as much to its own QAT (docs/methods/diffq.md) — so ``diffq`` learns
+  the allocation with noise and finishes at it quantized; ``diffq_fixed`` is the paper's DiffQ
+  (fixed λ, noise to the end).
 """
 
 from __future__ import annotations
@@ -32,7 +39,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
-from quantbench.method import DATA_ORDER, GENERATOR, Budget, Method, RunContext, StepCurve, compressible, derive_seed
+from quantbench.method import (
+    DATA_ORDER,
+    GENERATOR,
+    Budget,
+    ConfigError,
+    Method,
+    RunContext,
+    StepCurve,
+    compressible,
+    derive_seed,
+)
 from quantbench.models import build_model
 from quantbench.registry import register_method
 from quantbench.train import make_optimizer, straight_through, train_epoch, train_quantized
@@ -155,14 +172,25 @@ class PseudoQuantizer(nn.Module):
         sizes = torch.full((self.n_groups,), float(self.group_size))
         sizes[-1] = numel - self.group_size * (self.n_groups - 1)
         self.register_buffer("group_sizes", sizes, persistent=False)
+        self.frozen: torch.Tensor | None = None  # the integer widths once ``freeze`` was called
+        self.quantized_training = False  # with frozen widths: train through true quantization (STE)
 
     def bits(self, shift: float = 0.0) -> torch.Tensor:
-        """b = b_min + σ(ℓ + shift) (b_max − b_min), per group."""
+        """b = b_min + σ(ℓ + shift) (b_max − b_min), per group (once frozen: the frozen widths)."""
+        if self.frozen is not None:
+            return self.frozen
         return self.min_bits + torch.sigmoid(self.logit + shift) * (self.max_bits - self.min_bits)
 
     def rounded_bits(self, shift: float = 0.0) -> torch.Tensor:
         """The stored widths: b rounded, clamped to [max(1, ⌈b_min⌉), min(16, b_max)]."""
         return self.bits(shift).detach().round().clamp(max(1, math.ceil(self.min_bits)), min(16, int(self.max_bits)))
+
+    def freeze(self, quantized_training: bool) -> None:
+        """From now on train and store the current rounded widths (the logits stop mattering); with
+        ``quantized_training`` the training forward is the eval forward, w → ŵ, with the STE."""
+        self.frozen = self.rounded_bits()
+        self.logit.requires_grad_(False)
+        self.quantized_training = quantized_training
 
     def size_bits(self) -> torch.Tensor:
         """Differentiable size of this tensor in the packed format: codes, group widths, range."""
@@ -171,6 +199,8 @@ class PseudoQuantizer(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return range_dequantize(w, self.rounded_bits(), self.group_size)
+        if self.quantized_training:
+            return straight_through(w, range_dequantize(w, self.rounded_bits(), self.group_size))
         if self.noise == "uniform":
             eps = torch.rand(w.numel(), generator=self.generator, device=w.device, dtype=w.dtype).sub_(0.5)
         else:
@@ -197,6 +227,8 @@ class DiffQParams:
     size_penalty: float = 1.0  # λ (initial λ when the controller is on), per MB
     budget_control: bool = True  # steer λ so the final bpw meets the budget
     control_rate: float = 0.05  # η of the controller
+    final_fraction: float = 0.5  # the last ⌊fraction · epochs + ½⌋ epochs train at the frozen widths
+    final_forward: Literal["quantized", "noise"] = "quantized"  # their training forward (see the module doc)
 
 
 def _view(model: nn.Module, p: DiffQParams) -> list[str]:
@@ -280,11 +312,21 @@ class DiffQ(Method):
             """λ ← λ · exp(η (bpw − target) / target)"""
             lam.mul_(torch.exp(p.control_rate * (expected_bpw(quantizers) - budget.bits) / budget.bits))
 
+        if not 0.0 <= p.final_fraction <= 1.0:
+            raise ConfigError(f"diffq.final_fraction: expected a fraction in [0, 1], got {p.final_fraction}")
+        first_final = p.epochs - math.floor(p.final_fraction * p.epochs + 0.5)
         for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
-            loss = train_epoch(model, ctx.task, [opt, opt_bits], p.batch_size, derive_seed(ctx.seed, DATA_ORDER, epoch),
-                               ctx.device, penalty=size_penalty, after_step=control if p.budget_control else None,
-                               epoch=epoch)
-            if p.budget_control:
+            frozen = epoch >= first_final
+            if epoch == first_final:
+                if p.budget_control and epoch == 0:
+                    project_to_budget(quantizers, budget.bits)  # no epoch has projected yet
+                for q in quantizers.values():
+                    q.freeze(p.final_forward == "quantized")
+            loss = train_epoch(model, ctx.task, [opt] if frozen else [opt, opt_bits], p.batch_size,
+                               derive_seed(ctx.seed, DATA_ORDER, epoch), ctx.device,
+                               penalty=None if frozen else size_penalty,
+                               after_step=control if p.budget_control and not frozen else None, epoch=epoch)
+            if p.budget_control and not frozen:
                 ctx.log_metric("diffq/shift", project_to_budget(quantizers, budget.bits), epoch)
             with torch.no_grad():
                 ctx.log_metric("diffq/train_loss", loss, epoch)
@@ -304,6 +346,7 @@ class DiffQ(Method):
 @dataclass
 class DiffQFixedParams(DiffQParams):
     budget_control: bool = False
+    final_fraction: float = 0.0  # the paper: learned widths and noise to the end
     penalties: dict = field(default_factory=lambda: {2: 20.0, 3: 4.0, 4: 1.5, 8: 0.3})  # budget column -> λ
 
 

@@ -12,7 +12,7 @@ from conftest import compress_digits
 from torch import nn
 from torch.nn.utils import parametrize
 
-from quantbench.method import Budget, RunContext, make_params
+from quantbench.method import Budget, ConfigError, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.methods.diffq import PseudoQuantizer, lsq_quantize, range_record
 
@@ -216,3 +216,65 @@ def test_arg_extremes_are_the_argmin_and_argmax(numel):
     x = torch.zeros(numel)
     x[-1], x[0] = 5.0, -5.0  # the extremes at the two ends (the tail and the first row)
     assert arg_extremes(x, direct_below=0).tolist() == [0, numel - 1]
+
+
+def test_frozen_widths_train_through_the_quantized_weights_with_the_ste():
+    """After ``freeze(quantized_training=True)`` the training forward is the eval forward (every
+    weight on the nearest of its group's levels, brute force) and ∂ŵ/∂w is the identity; the logits
+    are out of the graph. With ``quantized_training=False`` it is w + noise of the frozen widths."""
+    torch.manual_seed(5)
+    w = torch.randn(40, 20)
+    q = PseudoQuantizer(w.numel(), 16, 1.0, 15.0, 4.0, "uniform", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q.logit.copy_(torch.randn(q.n_groups) * 3)
+    widths = q.bits().detach().round().clamp(1, 15)
+    q.freeze(quantized_training=True)
+    assert torch.equal(q.bits(), widths) and not q.logit.requires_grad
+    w = w.requires_grad_()
+    upstream = torch.randn(40, 20)
+    out = q(w)
+    (out * upstream).sum().backward()
+    assert torch.equal(w.grad, upstream)
+    w = w.detach()
+    lo, span, flat = float(w.min()), float(w.max() - w.min()), w.detach().reshape(-1).double()
+    for j, b in enumerate(widths.tolist()):
+        levels = lo + torch.arange(2 ** int(b), dtype=torch.float64) * span / (2**b - 1)
+        group, got = flat[16 * j: 16 * (j + 1)], out.detach().reshape(-1)[16 * j: 16 * (j + 1)].double()
+        nearest = (group[:, None] - levels[None, :]).abs().min(dim=1).values
+        assert ((group - got).abs() <= nearest + 1e-6 * span).all()
+    q.eval()
+    assert torch.equal(q(w.detach()), out.detach())
+
+    noisy = PseudoQuantizer(w.numel(), 16, 1.0, 15.0, 4.0, "uniform", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        noisy.logit.copy_(q.logit)
+    noisy.freeze(quantized_training=False)
+    step = span / (2 ** torch.repeat_interleave(widths, 16)[: w.numel()] - 1)
+    assert ((noisy(w.detach()) - w.detach()).reshape(-1).abs() <= step / 2 + 1e-6).all()
+
+
+def test_the_final_epochs_keep_the_budgeted_widths(digits_reference):
+    """epochs 4, final_fraction 0.5: the widths projected onto the budget after epoch 1 are the
+    artifact's (rounded); λ and the widths stop moving; the budget is met."""
+    cm, _, ctx = _run("diffq", 2.0, digits_reference, epochs=4, final_fraction=0.5)
+    assert cm.stats()["bpw"] <= 2.0 + 1e-9
+    series = {}
+    for k, v, step in ctx.step_metrics:
+        series.setdefault(k, {})[step] = v
+    assert sorted(series["diffq/shift"]) == [0, 1]  # projected after the learning epochs only
+    assert series["diffq/lambda"][1] == series["diffq/lambda"][2] == series["diffq/lambda"][3]
+    quantized = {n: r for n, r in cm.records.items() if getattr(r, "group_bits", None) is not None}
+    assert len(quantized) == 3
+    for name, record in quantized.items():
+        by_epoch = series[f"diffq/bits/{name}"]
+        assert by_epoch[2] == by_epoch[3] == pytest.approx(float(np.mean(record.group_bits)))
+
+
+def test_all_final_epochs_still_meet_the_budget(digits_reference):
+    """final_fraction 1: no epoch learns widths; the equal initial widths are projected before
+    freezing, by one common shift: to 2 bits each (3 + 4/16 side bits would exceed 3 bpw)."""
+    cm, acc, _ = _run("diffq", 3.0, digits_reference, epochs=2, final_fraction=1.0)
+    widths = np.concatenate([r.group_bits for r in cm.records.values() if getattr(r, "group_bits", None) is not None])
+    assert set(widths.tolist()) == {2} and cm.stats()["bpw"] <= 3.0 and acc > 90
+    with pytest.raises(ConfigError, match="final_fraction"):
+        _run("diffq", 3.0, digits_reference, epochs=2, final_fraction=1.5)
