@@ -131,6 +131,9 @@ class Method:
     family: ClassVar[str] = "other"  # the table group: which paper's table its rows belong to
     step_curves: ClassVar[tuple[StepCurve, ...]] = ()
     Params: ClassVar[type] = NoParams
+    # training-based (its epochs run train_epoch): in a job of several processes ``compress`` runs on
+    # every rank; a post-training method runs on rank 0 alone
+    trains: ClassVar[bool] = False
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
