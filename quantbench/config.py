@@ -182,10 +182,17 @@ class Config:
 
     def resources(self, rule: str, arch: str) -> dict:
         """Scheduler resources of a ``rule`` job for ``arch``: defaults < resources.<rule> <
-        resources.archs.<arch>.<rule>."""
+        resources.archs.<arch>.<rule>. ``gpu`` and ``processes`` are per node; ``processes``
+        defaults to ``gpu`` (one rank per GPU), else 1."""
         res = self.raw["resources"]
-        return {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0,
-                **res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+        merged = {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0, "nodes": 1,
+                  **res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+        merged.setdefault("processes", max(1, merged["gpu"]))
+        if merged["gpu"] and merged["processes"] != merged["gpu"]:
+            where = f"config.resources.archs.{arch}.{rule}" if arch else f"config.resources.{rule}"
+            raise ConfigError(f"{where}: processes {merged['processes']} with gpu {merged['gpu']}: a job on "
+                              f"GPUs runs one process per GPU (set processes to gpu, or leave it out)")
+        return merged
 
     def method_params(self, method: str) -> dict:
         """The resolved ``Params`` of a method label: ``method_params.<method>``, and for a

@@ -21,6 +21,7 @@ is that of the global batch's mean loss even when the last batch does not divide
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -137,13 +138,13 @@ class ShardedBatches(Sampler[list]):
             yield batch[self.rank::self.world] or batch[:1]
 
 
-def launch(worker_argv: list[str], nproc_per_node: int, nnodes: int = 1, rdzv_endpoint: str = "") -> None:
-    """Run ``python -m quantbench.cli <worker_argv>`` under ``torch.distributed.run`` (torchrun):
-    ``nproc_per_node`` ranks here, on ``nnodes`` nodes. One node: ``--standalone`` (a free local
-    port); several: the c10d rendezvous at ``rdzv_endpoint`` (host:port of the first node), where
-    each node's launcher joins. Raises torchrun's ``ChildFailedError`` when a rank fails (after
-    torchrun stopped the others)."""
-    from torch.distributed.run import get_args_parser, run
+def torchrun_config(worker_argv: list[str], nproc_per_node: int, nnodes: int = 1,
+                    rdzv_endpoint: str = "") -> argparse.Namespace:
+    """torchrun's (``torch.distributed.run``) parsed options for ``python -m quantbench.cli
+    <worker_argv>`` on ``nproc_per_node`` ranks here, on ``nnodes`` nodes, no restarts. One node:
+    ``--standalone`` (a free local port); several: the c10d rendezvous at ``rdzv_endpoint``
+    (host:port of the first node), where each node's launcher joins."""
+    from torch.distributed.run import get_args_parser
 
     args = [f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", "--max-restarts=0"]
     if nnodes == 1:
@@ -154,7 +155,16 @@ def launch(worker_argv: list[str], nproc_per_node: int, nnodes: int = 1, rdzv_en
         args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", "--rdzv-id=quantbench"]
     config = get_args_parser().parse_args([*args, "-m", "quantbench.cli"])
     config.training_script_args = list(worker_argv)  # set here: torchrun's parser would read their options too
-    run(config)
+    return config
+
+
+def launch(worker_argv: list[str], nproc_per_node: int, nnodes: int = 1, rdzv_endpoint: str = "") -> None:
+    """Run the ranks under torchrun (:func:`torchrun_config`); returns when they all succeeded.
+    Raises torchrun's ``ChildFailedError`` when a rank fails (after torchrun stopped the others),
+    and its ``SignalException`` when this process is signalled (after stopping the ranks)."""
+    from torch.distributed.run import run
+
+    run(torchrun_config(worker_argv, nproc_per_node, nnodes, rdzv_endpoint))
 
 
 def first_failure(error: BaseException) -> str:

@@ -67,6 +67,51 @@ def plot_files(ext):
     return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
 
 
+def job_resources(rule):
+    """The Snakemake resources of a ``rule`` (reference, cell) job, from config ``resources``:
+    mem_mb, runtime, gpu and processes (per node), nodes. A job on several nodes also gets what
+    snakemake-executor-plugin-slurm needs to start one torchrun launcher per node: ``mpi`` (the
+    job's command runs srun itself instead of being wrapped in ``srun -n1``), ``tasks`` = nodes,
+    its GPUs as ``gres=gpu:N`` (per node) instead of ``gpu`` (``--gpus`` counts the whole job),
+    and ``tasks_per_gpu=0`` (no ``--ntasks-per-gpu``). A resource that is None is left unset."""
+
+    def per_job(of):
+        return lambda wildcards: of(CFG.resources(rule, wildcards.arch))
+
+    def several(res):
+        return res["nodes"] > 1
+
+    return {
+        "mem_mb": CFG.rule_resource(rule, "mem_mb"),
+        "runtime": CFG.rule_resource(rule, "runtime"),
+        "gpu": per_job(lambda res: None if several(res) else res["gpu"]),
+        "processes": per_job(lambda res: res["processes"]),
+        "nodes": per_job(lambda res: res["nodes"]),
+        "gres": per_job(lambda res: f"gpu:{res['gpu']}" if several(res) and res["gpu"] else None),
+        "mpi": per_job(lambda res: "srun" if several(res) else None),
+        "tasks": per_job(lambda res: res["nodes"] if several(res) else None),
+        "tasks_per_gpu": per_job(lambda res: 0 if several(res) and res["gpu"] else None),
+    }
+
+
+def launch(wildcards, resources):
+    """How a job starts: one process on one node; on several nodes ``srun`` starts one launcher
+    per node (``quantbench.distributed.launch``), which meet at the first node's address. A param
+    of ``resources`` is derived (not in Snakemake's params rerun trigger), like ``context``."""
+    if resources.nodes == 1:
+        return ""
+    return f"srun --nodes={resources.nodes} --ntasks-per-node=1 "
+
+
+def launch_args(wildcards, resources):
+    """The job command's torchrun options: ranks per node, nodes, and on several nodes the
+    rendezvous endpoint (the job's first node, resolved in the job's shell)."""
+    args = f"--nproc-per-node {resources.processes} --nnodes {resources.nodes}"
+    if resources.nodes > 1:
+        args += ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29400"'
+    return args
+
+
 def reference_spec(wildcards):
     return CFG.reference_identity(wildcards.task, wildcards.arch, int(wildcards.seed)).to_json()
 
