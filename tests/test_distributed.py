@@ -31,7 +31,8 @@ ONE_EPOCH = {"qat": {"epochs": 1}, "lsq": {"epochs": 1}, "diffq": {"epochs": 1},
              "lc_adaptive": {"steps": 1, "epochs_per_step": 1}, "idc": {"steps": 1, "epochs_per_step": 1}}
 TIMEOUT_S = 300
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo"),
+              pytest.mark.slow]
 
 
 def _session_members(sid: int) -> list[int]:
@@ -189,7 +190,6 @@ class _Resources(dict):
     __getattr__ = dict.__getitem__
 
 
-@pytest.mark.slow
 def test_a_multi_gpu_cell_is_submitted_for_its_gpus_and_launched_under_torchrun(tmp_path):
     """One node with 2 GPUs and two nodes with 4 GPUs each: the resources Snakemake plans, the
     sbatch and srun options the SLURM executor plugins make of them, and the torchrun options the
