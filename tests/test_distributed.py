@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -149,6 +150,35 @@ def test_a_rank_that_dies_fails_the_job_and_its_run_reads_failed(tmp_path):
     assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["failed"], ran.stdout[-3000:]
     # either rank 0 saw its peer's connection drop, or torchrun stopped it and the launcher named rank 1
     assert re.search(r"rank 1 failed \(signal SIGKILL\)|Connection|closed|peer", runs["tags.failure_reason"].iloc[0])
+
+
+def test_a_cancelled_ddp_job_reads_killed(tmp_path):
+    """SIGTERM to the job (what scancel and a time limit send): torchrun stops the ranks, the
+    launcher closes rank 0's run KILLED and exits 128 + 15, leaving no process behind."""
+    cfg = load_config({**grid(tmp_path), "reference": {"epochs": 500}})
+    Tracker(cfg.tracking_uri()).ensure_experiment("ddp", tmp_path / "mlartifacts")
+    spec, out = cfg.reference_spec("digits", "lenet300", 0), tmp_path / "ref" / "metrics.json"
+    log = out.with_suffix(".log")
+    cmd = [sys.executable, "-m", "quantbench.cli", "reference", "--spec", spec.identity.to_json(), "--context",
+           spec.context.to_json(), "--out", str(out), "--log", str(log), "--threads", "2", "--nproc-per-node", "2",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S  # until rank 0 has opened its run and started training
+        while not (log.is_file() and ": training {" in log.read_text(errors="replace")):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None or _session_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail("the cancelled job did not end by itself")
+    assert proc.returncode == 128 + signal.SIGTERM and not out.exists()
+    runs = Tracker(cfg.tracking_uri()).runs("ddp")
+    assert list(runs["status"]) == ["KILLED"] and list(runs["tags.status"]) == ["killed"]
+    assert runs["tags.failure_reason"].iloc[0] == "terminated by SIGTERM"
 
 
 def test_one_process_jobs_do_not_start_torchrun(tmp_path):
