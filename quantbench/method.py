@@ -132,7 +132,8 @@ class Method:
     step_curves: ClassVar[tuple[StepCurve, ...]] = ()
     Params: ClassVar[type] = NoParams
     # training-based (its epochs run train_epoch): in a job of several processes ``compress`` runs on
-    # every rank; a post-training method runs on rank 0 alone
+    # every rank; otherwise it runs on rank 0 alone, as in a one-process job (a plugin that trains
+    # declares it to use the other processes)
     trains: ClassVar[bool] = False
 
     def __init__(self, params: Any = None) -> None:

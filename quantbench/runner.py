@@ -30,7 +30,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -217,7 +217,8 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         ref = load_checkpoint(ckpt, build_model(job.arch, **arch_kwargs))
         params = make_params(method_cls.Params, job.method_params, f"method_params.{job.method}")
         t0 = time.perf_counter()
-        compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
+        with nullcontext() if method_cls.trains else distributed.alone():
+            compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
         times["time_compress_s"] = time.perf_counter() - t0
         if not distributed.is_main():
             return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}

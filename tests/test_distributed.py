@@ -110,9 +110,12 @@ def test_an_epoch_on_two_processes_matches_one_process_with_the_same_global_batc
 
 
 def test_ddp_jobs_record_once_from_rank_0_with_the_bpw_of_one_process(tmp_path):
-    """(a) The reference and every training-based method as 2-process jobs: a valid artifact with
-    the one-process bpw, one FINISHED run each (rank 0's), tagged with the process count."""
-    two, one = load_config(grid(tmp_path / "two")), load_config(grid(tmp_path / "one"))
+    """(a) The reference, every training-based method and a post-training one (RTN, rank 0 alone)
+    as 2-process jobs: a valid artifact with the one-process bpw, one FINISHED run each (rank 0's),
+    tagged with the process count."""
+    methods = [*TRAINING_METHODS, "rtn"]
+    two = load_config({**grid(tmp_path / "two"), "methods": methods})
+    one = load_config({**grid(tmp_path / "one"), "methods": methods})
     Tracker(two.tracking_uri()).ensure_experiment("ddp", tmp_path / "two" / "mlartifacts")
     ref_out = tmp_path / "two" / "ref" / "metrics.json"
     ran = job("reference", two.reference_spec("digits", "lenet300", 0), ref_out, 2)
@@ -131,7 +134,7 @@ def test_ddp_jobs_record_once_from_rank_0_with_the_bpw_of_one_process(tmp_path):
                           show_progress=False)
         assert result["stats"]["bpw"] == single["stats"]["bpw"], cell.method
     runs = Tracker(two.tracking_uri()).runs("ddp")
-    assert len(runs) == 1 + len(TRAINING_METHODS)
+    assert len(runs) == 1 + len(methods)
     assert set(runs["status"]) == {"FINISHED"} and set(runs["tags.processes"]) == {"2"}
     assert sorted(runs["tags.cell_id"]) == sorted([c.id for c in two.cells] + ["digits/lenet300/reference/s0"])
 

@@ -73,25 +73,27 @@ def job_resources(rule):
     snakemake-executor-plugin-slurm needs to start one torchrun launcher per node: ``mpi`` (the
     job's command runs srun itself instead of being wrapped in ``srun -n1``), ``tasks`` = nodes,
     its GPUs as ``gres=gpu:N`` (per node) instead of ``gpu`` (``--gpus`` counts the whole job),
-    and ``tasks_per_gpu=0`` (no ``--ntasks-per-gpu``). A resource that is None is left unset."""
+    and ``tasks_per_gpu=0`` (no ``--ntasks-per-gpu``). A resource that is None is left unset.
+    Constants unless an arch overrides this rule's resources (planning a large grid stays cheap)."""
 
-    def per_job(of):
-        return lambda wildcards: of(CFG.resources(rule, wildcards.arch))
+    def derive(res):
+        several = res["nodes"] > 1
+        return {
+            "mem_mb": res["mem_mb"],
+            "runtime": res["runtime"],
+            "gpu": None if several else res["gpu"],
+            "processes": res["processes"],
+            "nodes": res["nodes"],
+            "gres": f"gpu:{res['gpu']}" if several and res["gpu"] else None,
+            "mpi": "srun" if several else None,
+            "tasks": res["nodes"] if several else None,
+            "tasks_per_gpu": 0 if several and res["gpu"] else None,
+        }
 
-    def several(res):
-        return res["nodes"] > 1
-
-    return {
-        "mem_mb": CFG.rule_resource(rule, "mem_mb"),
-        "runtime": CFG.rule_resource(rule, "runtime"),
-        "gpu": per_job(lambda res: None if several(res) else res["gpu"]),
-        "processes": per_job(lambda res: res["processes"]),
-        "nodes": per_job(lambda res: res["nodes"]),
-        "gres": per_job(lambda res: f"gpu:{res['gpu']}" if several(res) and res["gpu"] else None),
-        "mpi": per_job(lambda res: "srun" if several(res) else None),
-        "tasks": per_job(lambda res: res["nodes"] if several(res) else None),
-        "tasks_per_gpu": per_job(lambda res: 0 if several(res) and res["gpu"] else None),
-    }
+    constant = derive(CFG.resources(rule, ""))
+    if not any(rule in per_arch for per_arch in CFG.raw["resources"].get("archs", {}).values()):
+        return constant
+    return {key: (lambda wildcards, key=key: derive(CFG.resources(rule, wildcards.arch))[key]) for key in constant}
 
 
 def launch(wildcards, resources):
