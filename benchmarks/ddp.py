@@ -11,6 +11,7 @@ the job's ``--threads`` are shared by its processes (1 process x 2 threads again
 2-core machine). No target on 2 cores.
 
     python benchmarks/ddp.py [--arch resnet20] [--batch 128] [--samples 4096] [--epochs 3] [--threads 2]
+                             [--methods reference qat]
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4096, help="training samples per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="epochs (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of the job, shared by its processes")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="reference", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
@@ -113,7 +115,7 @@ def main() -> None:
     gpus = torch.cuda.device_count()
     setups += [("cuda", n) for n in sorted({1, 2, gpus}) if 1 <= n <= gpus]
     rows = []
-    for method in METHODS:
+    for method in args.methods:
         for device, processes in setups:
             rows.append({"method": method, "device": device, "processes": processes,
                          "samples/s": measure(args, method, processes, device)})

@@ -109,6 +109,20 @@ def test_an_epoch_on_two_processes_matches_one_process_with_the_same_global_batc
         packed.verify_on_codebook(packed.to_dense(build_model("lenet300", **packed.arch_kwargs)))
 
 
+def test_two_processes_are_deterministic(tmp_path):
+    """For a given process count a run is repeatable bit for bit (QAT: shares, all-reduce, seeds)."""
+    script = str(FIXTURES / "train_once.py")
+    saved = []
+    for attempt in ("a", "b"):
+        saved.append(tmp_path / f"{attempt}.pt")
+        ran = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           script, "qat", str(saved[-1])])
+        assert ran.returncode == 0, ran.stdout[-3000:]
+    a, b = (torch.load(path) for path in saved)
+    assert a["packed"] == b["packed"] and a["loss"] == b["loss"]
+    assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
+
+
 def test_ddp_jobs_record_once_from_rank_0_with_the_bpw_of_one_process(tmp_path):
     """(a) The reference, every training-based method and a post-training one (RTN, rank 0 alone)
     as 2-process jobs: a valid artifact with the one-process bpw, one FINISHED run each (rank 0's),
