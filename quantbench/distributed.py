@@ -103,6 +103,12 @@ def on_main(fn: Callable[[], T]) -> T:
     return box[0]
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op in a one-process job)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def all_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over the ranks (in place; a no-op in a one-process job)."""
     if world_size() > 1:

@@ -288,8 +288,15 @@ def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]
     """Close the run FAILED (diverged/failed) or KILLED when the body does not complete. Without a
     run (a rank other than 0) the body's errors pass through unrecorded."""
     if run is None:
-        with signals_as_exceptions():
-            yield
+        try:
+            with signals_as_exceptions():
+                yield
+        except FloatingPointError as e:
+            if getattr(e, "all_ranks", False):  # rank 0 records it first: torchrun would stop it when this one exits
+                distributed.barrier()
+            raise
+        except Terminated as e:
+            raise SystemExit(128 + e.signum) from None
         return
     tracker, run_id, cell_id = run
     logs = [log_file] if log_file else []
@@ -299,6 +306,8 @@ def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]
     except FloatingPointError as e:
         tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
                            "FAILED")
+        if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
+            distributed.barrier()
         raise JobFailed(f"{cell_id} diverged: {e}") from None
     except Terminated as e:
         if distributed.launched_by_torchrun():  # a failed rank or a cancel: the launcher knows which

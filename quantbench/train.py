@@ -152,7 +152,8 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
     weights; ``penalty()`` is added to the objective, e.g. LC's quadratic term or DiffQ's λ · size),
     then ``after_step()`` (e.g. DiffQ's budget controller). Everything per step stays on ``device``:
     the loss is summed there and read once, at the end of the epoch, which raises
-    :class:`FloatingPointError` when it is NaN/inf (a diverged run), naming ``epoch`` when given.
+    :class:`FloatingPointError` when it is NaN/inf (a diverged run), naming ``epoch`` when given
+    (with ``all_ranks`` true in a job of several processes: every rank raises it at that point).
 
     In a job of several processes (:mod:`quantbench.distributed`) each rank computes its share
     ``batch[rank::world]`` of every global batch of ``batch_size`` and the gradients are averaged:
@@ -194,7 +195,9 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
         total, count = sums[0], int(sums[1])
     mean = float(total) / count
     if not math.isfinite(mean):
-        raise FloatingPointError(f"training loss is {mean}" + ("" if epoch is None else f" at epoch {epoch}"))
+        error = FloatingPointError(f"training loss is {mean}" + ("" if epoch is None else f" at epoch {epoch}"))
+        error.all_ranks = world > 1  # the mean is summed over the ranks: every rank raises it here
+        raise error
     return mean
 
 

@@ -169,6 +169,19 @@ def test_a_rank_that_dies_fails_the_job_and_its_run_reads_failed(tmp_path):
     assert re.search(r"rank 1 failed \(signal SIGKILL\)|Connection|closed|peer", runs["tags.failure_reason"].iloc[0])
 
 
+def test_a_diverged_ddp_reference_reads_diverged(tmp_path):
+    """Every rank sees the same non-finite epoch loss; rank 0 records the divergence before the
+    others leave (else torchrun would stop it mid-record and the run would read only failed)."""
+    cfg = load_config({**grid(tmp_path), "reference": {"epochs": 2, "lr": 1e6, "momentum": 0.99}})
+    Tracker(cfg.tracking_uri()).ensure_experiment("ddp", tmp_path / "mlartifacts")
+    out = tmp_path / "ref" / "metrics.json"
+    ran = job("reference", cfg.reference_spec("digits", "lenet300", 0), out, 2)
+    assert ran.returncode == 1 and not out.exists()
+    runs = Tracker(cfg.tracking_uri()).runs("ddp")
+    assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["diverged"], ran.stdout[-3000:]
+    assert runs["tags.failure_reason"].iloc[0].startswith("training loss is")
+
+
 def test_a_cancelled_ddp_job_reads_killed(tmp_path):
     """SIGTERM to the job (what scancel and a time limit send): torchrun stops the ranks, the
     launcher closes rank 0's run KILLED and exits 128 + 15, leaving no process behind."""
