@@ -275,7 +275,8 @@ def test_a_multi_gpu_cell_is_submitted_for_its_gpus_and_launched_under_torchrun(
     assert "gpu" not in two["resources"]
     assert two["shell"].startswith("srun --nodes=2 --ntasks-per-node=1 quantbench cell ")
     assert two["shell"].endswith('--nproc-per-node 4 --nnodes 2 --rdzv-endpoint '
-                                 '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29400"')
+                                 '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+                                 ':$((29400 + SLURM_JOB_ID % 1000))"')
 
     params = {"run_uuid": "u", "slurm_logfile": "l", "comment_str": "c", "account": "", "partition": "",
               "workdir": str(tmp_path)}

@@ -107,10 +107,12 @@ def launch(wildcards, resources):
 
 def launch_args(wildcards, resources):
     """The job command's torchrun options: ranks per node, nodes, and on several nodes the
-    rendezvous endpoint (the job's first node, resolved in the job's shell)."""
+    rendezvous endpoint, resolved in the job's shell: the job's first node, on port 29400 + the
+    SLURM job id mod 1000 (two multi-node jobs that share a first node meet on different ports)."""
     args = f"--nproc-per-node {resources.processes} --nnodes {resources.nodes}"
     if resources.nodes > 1:
-        args += ' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1):29400"'
+        args += (' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+                 ':$((29400 + SLURM_JOB_ID % 1000))"')
     return args
 
 
