@@ -67,14 +67,14 @@ def plot_files(ext):
     return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
 
 
-def job_resources(rule):
-    """The Snakemake resources of a ``rule`` (reference, cell) job, from config ``resources``:
+def job_resources(kind):
+    """The Snakemake resources of a ``kind`` (reference, cell) job, from config ``resources``:
     mem_mb, runtime, gpu and processes (per node), nodes. A job on several nodes also gets what
     snakemake-executor-plugin-slurm needs to start one torchrun launcher per node: ``mpi`` (the
     job's command runs srun itself instead of being wrapped in ``srun -n1``), ``tasks`` = nodes,
     its GPUs as ``gres=gpu:N`` (per node) instead of ``gpu`` (``--gpus`` counts the whole job),
     and ``tasks_per_gpu=0`` (no ``--ntasks-per-gpu``). A resource that is None is left unset.
-    Constants unless an arch overrides this rule's resources (planning a large grid stays cheap)."""
+    Constants unless an arch overrides its resources (planning a large grid stays cheap)."""
 
     def derive(res):
         several = res["nodes"] > 1
@@ -90,10 +90,10 @@ def job_resources(rule):
             "tasks_per_gpu": 0 if several and res["gpu"] else None,
         }
 
-    constant = derive(CFG.resources(rule, ""))
-    if not any(rule in per_arch for per_arch in CFG.raw["resources"].get("archs", {}).values()):
+    constant = derive(CFG.resources(kind, ""))
+    if not any(kind in per_arch for per_arch in CFG.raw["resources"].get("archs", {}).values()):
         return constant
-    return {key: (lambda wildcards, key=key: derive(CFG.resources(rule, wildcards.arch))[key]) for key in constant}
+    return {key: (lambda wildcards, key=key: derive(CFG.resources(kind, wildcards.arch))[key]) for key in constant}
 
 
 def launch(wildcards, resources):
