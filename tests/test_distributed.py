@@ -123,6 +123,46 @@ def test_two_processes_are_deterministic(tmp_path):
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"])
 
 
+C_STEP_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+
+import numpy as np
+
+from quantbench import distributed
+from quantbench.methods.lc.algorithm import c_step
+from quantbench.methods.lc.csteps import Projection
+
+calls = []
+
+
+class RankCStep:  # a C step whose answer names the rank that computed it
+    def project(self, flat):
+        calls.append(distributed.rank())
+        return Projection(np.array([float(distributed.rank())]), np.zeros(flat.size, dtype=np.int64))
+
+
+import torch
+
+distributed.init(torch.device("cpu"))
+view = SimpleNamespace(groups=[["w"]], flat=lambda targets, group: np.zeros(3))
+theta = c_step(view, [RankCStep()], {})
+with open(f"{sys.argv[1]}.{distributed.rank()}", "w") as f:
+    json.dump({"values": theta[0].values.tolist(), "calls": calls}, f)
+distributed.shutdown()
+"""
+
+
+def test_the_lc_c_step_is_computed_on_rank_0_and_broadcast(tmp_path):
+    script = tmp_path / "c_step.py"
+    script.write_text(C_STEP_SCRIPT)
+    ran = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                       str(script), str(tmp_path / "out")])
+    assert ran.returncode == 0, ran.stdout[-3000:]
+    seen = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    assert seen == [{"values": [0.0], "calls": [0]}, {"values": [0.0], "calls": []}]
+
+
 def test_ddp_jobs_record_once_from_rank_0_with_the_bpw_of_one_process(tmp_path):
     """(a) The reference, every training-based method and a post-training one (RTN, rank 0 alone)
     as 2-process jobs: a valid artifact with the one-process bpw, one FINISHED run each (rank 0's),
