@@ -262,6 +262,29 @@ def test_one_process_jobs_do_not_start_torchrun(tmp_path):
     assert "tags.processes" not in Tracker(cfg.tracking_uri()).runs("ddp")
 
 
+@pytest.mark.parametrize("resources,message", [
+    ({"cell": {"gpu": 2, "processes": 4}},
+     r"config.resources.cell: processes 4 with gpu 2: a job on GPUs runs one process per GPU"),
+    ({"archs": {"lenet5": {"reference": {"threads": 1, "processes": 2}}}},
+     r"config.resources.archs.lenet5.reference: threads 1 < processes 2"),
+])
+def test_bad_process_counts_name_the_key(resources, message):
+    from quantbench.method import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config({"name": "bad", "resources": resources})
+
+
+def test_threads_follow_the_processes_unless_given():
+    cfg = load_config({"name": "ok", "threads": 1, "resources": {"reference": {"processes": 2},
+                                                                 "archs": {"lenet5": {"cell": {"gpu": 4}}}}})
+    assert {k: cfg.resources("reference", "lenet300")[k] for k in ("threads", "processes", "gpu")} == \
+        {"threads": 2, "processes": 2, "gpu": 0}
+    assert {k: cfg.resources("cell", "lenet5")[k] for k in ("threads", "processes", "gpu")} == \
+        {"threads": 4, "processes": 4, "gpu": 4}
+    assert {k: cfg.resources("cell", "lenet300")[k] for k in ("threads", "processes")} == {"threads": 1, "processes": 1}
+
+
 # --------------------------------------------------------------------------- submission (dry run)
 def _planned_cells(tmp_path: Path, config: dict) -> dict[str, dict]:
     """``snakemake -n -p`` of ``config``: per arch, the cell's resources and shell command."""
