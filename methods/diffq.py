@@ -277,6 +277,7 @@ class DiffQ(Method):
     """DiffQ with the budget controller (``budget_control: false``: fixed λ = ``size_penalty``)."""
 
     family = "DiffQ"
+    trains = True
     step_curves = (StepCurve("diffq/bpw", "DiffQ epoch", "expected bits per weight"),)
     Params = DiffQParams
 
@@ -394,6 +395,7 @@ class QAT(Method):
     """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
 
     family = "DiffQ"
+    trains = True
     Params = QATParams
 
     @classmethod
@@ -452,6 +454,7 @@ class LSQ(Method):
     """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
 
     family = "DiffQ"
+    trains = True
     Params = LSQParams
 
     @classmethod

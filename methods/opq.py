@@ -252,6 +252,7 @@ class _OPQBase(Method):
     family = "OPQ"
     Params = OPQParams
     finetuned = True
+    trains = True
     uniform = False
 
     @classmethod
@@ -284,6 +285,7 @@ class OPQOneShot(_OPQBase):
     """The analytic allocation alone, no finetuning."""
 
     finetuned = False
+    trains = False
 
 
 @register_method("prune_quant_uniform")

@@ -23,8 +23,14 @@ def _common_job(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)")
     p.add_argument("--log", type=Path, default=None,
                    help="this job's log file: all its output goes there (attached to the MLflow run)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of the job (shared by its processes on a node)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes (ranks) per node; with --nnodes above 1 in all, the job runs under torchrun "
+                        "(torch.distributed.run) with DistributedDataParallel (quantbench.distributed)")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes of the job (each runs this command once)")
+    p.add_argument("--rdzv-endpoint", default="",
+                   help="host:port of the first node, where the nodes' torchrun launchers meet (--nnodes > 1)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/tables/<experiment>")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
-    if args.command in ("reference", "cell") and args.log:
-        return run_logged(lambda: _run(args), args.log)
+    if args.command in ("reference", "cell"):
+        from quantbench.distributed import launched_by_torchrun
+
+        if launched_by_torchrun():  # a rank: its output goes where its launcher's went (the log)
+            return _run(args)
+        if args.nproc_per_node * args.nnodes > 1:
+            args.launch_argv = argv
+        if args.log:
+            return run_logged(lambda: _run(args), args.log)
     return _run(args)
 
 
@@ -115,6 +129,40 @@ def run_logged(job: Callable[[], int], path: Path, tail: int = 30) -> int:
             print(f"--- end of {path}:", *lines, sep="\n", file=sys.stderr)
 
 
+def _launch(args: argparse.Namespace, spec) -> int:
+    """The launcher of a job of several processes: run this command's ranks under torchrun; when
+    one fails (torchrun then stops the others) or this process is signalled, close the run rank 0
+    left RUNNING as FAILED or KILLED (:func:`quantbench.runner.close_left_running`)."""
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from quantbench import distributed, runner
+
+    if args.nproc_per_node < 1 or args.nnodes < 1:
+        raise ConfigError(f"--nproc-per-node {args.nproc_per_node} --nnodes {args.nnodes}: both must be >= 1")
+    cell_id = spec.identity.cell_id
+    with tempfile.TemporaryDirectory(prefix="quantbench-launch-") as tmp:
+        run_id_file = Path(tmp) / "run_id"
+        os.environ[distributed.RUN_ID_FILE_ENV] = str(run_id_file)
+        try:
+            distributed.launch(args.launch_argv, args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
+        except ChildFailedError as e:
+            reason = distributed.first_failure(e)
+            run_id = runner.close_left_running(spec, run_id_file, "FAILED", reason)
+            raise JobFailed(f"{cell_id}: {reason}" + (f"; run {run_id} closed as FAILED" if run_id else "")) from None
+        except SignalException as e:
+            reason = f"terminated by {signal.Signals(e.sigval).name}"
+            run_id = runner.close_left_running(spec, run_id_file, "KILLED", reason)
+            print(f"quantbench {args.command}: {cell_id} {reason}" + (f"; run {run_id} closed as KILLED" if run_id
+                                                                      else ""), file=sys.stderr)
+            raise SystemExit(128 + e.sigval) from None
+        finally:
+            os.environ.pop(distributed.RUN_ID_FILE_ENV, None)
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         from quantbench.config import load_config
@@ -154,18 +202,24 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id}) + "\n")
     elif args.command in ("reference", "cell"):
-        from quantbench import runner
+        from quantbench import distributed, runner
         from quantbench.spec import JobContext, JobIdentity, JobSpec
 
         spec = JobSpec(JobIdentity.from_json(args.spec), JobContext.from_json(args.context))
         if spec.identity.kind != args.command:
             raise ConfigError(f"--spec is a {spec.identity.kind} job; quantbench {args.command} runs a {args.command}")
+        if getattr(args, "launch_argv", None) is not None:
+            return _launch(args, spec)
         common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)
-        if args.command == "reference":
-            result = runner.run_reference(spec, **common)
-        else:
-            result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
-        print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
+        try:
+            if args.command == "reference":
+                result = runner.run_reference(spec, **common)
+            else:
+                result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
+        finally:
+            distributed.shutdown()
+        if "metrics" in result:  # rank 0 (or the only process)
+            print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
     elif args.command == "tables":
         from quantbench.tables import tables_from_mlflow
         from quantbench.tracking import resolve_tracking_uri
@@ -178,4 +232,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
+    from quantbench.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # a rank: an uncaught error goes to torchrun's error file (its launcher's reason)
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        sys.exit(record(main)())
     sys.exit(main())

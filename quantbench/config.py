@@ -174,18 +174,32 @@ class Config:
         return copy.deepcopy(cache[key])
 
     def rule_resource(self, rule: str, key: str):
-        """A Snakemake resource value for ``rule``: a constant when no arch overrides ``key`` (cheap
-        to plan), else a function of the job's wildcards."""
-        if not any(key in r.get(rule, {}) for r in self.raw["resources"].get("archs", {}).values()):
+        """A Snakemake resource value for ``rule``: a constant when no arch overrides the rule's
+        resources (cheap to plan; one key may follow another, threads from processes), else a
+        function of the job's wildcards."""
+        if not any(rule in r for r in self.raw["resources"].get("archs", {}).values()):
             return self.resources(rule, "")[key]
         return lambda wildcards: self.resources(rule, wildcards.arch)[key]
 
     def resources(self, rule: str, arch: str) -> dict:
         """Scheduler resources of a ``rule`` job for ``arch``: defaults < resources.<rule> <
-        resources.archs.<arch>.<rule>."""
+        resources.archs.<arch>.<rule>. ``gpu``, ``processes`` and ``threads`` are per node;
+        ``processes`` defaults to ``gpu`` (one rank per GPU), else 1; ``threads``, unless given,
+        to at least ``processes`` (the processes share them, one at least each)."""
         res = self.raw["resources"]
-        return {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0,
-                **res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+        given = {**res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+        merged = {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0, "nodes": 1, **given}
+        merged.setdefault("processes", max(1, merged["gpu"]))
+        where = f"config.resources.archs.{arch}.{rule}" if arch in res.get("archs", {}) else f"config.resources.{rule}"
+        if merged["gpu"] and merged["processes"] != merged["gpu"]:
+            raise ConfigError(f"{where}: processes {merged['processes']} with gpu {merged['gpu']}: a job on "
+                              f"GPUs runs one process per GPU (set processes to gpu, or leave it out)")
+        if "threads" not in given:
+            merged["threads"] = max(merged["threads"], merged["processes"])
+        elif merged["threads"] < merged["processes"]:
+            raise ConfigError(f"{where}: threads {merged['threads']} < processes {merged['processes']}: the "
+                              f"processes on a node share its threads, one at least each")
+        return merged
 
     def method_params(self, method: str) -> dict:
         """The resolved ``Params`` of a method label: ``method_params.<method>``, and for a
@@ -328,6 +342,9 @@ def load_config(source: str | Path | dict) -> Config:
             where = f"config.recipes.{task}.{arch}" if arch in raw["recipes"].get(task, {}) else "config.reference"
             shape, classes = TASK_SHAPES[task]
             check_fits(settings.pretrained, arch, shape, classes, raw["arch_params"].get(arch, {}), where)
+    for arch in ["", *raw["resources"].get("archs", {})]:  # processes against gpu and threads, per job kind
+        for kind in ("reference", "cell"):
+            cfg.resources(kind, arch)
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")

@@ -116,23 +116,31 @@ class Task:
     pipeline: Pipeline = field(default_factory=Pipeline)
     _loaders: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def loader(self, split: str, batch_size: int, seed: int | None = None) -> DataLoader:
+    def loader(self, split: str, batch_size: int, seed: int | None = None,
+               shard: tuple[int, int] = (0, 1)) -> DataLoader:
         """Batches of ``split``; shuffled (by ``seed``) when a seed is given, in order otherwise.
-        One loader per (split, batch size, shuffled or not) is kept, so worker processes persist."""
-        key = (split, batch_size, seed is not None)
+        ``shard=(rank, world)`` with ``world > 1``: rank's share ``batch[rank::world]`` of each
+        global batch of ``batch_size`` (:class:`~quantbench.distributed.ShardedBatches`).
+        One loader per (split, batch size, shuffled or not, shard) is kept, so worker processes persist."""
+        key = (split, batch_size, seed is not None, tuple(shard))
         if key not in self._loaders:
             data = {"train": self.train, "test": self.test}[split]
             p = self.pipeline
             extra = {"persistent_workers": p.persistent_workers, "prefetch_factor": p.prefetch_factor} \
                 if p.workers > 0 else {}
+            if shard[1] > 1:
+                from quantbench.distributed import ShardedBatches
+
+                batching = {"batch_sampler": ShardedBatches(EpochOrder(len(data)), batch_size, *shard)}
+            else:
+                batching = {"batch_size": batch_size, "sampler": EpochOrder(len(data))}
             self._loaders[key] = DataLoader(
-                SeededSamples(data, self.augmented and split == "train"), batch_size=batch_size,
-                sampler=EpochOrder(len(data)), num_workers=p.workers,
+                SeededSamples(data, self.augmented and split == "train"), **batching, num_workers=p.workers,
                 pin_memory=p.pin_memory and torch.cuda.is_available(),
                 generator=torch.Generator(),  # the loader's own draws never touch the global generator
                 **extra)
         loader = self._loaders[key]
-        loader.sampler.epoch(seed)
+        (loader.batch_sampler if shard[1] > 1 else loader.sampler).epoch(seed)
         return loader
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

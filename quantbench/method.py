@@ -131,6 +131,10 @@ class Method:
     family: ClassVar[str] = "other"  # the table group: which paper's table its rows belong to
     step_curves: ClassVar[tuple[StepCurve, ...]] = ()
     Params: ClassVar[type] = NoParams
+    # training-based (its epochs run train_epoch): in a job of several processes ``compress`` runs on
+    # every rank; otherwise it runs on rank 0 alone, as in a one-process job (a plugin that trains
+    # declares it to use the other processes)
+    trains: ClassVar[bool] = False
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -10,6 +10,12 @@ metrics) or any error: the run is closed FAILED with ``status=diverged|failed`` 
 and the job exits non-zero; SIGTERM/SIGINT (a cancelled or timed-out job): KILLED
 (``status=killed``), exit 128 + signal. A run left RUNNING by a job that could not close it
 (SIGKILL) is marked KILLED when its cell runs again.
+
+A job of several processes (torchrun, :mod:`quantbench.distributed`): every rank trains; rank 0
+alone opens and closes the run and writes the outputs; a post-training method runs on rank 0
+alone. Rank 0 closes the run itself when its own code fails; when it is stopped by a signal
+(torchrun stops the survivors of a failed rank, SLURM cancels the job) it leaves the run to the
+launcher, which knows which it was (:func:`close_left_running`).
 """
 
 from __future__ import annotations
@@ -18,16 +24,18 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
+from quantbench import distributed
 from quantbench.data import Pipeline, build_task
 from quantbench.files import write_json_atomic
 from quantbench.format import CompressedModel
@@ -81,13 +89,17 @@ def pick_device(name: str) -> torch.device:
 
 
 def _setup(spec: JobSpec, threads: int) -> tuple:
+    """The task, the builder kwargs and this process's device; joins the process group in a job
+    of several processes (whose ``threads`` are shared by the processes on a node)."""
     job, where = spec.identity, spec.context
-    torch.set_num_threads(max(1, threads))
+    device = distributed.init(pick_device(where.device))
+    threads = max(1, threads // distributed.local_processes())
+    torch.set_num_threads(threads)
     seed_everything(job.seed)
     task = build_task(job.task, root=where.data_root, download=where.download, **job.task_params)
     task.pipeline = Pipeline(**{"workers": max(0, threads - 1), **where.loaders.get(job.task, {})})
     arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **job.arch_params}
-    return task, arch_kwargs, pick_device(where.device)
+    return task, arch_kwargs, device
 
 
 def _tracker(spec: JobSpec) -> tuple[Tracker, str]:
@@ -141,7 +153,11 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
     with _recorded(run, log_file, lambda: []):
         sidecar = ckpt.with_name(ckpt.name + ".sha256")
         sha = file_sha256(ckpt) if ckpt.is_file() and sidecar.is_file() else None
-        cached = sha is not None and sidecar.read_text().strip() == sha
+        cached = distributed.on_main(lambda: sha is not None and sidecar.read_text().strip() == sha)
+        if not distributed.is_main():  # the other ranks take part in the training, and only there
+            if not (settings.pretrained or cached):
+                train(model, task, settings, job.seed, device, show_progress=False)
+            return {"status": "ok", "cell_id": cell_id, "rank": distributed.rank()}
         if settings.pretrained:  # the published file is the source of truth: always read and checked
             weights = load_pretrained(model, settings.pretrained, settings.pretrained_sha256, spec.context.download)
             log.info("reference %s: pretrained %s (%s, sha256 %s)", cell_id, weights.source, weights.file,
@@ -185,9 +201,12 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
     task, arch_kwargs, device = _setup(spec, threads)
     job = spec.identity
     ref_info = json.loads(Path(reference).read_text())
-    run = _open_run(spec, device, task)
     method_cls = get_method(job.method)
-    ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device, show_progress=show_progress)
+    if not (distributed.is_main() or method_cls.trains):  # a post-training method runs on rank 0 alone
+        return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
+    run = _open_run(spec, device, task)
+    ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device,
+                     show_progress=show_progress and distributed.is_main())
     artifact = Path(artifact) if artifact else out.parent / "model.qbc"
     times = {}
     with _recorded(run, log_file, lambda: ctx.step_metrics):
@@ -198,8 +217,11 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         ref = load_checkpoint(ckpt, build_model(job.arch, **arch_kwargs))
         params = make_params(method_cls.Params, job.method_params, f"method_params.{job.method}")
         t0 = time.perf_counter()
-        compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
+        with nullcontext() if method_cls.trains else distributed.alone():
+            compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
         times["time_compress_s"] = time.perf_counter() - t0
+        if not distributed.is_main():
+            return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
         artifact.parent.mkdir(parents=True, exist_ok=True)
         file_bytes = compressed.save(artifact)
         # evaluate what was written, never the method's in-memory model
@@ -224,22 +246,58 @@ def _check_finite(metrics: dict) -> None:
         raise FloatingPointError(f"non-finite test metrics {metrics}")
 
 
-def _open_run(spec: JobSpec, device: torch.device, task) -> tuple:
+def _open_run(spec: JobSpec, device: torch.device, task) -> tuple | None:
     """Close runs of this cell left RUNNING by a dead job, then open this job's run. Its params
-    are the identity, flattened; the context goes into tags (where it ran, not what it is)."""
+    are the identity, flattened; the context goes into tags (where it ran, not what it is).
+    Rank 0 only (``None`` on the other ranks); under a launcher it also writes the run's id to
+    the file the launcher named (:data:`~quantbench.distributed.RUN_ID_FILE_ENV`)."""
+    if not distributed.is_main():
+        return None
     tracker, exp_id = _tracker(spec)
     cell_id = spec.identity.cell_id
     stale = tracker.close_abandoned(exp_id, cell_id)
     if stale:
         log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
     tags = {**_tags(spec, device, task), "results_dir": spec.context.results_dir, "data_root": spec.context.data_root}
+    if distributed.world_size() > 1:
+        tags["processes"] = str(distributed.world_size())
     run_id = tracker.start_run(exp_id, cell_id, flatten(spec.identity.as_dict()), tags)
+    if os.environ.get(distributed.RUN_ID_FILE_ENV):
+        Path(os.environ[distributed.RUN_ID_FILE_ENV]).write_text(run_id)
     return tracker, run_id, cell_id
+
+
+def close_left_running(spec: JobSpec, run_id_file: Path, status: str, reason: str) -> str | None:
+    """The launcher's part: close the run rank 0 opened (its id in ``run_id_file``) as ``status``
+    (FAILED: ``status=failed``; KILLED: ``status=killed``) with ``reason``, when rank 0 left it
+    RUNNING; returns its id, or None when there is nothing to close (rank 0 closed it, or never
+    opened one)."""
+    if not run_id_file.is_file():
+        return None
+    run_id = run_id_file.read_text().strip()
+    tracker, _ = _tracker(spec)
+    if not tracker.is_running(run_id):
+        return None
+    tags = {"status": {"FAILED": "failed", "KILLED": "killed"}[status], "failure_reason": reason}
+    tracker.finish_run(run_id, {}, [], tags, [], status)
+    return run_id
 
 
 @contextmanager
 def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
-    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete."""
+    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete. Without a
+    run (a rank other than 0) the body's errors pass through unrecorded."""
+    if run is None:
+        try:
+            with signals_as_exceptions():
+                yield
+        except FloatingPointError as e:
+            if getattr(e, "all_ranks", False):  # rank 0 records it first: torchrun would stop it when this one exits
+                distributed.barrier()
+            raise
+        except Terminated as e:
+            raise SystemExit(128 + e.signum) from None
+        return
     tracker, run_id, cell_id = run
     logs = [log_file] if log_file else []
     try:
@@ -248,8 +306,13 @@ def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]
     except FloatingPointError as e:
         tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
                            "FAILED")
+        if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
+            distributed.barrier()
         raise JobFailed(f"{cell_id} diverged: {e}") from None
     except Terminated as e:
+        if distributed.launched_by_torchrun():  # a failed rank or a cancel: the launcher knows which
+            log.error("%s: %s; run %s left to the launcher to close", cell_id, e, run_id)
+            raise SystemExit(128 + e.signum) from None
         tracker.finish_run(run_id, {}, step_metrics(), {"status": "killed", "failure_reason": str(e)}, logs, "KILLED")
         log.error("%s: %s; run %s closed as KILLED", cell_id, e, run_id)
         raise SystemExit(128 + e.signum) from None

@@ -232,6 +232,10 @@ class Tracker:
         self.finish_run(run_id, metrics, step_metrics, {}, artifacts, status)
         return run_id
 
+    def is_running(self, run_id: str) -> bool:
+        """Whether the run is still open (RUNNING)."""
+        return with_retry(self.client.get_run, run_id).info.status == "RUNNING"
+
     def close_abandoned(self, experiment_id: str, cell_id: str) -> list[str]:
         """Mark KILLED the runs of ``cell_id`` still RUNNING: their job died without closing them
         (SIGKILL, node failure, out of memory). Called when the cell starts again."""

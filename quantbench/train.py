@@ -14,8 +14,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from quantbench import distributed
 from quantbench.data import Task
 from quantbench.files import write_atomic
 from quantbench.method import DATA_ORDER, REFERENCE_DATA_ORDER, derive_seed
@@ -114,16 +116,21 @@ def autocast(device: torch.device, enabled: bool):
 def train_step(model: nn.Module, task: Task, optimizers: Sequence[torch.optim.Optimizer], x: torch.Tensor,
                y: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
-               amp: bool = False, grad_clip: float = 0.0) -> torch.Tensor:
+               amp: bool = False, grad_clip: float = 0.0, loss_weight: float | None = None,
+               sync: Callable[[], None] | None = None) -> torch.Tensor:
     """One step on the objective ``task.loss(forward(x), y) + penalty()``, then ``after_step()``; returns
     the task loss, detached, on the device (reading it would synchronise the device, so the caller does
-    that once per epoch)."""
+    that once per epoch). Distributed: ``loss_weight`` multiplies the task loss (this rank's share of
+    the global batch) and ``sync()`` averages the gradients DDP does not, after the backward pass."""
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     with autocast(x.device, amp):
         loss = task.loss((forward or model)(x), y)
-    objective = loss if penalty is None else loss + penalty()
+    objective = loss if loss_weight is None else loss * loss_weight
+    objective = objective if penalty is None else objective + penalty()
     objective.backward()
+    if sync is not None:
+        sync()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for opt in optimizers:
@@ -145,19 +152,52 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
     weights; ``penalty()`` is added to the objective, e.g. LC's quadratic term or DiffQ's λ · size),
     then ``after_step()`` (e.g. DiffQ's budget controller). Everything per step stays on ``device``:
     the loss is summed there and read once, at the end of the epoch, which raises
-    :class:`FloatingPointError` when it is NaN/inf (a diverged run), naming ``epoch`` when given.
+    :class:`FloatingPointError` when it is NaN/inf (a diverged run), naming ``epoch`` when given
+    (with ``all_ranks`` true in a job of several processes: every rank raises it at that point).
+
+    In a job of several processes (:mod:`quantbench.distributed`) each rank computes its share
+    ``batch[rank::world]`` of every global batch of ``batch_size`` and the gradients are averaged:
+    by :class:`~torch.nn.parallel.DistributedDataParallel` when the forward is ``model(x)``, by an
+    all-reduce of the same average (:func:`~quantbench.distributed.average_gradients`) for a
+    ``forward`` that calls the bare module (``torch.func.functional_call`` bypasses a DDP wrapper's
+    forward, which is where DDP arms its gradient hooks) and for optimized tensors that are not the
+    module's parameters (LSQ's step sizes). Every rank returns the global batch's mean loss.
     """
     optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     model.train()
+    rank, world = distributed.rank(), distributed.world_size()
+    step_model, sync, n = model, None, len(task.train)
+    if world > 1:
+        in_module = {id(p) for p in model.parameters()}
+        optimized = [p for opt in optimizers for g in opt.param_groups for p in g["params"]]
+        if forward is None:
+            step_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+            outside = [p for p in optimized if id(p) not in in_module]
+        else:
+            outside = optimized
+        if outside:
+            def sync() -> None:
+                distributed.average_gradients(outside)
     total, count = torch.zeros((), device=device), 0
-    for x, y in task.loader("train", batch_size, seed=seed):
+    for k, (x, y) in enumerate(task.loader("train", batch_size, seed=seed, shard=(rank, world))):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = train_step(model, task, optimizers, x, y, forward, penalty, after_step, amp, grad_clip)
-        total += loss.float() * y.numel()
-        count += y.numel()
+        weight, samples = None, y.numel()
+        if world > 1:  # this rank's share of the global batch: W · n_r / n, 0 for a placeholder sample
+            batch_len = min(batch_size, n - k * batch_size)
+            mine = distributed.share(batch_len, rank, world)
+            weight, samples = world * mine / batch_len, y.numel() if mine else 0
+        loss = train_step(step_model, task, optimizers, x, y, forward, penalty, after_step, amp, grad_clip,
+                          weight, sync)
+        total += loss.float() * samples
+        count += samples
+    if world > 1:
+        sums = distributed.all_sum(torch.stack([total, torch.tensor(float(count), device=device)]))
+        total, count = sums[0], int(sums[1])
     mean = float(total) / count
     if not math.isfinite(mean):
-        raise FloatingPointError(f"training loss is {mean}" + ("" if epoch is None else f" at epoch {epoch}"))
+        error = FloatingPointError(f"training loss is {mean}" + ("" if epoch is None else f" at epoch {epoch}"))
+        error.all_ranks = world > 1  # the mean is summed over the ranks: every rank raises it here
+        raise error
     return mean
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantbench import distributed
 from quantbench.format import Codebook, QuantizedTensor
 from quantbench.method import DATA_ORDER, RunContext, compressible, derive_seed
 from quantbench.methods.lc.csteps import CStep, Projection
@@ -51,8 +52,11 @@ class ParamView:
 
 
 def c_step(view: ParamView, csteps: list[CStep], targets: dict[str, torch.Tensor]) -> list[Projection]:
-    """Θ = argmin ‖targets − Δ(Θ)‖², group by group."""
-    return [cs.project(view.flat(targets, g)) for cs, g in zip(csteps, view.groups, strict=True)]
+    """Θ = argmin ‖targets − Δ(Θ)‖², group by group. In a job of several processes it is computed
+    once, on rank 0, and broadcast (the projections are NumPy arrays): every rank continues from the
+    same Θ, whatever its k-means would give."""
+    return distributed.on_main(
+        lambda: [cs.project(view.flat(targets, g)) for cs, g in zip(csteps, view.groups, strict=True)])
 
 
 def decompress(view: ParamView, projections: list[Projection],

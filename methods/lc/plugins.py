@@ -134,6 +134,7 @@ def _copy(ref: nn.Module) -> nn.Module:
 
 class _LC(_CodebookMethod):
     Params = LCParams
+    trains = True
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
@@ -207,6 +208,7 @@ class IteratedDirectCompression(_CodebookMethod):
     """iDC: alternate training from the quantized weights and quantizing (no μ, no λ)."""
 
     Params = IDCParams
+    trains = True
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params

@@ -10,12 +10,13 @@ rule cell:
         f"{LOGS}/{{task}}/{{arch}}/{{method}}/b{{budget}}/s{{seed}}.log",
     params:
         context=context,
+        launch=launch,
+        launch_args=launch_args,
         spec=cell_spec,
     threads: CFG.rule_resource("cell", "threads")
     resources:
-        mem_mb=CFG.rule_resource("cell", "mem_mb"),
-        runtime=CFG.rule_resource("cell", "runtime"),
-        gpu=CFG.rule_resource("cell", "gpu"),
+        **job_resources("cell"),
     shell:
-        "quantbench cell --spec {params.spec:q} --context {params.context:q} --reference {input.reference:q}"
+        "{params.launch}quantbench cell --spec {params.spec:q} --context {params.context:q} --reference {input.reference:q}"
         " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads}"
+        " {params.launch_args}"

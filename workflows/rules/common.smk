@@ -67,6 +67,55 @@ def plot_files(ext):
     return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
 
 
+def job_resources(kind):
+    """The Snakemake resources of a ``kind`` (reference, cell) job, from config ``resources``:
+    mem_mb, runtime, gpu and processes (per node), nodes. A job on several nodes also gets what
+    snakemake-executor-plugin-slurm needs to start one torchrun launcher per node: ``mpi`` (the
+    job's command runs srun itself instead of being wrapped in ``srun -n1``), ``tasks`` = nodes,
+    its GPUs as ``gres=gpu:N`` (per node) instead of ``gpu`` (``--gpus`` counts the whole job),
+    and ``tasks_per_gpu=0`` (no ``--ntasks-per-gpu``). A resource that is None is left unset.
+    Constants unless an arch overrides its resources (planning a large grid stays cheap)."""
+
+    def derive(res):
+        several = res["nodes"] > 1
+        return {
+            "mem_mb": res["mem_mb"],
+            "runtime": res["runtime"],
+            "gpu": None if several else res["gpu"],
+            "processes": res["processes"],
+            "nodes": res["nodes"],
+            "gres": f"gpu:{res['gpu']}" if several and res["gpu"] else None,
+            "mpi": "srun" if several else None,
+            "tasks": res["nodes"] if several else None,
+            "tasks_per_gpu": 0 if several and res["gpu"] else None,
+        }
+
+    constant = derive(CFG.resources(kind, ""))
+    if not any(kind in per_arch for per_arch in CFG.raw["resources"].get("archs", {}).values()):
+        return constant
+    return {key: (lambda wildcards, key=key: derive(CFG.resources(kind, wildcards.arch))[key]) for key in constant}
+
+
+def launch(wildcards, resources):
+    """How a job starts: one process on one node; on several nodes ``srun`` starts one launcher
+    per node (``quantbench.distributed.launch``), which meet at the first node's address. A param
+    of ``resources`` is derived (not in Snakemake's params rerun trigger), like ``context``."""
+    if resources.nodes == 1:
+        return ""
+    return f"srun --nodes={resources.nodes} --ntasks-per-node=1 "
+
+
+def launch_args(wildcards, resources):
+    """The job command's torchrun options: ranks per node, nodes, and on several nodes the
+    rendezvous endpoint, resolved in the job's shell: the job's first node, on port 29400 + the
+    SLURM job id mod 1000 (two multi-node jobs that share a first node meet on different ports)."""
+    args = f"--nproc-per-node {resources.processes} --nnodes {resources.nodes}"
+    if resources.nodes > 1:
+        args += (' --rdzv-endpoint "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+                 ':$((29400 + SLURM_JOB_ID % 1000))"')
+    return args
+
+
 def reference_spec(wildcards):
     return CFG.reference_identity(wildcards.task, wildcards.arch, int(wildcards.seed)).to_json()
 

@@ -8,12 +8,12 @@ rule reference:
         f"{LOGS}/{{task}}/{{arch}}/reference/s{{seed}}.log",
     params:
         context=context,
+        launch=launch,
+        launch_args=launch_args,
         spec=reference_spec,
     threads: CFG.rule_resource("reference", "threads")
     resources:
-        mem_mb=CFG.rule_resource("reference", "mem_mb"),
-        runtime=CFG.rule_resource("reference", "runtime"),
-        gpu=CFG.rule_resource("reference", "gpu"),
+        **job_resources("reference"),
     shell:
-        "quantbench reference --spec {params.spec:q} --context {params.context:q} --out {output:q} --log {log:q}"
-        " --threads {threads}"
+        "{params.launch}quantbench reference --spec {params.spec:q} --context {params.context:q} --out {output:q} --log {log:q}"
+        " --threads {threads} {params.launch_args}"
