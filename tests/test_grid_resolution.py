@@ -128,7 +128,8 @@ def test_a_job_is_rerun_for_what_it_computes_and_never_for_where_things_live(tmp
     assert _counts(snakemake("-n", "--quiet", "rules")) == {}
 
     for override in ("data_root=/nowhere", "download=true", f"tracking_uri=sqlite:///{tmp_path}/other.db",
-                     "device=cpu", f"results_dir={tmp_path}/results"):
+                     "device=cpu", f"results_dir={tmp_path}/results",
+                     'resources={"reference": {"processes": 2}, "cell": {"processes": 2, "threads": 2}}'):
         assert _counts(snakemake("-n", "--quiet", "rules", "--config", override)) == {}, override
 
     changed = snakemake("-n", "--quiet", "rules", "--config", 'method_params={"rtn": {"per_channel": true}}')
