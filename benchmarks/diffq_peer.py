@@ -57,13 +57,13 @@ def group_size(model: torch.nn.Module) -> int:
     return max(d for d in range(1, 9) if all(n % d == 0 for n in sizes))
 
 
-def evaluate_packed(ctx: RunContext, ref: torch.nn.Module, records: dict, task) -> tuple[float, float]:
-    """bpw and metric of the network rebuilt from the packed records."""
+def packed_result(compressed, ctx: RunContext, task) -> dict:
+    """bpw and metric of the network rebuilt from the packed ``compressed`` model."""
     from quantbench.format import CompressedModel
 
-    packed = CompressedModel.unpack(ctx.assemble(ref, records).pack())
+    packed = CompressedModel.unpack(compressed.pack())
     model = packed.to_dense(build_model(ctx.arch, **ctx.arch_kwargs))
-    return packed.stats()["bpw"], task.evaluate(model)[task.metric]
+    return {"bpw": packed.stats()["bpw"], "metric": task.evaluate(model)[task.metric]}
 
 
 def authors(ref, task, ctx, lam: float, epochs: int, g: int, bits_lr: float, batch: int) -> dict:
@@ -93,8 +93,7 @@ def authors(ref, task, ctx, lam: float, epochs: int, g: int, bits_lr: float, bat
         records[name] = range_record(qp.param.detach(), bits, g)
     trained = copy.deepcopy(ref)  # the trained dense entries (biases), without the package's logits
     trained.load_state_dict({k: v for k, v in model.state_dict().items() if k in ref.state_dict()})
-    bpw, metric = evaluate_packed(ctx, trained, records, task)
-    return {"bpw": bpw, "metric": metric}
+    return packed_result(ctx.assemble(trained, records), ctx, task)
 
 
 def authors_at_bits(ref, task, ctx, bits: int, epochs: int, batch: int, rounding: bool) -> dict:
@@ -128,8 +127,7 @@ def authors_at_bits(ref, task, ctx, bits: int, epochs: int, batch: int, rounding
     records = {n: range_record(params[n].detach(), torch.tensor([float(bits)]), params[n].numel()) for n in names}
     trained = copy.deepcopy(ref)
     trained.load_state_dict({k: v for k, v in model.state_dict().items() if k in ref.state_dict()})
-    bpw, metric = evaluate_packed(ctx, trained, records, task)
-    return {"bpw": bpw, "metric": metric}
+    return packed_result(ctx.assemble(trained, records), ctx, task)
 
 
 def ours_at_bits(ref, task, ctx, bits: int, epochs: int, batch: int, rounding: bool) -> dict:
@@ -144,14 +142,6 @@ def ours_at_bits(ref, task, ctx, bits: int, epochs: int, batch: int, rounding: b
         params = make_params(cls.Params, {**common, "group_size": 0, "min_bits": float(bits), "noise": "gaussian",
                                           "final_fraction": 1.0, "final_forward": "noise"}, "diffq")
     return packed_result(cls(params).compress(copy.deepcopy(ref), Budget(float(bits)), ctx), ctx, task)
-
-
-def packed_result(compressed, ctx: RunContext, task) -> dict:
-    from quantbench.format import CompressedModel
-
-    packed = CompressedModel.unpack(compressed.pack())
-    model = packed.to_dense(build_model(ctx.arch, **ctx.arch_kwargs))
-    return {"bpw": packed.stats()["bpw"], "metric": task.evaluate(model)[task.metric]}
 
 
 def ours(ref, task, ctx, lam: float, epochs: int, g: int, bits_lr: float, batch: int) -> dict:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,13 +174,15 @@ class Config:
             cache[key] = build()
         return copy.deepcopy(cache[key])
 
-    def rule_resource(self, rule: str, key: str):
-        """A Snakemake resource value for ``rule``: a constant when no arch overrides the rule's
-        resources (cheap to plan; one key may follow another, threads from processes), else a
-        function of the job's wildcards."""
+    def rule_resource(self, rule: str, key: str | Callable[[dict], Any]):
+        """A Snakemake resource value for ``rule``: ``key`` of its :meth:`resources`, or ``key(resources)``
+        for a value derived from them; a constant when no arch overrides the rule's resources (cheap
+        to plan; one key may follow another, threads from processes), else a function of the job's
+        wildcards."""
+        pick = key if callable(key) else operator.itemgetter(key)
         if not any(rule in r for r in self.raw["resources"].get("archs", {}).values()):
-            return self.resources(rule, "")[key]
-        return lambda wildcards: self.resources(rule, wildcards.arch)[key]
+            return pick(self.resources(rule, ""))
+        return lambda wildcards: pick(self.resources(rule, wildcards.arch))
 
     def resources(self, rule: str, arch: str) -> dict:
         """Scheduler resources of a ``rule`` job for ``arch``: defaults < resources.<rule> <

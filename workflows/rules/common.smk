@@ -90,10 +90,8 @@ def job_resources(kind):
             "tasks_per_gpu": 0 if several and res["gpu"] else None,
         }
 
-    constant = derive(CFG.resources(kind, ""))
-    if not any(kind in per_arch for per_arch in CFG.raw["resources"].get("archs", {}).values()):
-        return constant
-    return {key: (lambda wildcards, key=key: derive(CFG.resources(kind, wildcards.arch))[key]) for key in constant}
+    keys = derive(CFG.resources(kind, ""))
+    return {key: CFG.rule_resource(kind, lambda res, key=key: derive(res)[key]) for key in keys}
 
 
 def launch(wildcards, resources):
