@@ -31,7 +31,7 @@ def main() -> None:
     for numel in (100_000, 1_000_000, 4_000_000):
         w = torch.randn(numel // 1000, 1000)
         for bits in (2, 4, 8):
-            cm = CompressedModel("bench", {}, {"w": quantize_uniform(w, bits)})
+            cm = CompressedModel("bench", {}, {"w": quantize_uniform(w, 2**bits)})
             data = cm.pack()
             buf = io.BytesIO()
             torch.save({"w": w}, buf)

@@ -278,6 +278,7 @@ class DiffQ(Method):
 
     family = "DiffQ"
     trains = True
+    starts_from = "rtn"  # quantization-aware training from the reference; RTN at the same bits is its floor
     step_curves = (StepCurve("diffq/bpw", "DiffQ epoch", "expected bits per weight"),)
     Params = DiffQParams
 
@@ -396,6 +397,7 @@ class QAT(Method):
 
     family = "DiffQ"
     trains = True
+    starts_from = "rtn"
     Params = QATParams
 
     @classmethod
@@ -407,11 +409,11 @@ class QAT(Method):
         model = copy.deepcopy(ref).to(ctx.device)
 
         def fake(name: str, w: torch.Tensor) -> torch.Tensor:
-            return straight_through(w, fake_quantize_uniform(w, bits, "minmax", p.per_channel))
+            return straight_through(w, fake_quantize_uniform(w, 2**bits, "minmax", p.per_channel))
 
         _train_quantized(model, ctx, p, fake)
         state = model.state_dict()
-        return ctx.assemble(model, {n: quantize_uniform(state[n].cpu(), bits, "minmax", p.per_channel)
+        return ctx.assemble(model, {n: quantize_uniform(state[n].cpu(), 2**bits, "minmax", p.per_channel)
                                     for n in compressible(model)})
 
 
@@ -455,6 +457,7 @@ class LSQ(Method):
 
     family = "DiffQ"
     trains = True
+    starts_from = "rtn"
     Params = LSQParams
 
     @classmethod

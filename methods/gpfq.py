@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
+from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor, code_width
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.registry import register_method
 from quantbench.uniform import round_to_grid
@@ -41,7 +41,6 @@ from quantbench.uniform import round_to_grid
 class GPFQParams:
     scale_factor: float = 1.0  # C: the alphabet's largest level is C · max|w| (per layer or channel)
     per_channel: bool = False  # one alphabet per output channel instead of per layer
-    include_zero: bool = True  # 2^b − 1 symmetric levels with 0; false: 2^b levels without 0
     rounding: Literal["nearest", "stochastic"] = "nearest"  # stochastic: SPFQ
     calib_samples: int = 1024  # rows of the training split used for calibration (seeded sample)
     calib_batch: int = 256
@@ -49,22 +48,19 @@ class GPFQParams:
     block: int = 128  # columns per lazy update of r
 
 
-def alphabet(w: torch.Tensor, bits: int, scale_factor: float, per_channel: bool, include_zero: bool
-             ) -> tuple[AffineGrid, int]:
-    """Equispaced levels whose largest is C · max|w|: with 0, {kδ : |k| <= 2^(b−1) − 1};
-    without 0, {(k + ½)δ : −2^(b−1) <= k < 2^(b−1)}. Returns the grid and the largest code."""
+MAX_LEVELS = 256
+
+
+def alphabet(w: torch.Tensor, levels: int, scale_factor: float, per_channel: bool) -> tuple[AffineGrid, int]:
+    """The authors' alphabet: K equispaced levels from −C·max|w| to C·max|w| (``C · linspace(−1, 1, K)``),
+    i.e. ``δ (code − (K−1)/2)`` with δ = 2C·max|w| / (K − 1), codes 0..K−1. An odd K holds 0
+    (K = 3: ternary {−δ, 0, δ}), an even K does not. Returns the grid and the largest code."""
     m = w.detach().double().abs().reshape(w.shape[0] if per_channel else 1, -1).max(dim=1).values.cpu()
     top = scale_factor * torch.where(m > 0, m, torch.ones_like(m))
-    if include_zero:
-        half = 2 ** (bits - 1) - 1
-        grid = AffineGrid((top / half).numpy(), np.full(m.numel(), float(half)))
-        qmax = 2 * half
-    else:
-        half = 2 ** (bits - 1) - 0.5
-        grid = AffineGrid((top / half).numpy(), np.full(m.numel(), half))
-        qmax = 2**bits - 1
+    half = (levels - 1) / 2
+    grid = AffineGrid((top / half).numpy(), np.full(m.numel(), half))
     grid.round_to_storage("float32")
-    return grid, qmax
+    return grid, levels - 1
 
 
 def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGrid, qmax: int,
@@ -156,7 +152,7 @@ def _groups(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, memoryless: bool
+def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext, memoryless: bool
                      ) -> dict[str, QuantizedTensor]:
     """GPFQ (or MSQ when ``memoryless``) of every linear/conv weight of ``ref``, in forward order."""
     original = copy.deepcopy(ref).eval()
@@ -171,7 +167,7 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
     for mod_name in ctx.progress(order, desc="GPFQ layers" if not memoryless else "MSQ layers"):
         module = modules[mod_name]
         w = module.weight.detach().double()
-        grid, qmax = alphabet(w, bits, p.scale_factor, p.per_channel, p.include_zero)
+        grid, qmax = alphabet(w, levels, p.scale_factor, p.per_channel)
         if memoryless:
             codes = round_to_grid(w, grid, qmax)
         else:
@@ -197,7 +193,7 @@ def quantize_network(ref: nn.Module, bits: int, p: GPFQParams, ctx: RunContext, 
                 sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
                 codes[sl] = gpfq_layer(flat[sl], g_mats[gi], h_mats[gi], sub, qmax, p.rounding, gen, p.block)
             codes = codes.reshape(w.shape)
-        record = QuantizedTensor(tuple(w.shape), codes.cpu().numpy(), grid, bits=bits)
+        record = QuantizedTensor(tuple(w.shape), codes.cpu().numpy(), grid, **code_width(levels))
         module.weight.copy_(record.dequantize())
         records[f"{mod_name}.weight" if mod_name else "weight"] = record
     return records
@@ -233,17 +229,19 @@ class _Alphabet(Method):
 
     @classmethod
     def serves(cls, budget: Budget, params: GPFQParams) -> bool:
-        b = budget.int_bits
-        return b is not None and (2 if params.include_zero else 1) <= b <= 8
+        """A b-bit budget is K = 2^b levels (``Budget.levels``: 3 at 1.58, the ternary alphabet), up to 256."""
+        return budget.levels is not None and budget.levels <= MAX_LEVELS
 
 
 @register_method("gpfq")
 class GPFQ(_Alphabet):
     """Greedy path-following quantization; ``rounding: stochastic`` gives SPFQ."""
 
+    starts_from = "msq"  # the same alphabet, each weight rounded on its own
+
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        return ctx.assemble(ref, quantize_network(ref, budget.int_bits, self.params, ctx, memoryless=False))
+        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=False))
 
 
 @register_method("msq")
@@ -251,4 +249,4 @@ class MSQ(_Alphabet):
     """Memoryless scalar quantization: every weight rounded to the GPFQ alphabet."""
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        return ctx.assemble(ref, quantize_network(ref, budget.int_bits, self.params, ctx, memoryless=True))
+        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=True))

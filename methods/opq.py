@@ -279,6 +279,8 @@ class _OPQBase(Method):
 class OPQ(_OPQBase):
     """Analytic one-shot allocation (pruning ratio and bits per layer), then finetuning."""
 
+    starts_from = "opq_oneshot"
+
 
 @register_method("opq_oneshot")
 class OPQOneShot(_OPQBase):

@@ -1,7 +1,10 @@
-"""RTN: uniform round-to-nearest at b bits, per tensor or per output channel (baseline).
+"""RTN: uniform round-to-nearest on K = 2^b levels, per tensor or per output channel (baseline).
 
 Every linear/conv weight W is replaced by ``scale * (round(W / scale + zero) - zero)`` on its
-b-bit grid (:mod:`quantbench.uniform`); biases and buffers stay fp32. No data is used.
+K-level grid (:mod:`quantbench.uniform`; a b-bit budget pays for K = ``Budget.levels`` levels: 2^b,
+or 3 at 1.58 bits); biases and buffers stay fp32. No data is used. The symmetric grid needs an odd
+K (0 on the grid): it serves 1.58 (3 levels), 2.32 (5), 2.81 (7), ... bits, not whole bits, since
+2^b − 1 levels stored at b bits would pay for a level it never uses.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from torch import nn
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.registry import register_method
-from quantbench.uniform import Scheme, quantize_uniform
+from quantbench.uniform import Scheme, quantize_uniform, scheme_allows
 
 
 @dataclass
@@ -33,14 +36,14 @@ class RTN(Method):
 
     @classmethod
     def serves(cls, budget: Budget, params: RTNParams) -> bool:
-        b = budget.int_bits
-        return b is not None and (2 if params.scheme == "symmetric" else 1) <= b <= 16
+        k = budget.levels
+        return k is not None and k <= 2**16 and scheme_allows(k, params.scheme)
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        p, bits = self.params, budget.int_bits
+        p, levels = self.params, budget.levels
         state = ref.state_dict()
         quantized = {
-            name: quantize_uniform(state[name], bits, p.scheme, p.per_channel, p.float_dtype)
-            for name in ctx.progress(compressible(ref), desc=f"rtn {bits}-bit")
+            name: quantize_uniform(state[name], levels, p.scheme, p.per_channel, p.float_dtype)
+            for name in ctx.progress(compressible(ref), desc=f"rtn {levels} levels")
         }
         return ctx.assemble(ref, quantized)

@@ -354,6 +354,11 @@ def load_config(source: str | Path | dict) -> Config:
     labels = [label for m in raw["methods"] for label in [m] + [f"{m}@{v}" for v in raw["variants"].get(m, {})]]
     params = {label: make_params(get_method(label).Params, cfg.method_params(label), label)
               for label in labels}
+    for label in labels:  # a declared starting point must be a method the tables can look up
+        start = get_method(label).starts_from
+        if start is not None and start not in available_methods():
+            raise ConfigError(f"config.methods: {label}'s starts_from {start!r} is not a registered method; "
+                              f"allowed values: {available_methods()}")
     for (task, arch), label, bits, seed in itertools.product(pairs, labels, raw["budgets"], raw["seeds"]):
         cell = Cell(task, arch, label, format_budget(bits), seed)
         if get_method(label).serves(Budget(float(bits)), params[label]):

@@ -21,6 +21,7 @@ pruning mask is 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -101,6 +102,48 @@ def _radix_unpack(words: np.ndarray, n: int, levels: int) -> np.ndarray:
 
 def _position_bits(numel: int) -> int:
     return max(1, math.ceil(math.log2(numel))) if numel > 1 else 1
+
+
+def code_width(levels: int) -> dict[str, int]:
+    """The record field that stores codes of a K-level alphabet at what K levels cost: ``bits`` =
+    log2 K when K is a power of two, else ``levels`` = K (base-K packing: log2 K + < 1 % per code)."""
+    if levels < 2:
+        raise FormatError(f"an alphabet needs at least 2 levels, got {levels}")
+    return {"bits": levels.bit_length() - 1} if levels & (levels - 1) == 0 else {"levels": levels}
+
+
+CODE_COST_SLACK = 0.02  # bits per code a record may pay above log2(levels its codes can address)
+
+
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Bit for bit: same dtype, shape and bytes (or both absent)."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _arrays_of(obj: Any) -> dict[str, Any]:
+    """A record's or codebook's dataclass fields (its content)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def record_difference(a: Any, b: Any) -> str | None:
+    """The first field in which two records (or codebooks) differ, bit for bit; None when they are equal."""
+    if type(a) is not type(b):
+        return f"record type {type(a).__name__} vs {type(b).__name__}"
+    for name, x in _arrays_of(a).items():
+        y = getattr(b, name)
+        if dataclasses.is_dataclass(x):
+            inner = record_difference(x, y)
+            if inner is not None:
+                return f"{name}.{inner}"
+        elif isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not _same_array(x, y):
+                return name
+        elif x != y:
+            return f"{name} ({x!r} vs {y!r})"
+    return None
 
 
 # --------------------------------------------------------------------------- codebooks
@@ -370,6 +413,27 @@ class QuantizedTensor:
     def size_bits(self) -> int:
         return _fields_bits(self.fields())
 
+    def overpaid(self, slack: float = CODE_COST_SLACK) -> str | None:
+        """Where codes cost more than their codebook needs: per code width w, the bits paid per code
+        must be at most log2(levels a code of that width can address) + ``slack`` (the levels: 2**w on a
+        grid, at most the table's size for an explicit codebook, K for base-K codes, whose last, partial
+        word may round up by one bit more). None when they do."""
+        if not self.kept:
+            return None
+        if self.levels is not None:
+            paid = int(np.sum(_radix_widths(self.kept, self.levels)))
+            needed = math.log2(min(self.levels, self.codebook.max_codes(int(self.code_widths()[0]))))
+            if paid <= self.kept * (needed + slack) + 1:
+                return None
+            return f"{paid / self.kept:.3f} bits per base-{self.levels} code, needs {needed:.3f}"
+        for w in np.unique(self.code_widths()):
+            addressable = self.codebook.max_codes(int(w))
+            needed = math.log2(addressable) if addressable > 1 else 0.0
+            if w > needed + slack:
+                return (f"{int(w)}-bit codes address {addressable} levels of its {self.codebook.kind} "
+                        f"(needs {needed:.3f} bits)")
+        return None
+
     def meta(self) -> dict:
         return {
             "type": "quantized", "shape": list(self.shape), "bits": self.bits, "levels": self.levels,
@@ -541,13 +605,41 @@ class CompressedModel:
             raise FileNotFoundError(f"compressed model {path} does not exist")
         return cls.unpack(path.read_bytes(), source=str(path))
 
+    def check_code_costs(self, source: str = "<model>") -> None:
+        """Raise :class:`FormatError` naming the first quantized tensor whose codes cost more than its
+        codebook needs (:meth:`QuantizedTensor.overpaid`): a budget pays only for levels that can be used."""
+        for name, record in self.records.items():
+            reason = record.overpaid() if isinstance(record, QuantizedTensor) else None
+            if reason is not None:
+                raise FormatError(f"{source}: tensor {name!r} pays for levels it cannot use: {reason}")
+
+    def check_same_as(self, produced: CompressedModel, source: str = "<packed>") -> None:
+        """Raise :class:`FormatError` naming the first tensor (and field) in which these records, read
+        back from ``source``, differ bit for bit from ``produced`` (what the method returned)."""
+        if (self.arch, self.arch_kwargs) != (produced.arch, produced.arch_kwargs):
+            raise FormatError(f"{source}: architecture {self.arch} {self.arch_kwargs} read back, the method produced "
+                              f"{produced.arch} {produced.arch_kwargs}")
+        if list(self.records) != list(produced.records):
+            missing = sorted(set(produced.records) - set(self.records))
+            extra = sorted(set(self.records) - set(produced.records))
+            raise FormatError(f"{source}: tensors read back differ from the method's: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]} (or in another order)")
+        for name, record in produced.records.items():
+            diff = record_difference(record, self.records[name])
+            if diff is not None:
+                raise FormatError(f"{source}: tensor {name!r} read back differs from what the method produced "
+                                  f"(field {diff}): packing changed it")
+
     # ---- back to a network
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every record dequantized (one pass over the codes)."""
         return {name: r.dequantize() for name, r in self.records.items()}
 
-    def to_dense(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Load the dequantized weights into ``model`` (strict: every entry must match; a tied
+    def to_dense(self, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+        """Load the dequantized weights (``weights``: this model's :meth:`state_dict`, computed once
+        by the caller; else computed here) into ``model`` (strict: every entry must match; a tied
         weight's second name, see :func:`tied_keys`, has no record of its own)."""
+        weights = self.state_dict() if weights is None else weights
         tied = tied_keys(model)
         own = {k: v for k, v in model.state_dict().items() if k not in tied}
         missing = sorted(set(own) - set(self.records))
@@ -555,20 +647,21 @@ class CompressedModel:
         if missing or extra:
             raise FormatError(f"records do not match the {self.arch} state dict: "
                               f"missing {missing[:5]}, unexpected {extra[:5]}")
-        for name, tensor in self.state_dict().items():
+        for name, tensor in weights.items():
             if tuple(own[name].shape) != tuple(tensor.shape):
                 raise FormatError(f"{name}: record shape {tuple(tensor.shape)}, model has {tuple(own[name].shape)}")
-        result = model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.state_dict().items()}, strict=False)
+        result = model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
         if set(result.missing_keys) - set(tied) or result.unexpected_keys:
             raise FormatError(f"{self.arch}: could not load {result}")
         return model
 
-    def verify_on_codebook(self, model: torch.nn.Module) -> None:
-        """Assert that every quantized weight of ``model`` equals its record's dequantized value."""
+    def verify_on_codebook(self, model: torch.nn.Module, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Assert that every quantized weight of ``model`` equals its record's dequantized value
+        (``weights``: this model's :meth:`state_dict`, when the caller has it)."""
         own = model.state_dict()
         for name, record in self.records.items():
             if isinstance(record, QuantizedTensor):
-                expected = record.dequantize()
+                expected = record.dequantize() if weights is None else weights[name]
                 actual = own[name].detach().cpu().float()
                 if not torch.equal(actual, expected):
                     bad = int((actual != expected).sum())

@@ -7,6 +7,8 @@ A method is a class registered with :func:`quantbench.registry.register_method`.
               ``OPQ``, ``DiffQ``; anything else is a group of its own, after those),
 * ``step_curves`` the per-step metrics it logs that are worth a plot (:class:`StepCurve`),
 * ``serves``  which budgets it can meet (cells it cannot serve are skipped at planning),
+* ``starts_from`` the registered method whose result it starts from (LC → DC, GPFQ → MSQ, QAT → RTN):
+              the tables mark a cell that ends worse than that method's on the same reference and budget,
 
 and implements ``compress(ref, budget, ctx) -> CompressedModel``. A method never writes files
 or talks to MLflow: per-step metrics go through ``ctx.log_metric`` and progress through
@@ -16,12 +18,14 @@ or talks to MLflow: per-step metrics go through ``ctx.log_metric`` and progress 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -48,6 +52,13 @@ class Budget:
         """The budget as a code width, when it is a whole number of bits."""
         return int(self.bits) if float(self.bits).is_integer() else None
 
+    @property
+    def levels(self) -> int | None:
+        """The alphabet size K this budget pays for: the K >= 2 with log2 K within 0.01 bits of it
+        (2^b at a whole b, 3 at 1.58 = log2 3), or None (e.g. 2.5 bits is no whole number of levels)."""
+        k = round(2.0 ** self.bits) if self.bits < 63 else 0
+        return k if k >= 2 and abs(math.log2(k) - self.bits) < 0.01 else None
+
 
 @dataclass
 class NoParams:
@@ -62,9 +73,12 @@ SAMPLE = 1_299_709  # one sample's augmentation (offset: the sample index; > Ima
 
 
 def derive_seed(seed: int, stream: int, offset: int = 0) -> int:
-    """The one place seeds are derived: ``seed · stream + offset`` (distinct streams never share
-    a seed for the small offsets used)."""
-    return seed * stream + offset
+    """The one place seeds are derived: 63 bits of ``numpy.random.SeedSequence((seed, stream, offset))``,
+    a hash of the three numbers, so distinct (stream, offset) pairs give unrelated seeds at every seed,
+    seed 0 included (``seed · stream + offset`` made every stream its offset at seed 0)."""
+    if min(seed, stream, offset) < 0:
+        raise ValueError(f"derive_seed takes non-negative numbers, got seed={seed}, stream={stream}, offset={offset}")
+    return int(np.random.SeedSequence((seed, stream, offset)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass
@@ -135,6 +149,9 @@ class Method:
     # every rank; otherwise it runs on rank 0 alone, as in a one-process job (a plugin that trains
     # declares it to use the other processes)
     trains: ClassVar[bool] = False
+    # the registered method this one starts from (LC from DC, GPFQ from MSQ, ...): the tables mark a cell
+    # that ends worse than that method's cell on the same reference and budget (a sanity claim)
+    starts_from: ClassVar[str | None] = None
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -1,9 +1,11 @@
 """One Snakemake job = one function here: train/load a reference, or run one grid cell.
 
 A cell: open its MLflow run (RUNNING), load the reference, ``method.compress`` it, pack the
-result to ``model.qbc``, rebuild a fresh network **from that file**, check every weight is on
-its codebook, evaluate it, close the run, and finally write ``metrics.json`` atomically (the
-Snakemake output; it appears only when everything before it succeeded).
+result to ``model.qbc``, read the file back and check it equals the method's records bit for bit
+(failing the cell with the tensor's name otherwise) and pays only for levels its codes can address,
+rebuild a fresh network **from that file**, check every weight is on its codebook, evaluate it,
+close the run, and finally write ``metrics.json`` atomically (the Snakemake output; it appears
+only when everything before it succeeded).
 
 Outcomes: FINISHED (``status=ok``) and ``metrics.json``; a diverged training (non-finite loss or
 metrics) or any error: the run is closed FAILED with ``status=diverged|failed`` and the reason,
@@ -121,6 +123,8 @@ def _tags(spec: JobSpec, device: torch.device, task) -> dict:
                     method_params=json.dumps(job.method_params, sort_keys=True))
         if "@" in job.method:
             tags["variant"] = job.method.partition("@")[2]
+        if method.starts_from:
+            tags["starts_from"] = method.starts_from
     paper = spec.context.paper_value(job)
     if paper is not None:
         tags.update(paper_value=f"{paper:g}", paper_source=spec.context.paper_source)
@@ -224,11 +228,15 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
             return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
         artifact.parent.mkdir(parents=True, exist_ok=True)
         file_bytes = compressed.save(artifact)
-        # evaluate what was written, never the method's in-memory model
+        # evaluate what was written, never the method's in-memory model: read back, it must equal what
+        # the method produced bit for bit, pay only for levels its codes can use, and be what is evaluated
         t0 = time.perf_counter()
         packed = CompressedModel.load(artifact)
-        model = packed.to_dense(build_model(packed.arch, **packed.arch_kwargs))
-        packed.verify_on_codebook(model)
+        packed.check_same_as(compressed, source=str(artifact))
+        packed.check_code_costs(source=str(artifact))
+        weights = packed.state_dict()  # each record dequantized once
+        model = packed.to_dense(build_model(packed.arch, **packed.arch_kwargs), weights)
+        packed.verify_on_codebook(model, weights)
         metrics = task.evaluate(model.to(device), device=device)
         times["time_eval_s"] = time.perf_counter() - t0
         stats = {**packed.stats(), "file_bytes": float(file_bytes)}

@@ -28,8 +28,9 @@ class TrainSettings:
     """Reference training recipe (config: ``reference``, per (task, arch) ``recipes``).
 
     ``lr_schedule``: cosine to 0 over ``epochs``, constant, or step (× ``gamma`` at each epoch in
-    ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: bfloat16/float16 autocast,
-    used only on CUDA. ``grad_clip``: max global gradient norm (0: none). ``pretrained``: published
+    ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: mixed precision on CUDA
+    (bfloat16 autocast where the GPU has it; float16 autocast with loss scaling, ``GradScaler``, where
+    it does not: V100, T4), none on CPU. ``grad_clip``: max global gradient norm (0: none). ``pretrained``: published
     weights to load instead of training (``torchvision:<Enum>.<name>``, ``timm:<model>.<tag>``, or a
     path / URL with ``pretrained_sha256``; :mod:`quantbench.models.pretrained`); the other keys are then unused.
     """
@@ -106,35 +107,56 @@ def make_schedule(opt: torch.optim.Optimizer, s: TrainSettings) -> torch.optim.l
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def autocast(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA (bfloat16 where supported); a no-op on CPU, so CPU runs stay exact."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype of mixed precision: on CUDA bfloat16 where supported, else float16 (which
+    :func:`train_step` only runs with a ``GradScaler``); None (full precision) on CPU, so CPU runs stay exact."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """Loss scaling for float16 autocast (its gradients underflow without it); none for bfloat16
+    (float32's exponent range) or full precision. One per training, kept across its epochs."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
 
 def train_step(model: nn.Module, task: Task, optimizers: Sequence[torch.optim.Optimizer], x: torch.Tensor,
                y: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
-               amp: bool = False, grad_clip: float = 0.0, loss_weight: float | None = None,
-               sync: Callable[[], None] | None = None) -> torch.Tensor:
+               amp: torch.dtype | None = None, grad_clip: float = 0.0, loss_weight: float | None = None,
+               sync: Callable[[], None] | None = None, scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One step on the objective ``task.loss(forward(x), y) + penalty()``, then ``after_step()``; returns
     the task loss, detached, on the device (reading it would synchronise the device, so the caller does
     that once per epoch). Distributed: ``loss_weight`` multiplies the task loss (this rank's share of
-    the global batch) and ``sync()`` averages the gradients DDP does not, after the backward pass."""
+    the global batch) and ``sync()`` averages the gradients DDP does not, after the backward pass.
+
+    ``amp``: the autocast dtype (:func:`amp_dtype`; None: full precision). float16 needs ``scaler``
+    (:func:`grad_scaler`): the objective is multiplied by its scale before the backward pass, the
+    gradients are unscaled before clipping, and a step whose gradients overflowed is skipped."""
+    if amp == torch.float16 and scaler is None:
+        raise ValueError("float16 autocast needs a GradScaler (its gradients underflow without loss scaling)")
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
-    with autocast(x.device, amp):
+    with torch.autocast(device_type=x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
         loss = task.loss((forward or model)(x), y)
     objective = loss if loss_weight is None else loss * loss_weight
     objective = objective if penalty is None else objective + penalty()
-    objective.backward()
+    (objective if scaler is None else scaler.scale(objective)).backward()
     if sync is not None:
         sync()
     if grad_clip > 0:
+        if scaler is not None:
+            for opt in optimizers:
+                scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     for opt in optimizers:
-        opt.step()
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt)
+    if scaler is not None:
+        scaler.update()
     if after_step is not None:
         after_step()
     return loss.detach()
@@ -144,7 +166,8 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
                 batch_size: int, seed: int, device: torch.device, *,
                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
-                amp: bool = False, grad_clip: float = 0.0, epoch: int | None = None) -> float:
+                amp: torch.dtype | None = None, grad_clip: float = 0.0, epoch: int | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> float:
     """One pass over the training split (order fixed by ``seed``), the one epoch loop of every
     training-based method; returns the mean task loss.
 
@@ -187,7 +210,7 @@ def train_epoch(model: nn.Module, task: Task, optimizers: torch.optim.Optimizer 
             mine = distributed.share(batch_len, rank, world)
             weight, samples = world * mine / batch_len, y.numel() if mine else 0
         loss = train_step(step_model, task, optimizers, x, y, forward, penalty, after_step, amp, grad_clip,
-                          weight, sync)
+                          weight, sync, scaler)
         total += loss.float() * samples
         count += samples
     if world > 1:
@@ -241,12 +264,14 @@ def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: tor
     model.to(device)
     opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
     sched = make_schedule(opt, s)
+    amp = amp_dtype(device, s.amp)
+    scaler = grad_scaler(device, amp)
     history = []
     bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
     for epoch in bar:
         order = derive_seed(seed, REFERENCE_DATA_ORDER, epoch)
-        history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=s.amp, grad_clip=s.grad_clip,
-                                   epoch=epoch))
+        history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=amp, grad_clip=s.grad_clip,
+                                   epoch=epoch, scaler=scaler))
         bar.set_postfix(loss=f"{history[-1]:.4f}")
         sched.step()
     return history

@@ -142,7 +142,7 @@ def test_reference_training_steps_stay_on_the_device(lenet5_digits, guarded_step
 
 # ----------------------------------------------------------------------------- the guard itself
 def _old_qat_fake(w: torch.Tensor) -> torch.Tensor:  # main before #17: a float64 host round trip per step
-    return quantize_uniform(w.detach().cpu(), 2).dequantize().to(w)
+    return quantize_uniform(w.detach().cpu(), 4).dequantize().to(w)
 
 
 @pytest.mark.parametrize("offence", [

@@ -32,16 +32,31 @@ def paper_loop(w: np.ndarray, x: np.ndarray, xt: np.ndarray, levels_of) -> np.nd
     return codes
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-@pytest.mark.parametrize("per_channel, include_zero", [(False, True), (True, True), (False, False)])
-def test_vectorised_quantizer_matches_the_per_weight_loop(bits, per_channel, include_zero):
-    gen = torch.Generator().manual_seed(bits)
+@pytest.mark.parametrize("levels", [2, 3, 4, 8, 16, 255])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_alphabet_is_the_authors_linspace(levels, per_channel):
+    """The authors' code (Lybrand & Saab; Zhang, Zhou & Saab): ``C · max|w| · linspace(−1, 1, round(2**bits))``."""
+    gen = torch.Generator().manual_seed(levels)
+    w = torch.randn(5, 30, generator=gen, dtype=torch.float64)
+    grid, qmax = alphabet(w, levels, 1.3, per_channel)
+    assert qmax == levels - 1
+    for c in range(5 if per_channel else 1):
+        top = 1.3 * float((w[c] if per_channel else w).abs().max())
+        ours = grid.scale[c] * (np.arange(levels) - grid.zero[c])
+        assert np.allclose(ours, top * np.linspace(-1, 1, levels), rtol=1e-6, atol=1e-7 * top)
+        assert (0.0 in ours) == (levels % 2 == 1)  # an odd alphabet holds 0 exactly
+
+
+@pytest.mark.parametrize("levels", [3, 4, 7, 8, 16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_vectorised_quantizer_matches_the_per_weight_loop(levels, per_channel):
+    gen = torch.Generator().manual_seed(levels)
     m, n, n_out = 40, 37, 6
     x = torch.randn(m, n, generator=gen, dtype=torch.float64)
     xt = x + 0.1 * torch.randn(m, n, generator=gen, dtype=torch.float64)  # earlier layers quantized
     xt[:, 5] = 0.0  # a dead input: ||X~_t|| = 0 -> plain rounding
     w = torch.randn(n_out, n, generator=gen, dtype=torch.float64)
-    grid, qmax = alphabet(w, bits, 1.3, per_channel, include_zero)
+    grid, qmax = alphabet(w, levels, 1.3, per_channel)
 
     def levels_of(i):
         c = i if per_channel else 0
@@ -62,15 +77,15 @@ def _relative_error(x, w, q):
     return float(torch.linalg.norm(x @ w.T - x @ q.T) / torch.linalg.norm(x @ w.T))
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
-def test_gaussian_layer_error_below_msq_and_decreasing_with_width(bits):
-    gen = torch.Generator().manual_seed(10 + bits)
+@pytest.mark.parametrize("levels", [3, 4, 8, 16])
+def test_gaussian_layer_error_below_msq_and_decreasing_with_width(levels):
+    gen = torch.Generator().manual_seed(10 + levels)
     m, n_out = 64, 32
     errors = []
     for n in (128, 512, 2048):
         x = torch.randn(m, n, generator=gen, dtype=torch.float64)
         w = torch.randn(n_out, n, generator=gen, dtype=torch.float64)
-        grid, qmax = alphabet(w, bits, 1.0, False, True)
+        grid, qmax = alphabet(w, levels, 1.0, False)
         gpfq = _relative_error(x, w, _dequantize(gpfq_layer(w, x.T @ x, x.T @ x, grid, qmax), grid))
         msq = _relative_error(x, w, _dequantize(round_to_grid(w, grid, qmax), grid))
         assert gpfq < msq
@@ -128,12 +143,12 @@ def test_conv_network_quantized_like_the_explicit_computation():
     task = Task("toy", _Data(x), _Data(x[:4]), (4, 8, 8), 3)
     ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
     params = GPFQParams(calib_samples=24, calib_batch=10, scale_factor=1.2)
-    records = quantize_network(model, 3, params, ctx, memoryless=False)
+    records = quantize_network(model, 7, params, ctx, memoryless=False)
     conv = model[0]
     idx = torch.randperm(24, generator=ctx.generator(0))
     calib = x[idx].double()
     w = conv.weight.detach().double().reshape(6, -1)
-    grid, qmax = alphabet(conv.weight, 3, 1.2, False, True)
+    grid, qmax = alphabet(conv.weight, 7, 1.2, False)
     for g in range(2):
         rows = explicit_patches(calib, conv, g)
         codes = gpfq_layer(w[3 * g:3 * (g + 1)], rows.T @ rows, rows.T @ rows, grid, qmax)
@@ -151,10 +166,10 @@ def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     x = torch.randn(20, 3, 6, 6)
     task = Task("toy", _Data(x), _Data(x[:4]), (3, 6, 6), 5)
     params = GPFQParams(calib_samples=20, calib_batch=20)
-    whole = quantize_network(model, 3, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    whole = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
     monkeypatch.setattr(gpfq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20
     assert len(gpfq._chunks(model[0], x)) == 7
-    blocks = quantize_network(model, 3, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    blocks = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
     for name in whole:
         assert np.array_equal(whole[name].codes, blocks[name].codes), name
 
@@ -163,14 +178,15 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(4, 50, generator=gen, dtype=torch.float64)
     x = torch.randn(30, 50, generator=gen, dtype=torch.float64)
-    grid, qmax = alphabet(w, 3, 1.0, False, True)
+    grid, qmax = alphabet(w, 7, 1.0, False)
     a = gpfq_layer(w, x.T @ x, x.T @ x, grid, qmax, "stochastic", torch.Generator().manual_seed(1))
     b = gpfq_layer(w, x.T @ x, x.T @ x, grid, qmax, "stochastic", torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
     assert _relative_error(x, w, _dequantize(a, grid)) < 0.5
 
 
-def test_gpfq_beats_msq_on_digits_at_two_bits():
+@pytest.mark.parametrize("bits, levels, margin", [(1.58, 3, 20), (2, 4, 2)])
+def test_gpfq_beats_msq_on_digits_at_low_bits(bits, levels, margin):
     from quantbench.data import build_task
     from quantbench.models import build_model
     from quantbench.train import TrainSettings, seed_everything, train
@@ -184,9 +200,18 @@ def test_gpfq_beats_msq_on_digits_at_two_bits():
     for name in ("gpfq", "msq"):
         cls = get_method(name)
         ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
-        cm = cls(make_params(cls.Params, {}, name)).compress(ref, Budget(2), ctx)
+        cm = cls(make_params(cls.Params, {}, name)).compress(ref, Budget(bits), ctx)
         acc[name] = task.evaluate(cm.to_dense(build_model("lenet300", **kwargs)))["accuracy"]
-    assert acc["gpfq"] > acc["msq"] + 20, acc
-    assert get_method("gpfq").serves(Budget(3), GPFQParams())
-    assert not get_method("gpfq").serves(Budget(1), GPFQParams())
-    assert get_method("gpfq").serves(Budget(1), GPFQParams(include_zero=False))
+        # the alphabet is K = round(2**b) levels and the codes pay exactly for them
+        for record in (r for r in cm.records.values() if isinstance(r, QuantizedTensor)):
+            assert int(record.codes.max()) + 1 <= levels
+        assert cm.stats()["bpw"] <= np.log2(levels) * 1.01 + 0.01
+    assert acc["gpfq"] > acc["msq"] + margin, acc
+
+
+def test_serves_the_budgets_that_are_whole_numbers_of_levels():
+    gpfq = get_method("gpfq")
+    for bits in (1, 1.58, 2, 3, 8):
+        assert gpfq.serves(Budget(bits), GPFQParams()), bits
+    for bits in (0.5, 2.5, 9):
+        assert not gpfq.serves(Budget(bits), GPFQParams()), bits

@@ -151,6 +151,7 @@ class LCAdaptive(_LC):
     """LC with an adaptive codebook of K = 2^b centroids per layer."""
 
     codebook = "adaptive"
+    starts_from = "dc"  # LC's first C step is DC (μ → 0)
 
 
 @register_method("lc_binary")
@@ -209,6 +210,7 @@ class IteratedDirectCompression(_CodebookMethod):
 
     Params = IDCParams
     trains = True
+    starts_from = "dc"
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
