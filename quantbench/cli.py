@@ -33,6 +33,20 @@ def _common_job(p: argparse.ArgumentParser) -> None:
                    help="host:port of the first node, where the nodes' torchrun launchers meet (--nnodes > 1)")
 
 
+def _size_tolerance(text: str) -> float:
+    """``quantbench tables --size-tolerance``: a number in (0, 0.5]."""
+    from quantbench.tables import check_size_tolerance
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        return check_size_tolerance(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else <results-dir>/mlflow.db")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/tables/<experiment>")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
+    p.add_argument("--size-tolerance", type=_size_tolerance, default=0.01, metavar="TOL",
+                   help="relative: a cell whose achieved bpw is above its budget times 1 + TOL is over budget "
+                        "(marked, never bold); the size plots' Pareto front counts sizes within it as equal; "
+                        "in (0, 0.5] (config tables.size_tolerance; default: %(default)s)")
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -226,7 +244,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
         out_dir = args.out_dir or args.results_dir / "tables" / args.experiment
-        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task):
+        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, args.size_tolerance):
             print(path)
     return 0
 

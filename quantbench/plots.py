@@ -4,7 +4,8 @@
   one subplot per arch over the quantized points' range, one line per method through its budgets
   (mean over seeds), coloured by paper family (LC blues, GPFQ greens, OPQ oranges, DiffQ purples,
   baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
-  budget) points — no other point is both smaller and better — as a grey staircase, points ringed.
+  budget) points — no other point is about as small (sizes within the tables' ``size_tolerance``
+  count as equal, :func:`pareto_front`) and better — as a grey staircase, points ringed.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
@@ -21,16 +22,28 @@ from quantbench.files import write_atomic
 from quantbench.method import PAPER_FAMILIES
 
 
-def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool) -> np.ndarray:
-    """Indices of the non-dominated points, by increasing size: each is strictly better than
-    every smaller point (ties in size keep the better one)."""
-    score = metric if higher_is_better else -metric
-    order = np.lexsort((-score, size))
-    front, best = [], -np.inf
-    for i in order:
-        if score[i] > best:
+def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool, tolerance: float) -> np.ndarray:
+    """Indices of the non-dominated points, by increasing size, where sizes within a relative
+    ``tolerance`` count as equal (the tables' ``size_tolerance``: 1.0007 bpw is as small as 0.99999).
+
+    Point *j* dominates point *i* when ``size[j] <= size[i] * (1 + tolerance)`` and *j*'s metric is
+    at least as good, strictly better or with ``size[j] < size[i]``. A dominating point is better,
+    or as good and smaller, so no two points dominate each other and the front is never empty; and
+    of two front points the larger is strictly better (else the smaller would dominate it), so the
+    front read by increasing size is a staircase. Exact duplicates are kept once (the first).
+    """
+    size = np.asarray(size, dtype=float)
+    score = np.asarray(metric, dtype=float) if higher_is_better else -np.asarray(metric, dtype=float)
+    # [i, j]: does j dominate i
+    near = size[None, :] <= size[:, None] * (1 + tolerance)
+    better = score[None, :] > score[:, None]
+    as_good_smaller = (score[None, :] == score[:, None]) & (size[None, :] < size[:, None])
+    dominated = (near & (better | as_good_smaller)).any(axis=1)
+    front, seen = [], set()
+    for i in np.lexsort((-score, size)):
+        if not dominated[i] and (size[i], score[i]) not in seen:
             front.append(i)
-            best = score[i]
+            seen.add((size[i], score[i]))
     return np.array(front, dtype=int)
 
 
@@ -77,11 +90,12 @@ def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
     return colours
 
 
-def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
+def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: float) -> list[Path]:
     """Metric vs achieved bits per weight for one task (``part``: rows of
     :func:`quantbench.tables.summarize`): a panel per arch, a line per method through its budgets,
     coloured by paper family; the x axis spans the quantized points, the fp32 reference is a
-    dashed line; the Pareto front of all (method, budget) points is a grey staircase."""
+    dashed line; the Pareto front of all (method, budget) points, sizes within ``size_tolerance``
+    (relative) counting as equal, is a grey staircase."""
     metric = part["metric"].iloc[0]
     higher = bool(part["higher_is_better"].iloc[0])
     archs = list(dict.fromkeys(part["arch"]))
@@ -101,7 +115,7 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
         for method, g in cells.groupby("method", sort=False):
             g = g.sort_values("bpw")
             ax.plot(g["bpw"], g["mean"], marker="o", ms=3.5, lw=1.2, color=colours[method], label=method)
-        idx = pareto_front(cells["bpw"].to_numpy(), cells["mean"].to_numpy(), higher)
+        idx = pareto_front(cells["bpw"].to_numpy(), cells["mean"].to_numpy(), higher, size_tolerance)
         front = cells.iloc[idx]
         ax.step(front["bpw"], front["mean"], where="post", color="0.4", lw=4, alpha=0.3, zorder=0,
                 label="Pareto front")

@@ -2,8 +2,16 @@
 
 Per task: rows = (arch, reference first, then the methods grouped by paper family: baseline,
 LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads ``mean ± std`` of the task metric
-over seeds (just the mean for one seed) and the achieved ``bpw`` / compression ratio; the best
-mean of each (arch, budget) column is bold; a failed, diverged or killed run reads as such,
+over seeds (just the mean for one seed) and the achieved ``bpw`` / compression ratio.
+
+Equal size before equal footing: a cell competes in its budget's column only when its achieved
+bpw is at most ``budget * (1 + size_tolerance)`` (default 1 %; paying less than the budget is no
+advantage, so such a cell competes too). A cell above that is *over budget*: it keeps its number,
+gets a ``†`` beside its bpw and a footnote naming its bpw, and is never bold. The best mean among
+the competing cells of each (arch, budget) column is bold (ties: all of them). A cell whose mean
+ends worse than the mean of the method it starts from (``Method.starts_from``, the run tag
+``starts_from``) on the same arch and budget gets a ``‡`` and a footnote (a sanity claim: none
+when that method has no successful cell there). A failed, diverged or killed run reads as such,
 never as a number. When a cell was run more than once, its latest run counts. Written as
 ``<task>.md`` (markdown), ``<task>.tex`` (LaTeX booktabs) and ``<task>.csv`` (long format: one
 row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench.plots`.
@@ -25,6 +33,23 @@ UNSERVED = "—"  # the method does not serve this budget (or the grid has no su
 MISSING = "not run"  # the method serves this budget, but the record has no run of the cell
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
 LOWER_IS_BETTER = ("error", "loss", "perplexity", "bits_per_token")
+SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
+SIZE_TOLERANCE_RANGE = (0.0, 0.5)  # allowed: above the first, at most the second (as the config schema)
+OVER, BELOW = "†", "‡"  # the marks of an over-budget cell and of one worse than its starting point
+TEX_MARKS = {OVER: r"$^\dagger$", BELOW: r"$^\ddagger$"}
+
+
+def check_size_tolerance(value: float) -> float:
+    """``value`` when it is a relative tolerance in (0, 0.5], else a ValueError saying so."""
+    lo, hi = SIZE_TOLERANCE_RANGE
+    if not lo < value <= hi:  # NaN too
+        raise ValueError(f"size tolerance {value:g} is outside ({lo:g}, {hi:g}]: it is relative, 0.01 = 1 %")
+    return value
+
+
+def over_budget(bpw, budget, size_tolerance: float = SIZE_TOLERANCE):
+    """Whether an achieved ``bpw`` is above ``budget * (1 + size_tolerance)`` (false where either is NaN)."""
+    return np.asarray(bpw, dtype=float) > np.asarray(budget, dtype=float) * (1 + size_tolerance)
 
 
 def _mean(rows: pd.DataFrame, column: str) -> float:
@@ -44,8 +69,13 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.drop_duplicates("tags.cell_id", keep="last")
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status."""
+def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE) -> pd.DataFrame:
+    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status; and
+    ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
+    above ``budget * (1 + size_tolerance)``), ``start_mean`` (the starting method's mean on the same
+    task, arch and budget, when that cell finished) and ``below_start`` (the cell finished and its
+    mean is worse than ``start_mean``)."""
+    check_size_tolerance(size_tolerance)
     runs = latest_runs(runs).copy()
     runs["method"] = np.where(runs["tags.kind"] == "reference", "reference", runs.get("tags.method"))
     runs["budget"] = np.where(runs["tags.kind"] == "reference", np.nan,
@@ -70,28 +100,47 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             "status": "ok" if failed.empty else "/".join(sorted(set(failed["tags.status"]))),
             "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
             "method_params": _tag(g, "method_params", ""),
+            "starts_from": "" if method == "reference" else _tag(g, "starts_from", ""),
         })
     out = pd.DataFrame(rows)
+    out["over_budget"] = over_budget(out["bpw"], out["budget"], size_tolerance)
+    done = out[(out["status"] == "ok") & out["mean"].notna()]
+    means = {(t, a, m, b): v for t, a, m, b, v in zip(done["task"], done["arch"], done["method"], done["budget"],
+                                                      done["mean"], strict=True)}
+    keys = zip(out["task"], out["arch"], out["starts_from"], out["budget"], strict=True)
+    out["start_mean"] = [means.get((t, a, s, b), np.nan) if s else np.nan for t, a, s, b in keys]
+    worse = np.where(out["higher_is_better"], out["mean"] < out["start_mean"], out["mean"] > out["start_mean"])
+    out["below_start"] = worse & (out["status"] == "ok").to_numpy()
     families = ("reference", *PAPER_FAMILIES)
     out["order"] = [families.index(f) if f in families else len(families) for f in out["family"]]
     return out.sort_values(["task", "arch", "order", "method", "budget"]).drop(columns="order").reset_index(drop=True)
 
 
-def _cell(row: pd.Series, pm: str, bold=None) -> str:
+def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
+    """``mean ± std (bpw, ratio)``; ``‡`` after a mean worse than the starting point's, ``†``
+    after the bpw of an over-budget cell (``marks`` maps them to their spelling: LaTeX)."""
     if row["status"] != "ok":
         return f"{row['status']} ({row['ok']}/{row['seeds']} ok)" if row["ok"] else row["status"]
+    marks = marks or {}
     value = f"{row['mean']:.2f}"
     if bold is not None:
         value = bold(value)
+    value += marks.get(BELOW, BELOW) if row.get("below_start", False) else ""
     value += f" {pm} {row['std']:.2f}" if row["seeds"] > 1 else ""
-    return f"{value} ({row['bpw']:.2f} bpw, {row['compression_ratio']:.1f}×)"
+    over = marks.get(OVER, OVER) if row.get("over_budget", False) else ""
+    return f"{value} ({row['bpw']:.2f} bpw{over}, {row['compression_ratio']:.1f}×)"
 
 
 def best_rows(long: pd.DataFrame) -> set:
-    """Index labels of the best mean per (arch, budget) among the methods (ties: all of them)."""
-    cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna()]
+    """Index labels of the best mean per (task, arch, budget) among the methods' finished cells
+    that are not over budget (``over_budget`` of :func:`summarize`; ties: all of them). An
+    over-budget cell never takes the bold, whatever its mean."""
+    over = long["over_budget"].astype(bool) if "over_budget" in long else over_budget(long["bpw"], long["budget"])
+    eligible = ~np.asarray(over)
+    cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
     best = set()
-    for _, g in cells.groupby(["arch", "budget"]):
+    keys = ["task", "arch", "budget"] if "task" in long else ["arch", "budget"]
+    for _, g in cells.groupby(keys):
         target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()
         best |= set(g.index[g["mean"] == target])
     return best
@@ -116,10 +165,11 @@ def _absent(method: str, params_json: str, budget: float) -> str:
     return MISSING if serves else UNSERVED
 
 
-def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") -> pd.DataFrame:
+def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**", marks: dict | None = None) -> pd.DataFrame:
     """One task's table: reference row per arch, then one row per method (with its family); a
     column per budget, each followed by a "paper" column when the record carries published
-    figures; the best mean per column in ``bold``."""
+    figures; the best mean per column among the cells not over budget in ``bold``; the marks
+    ``†`` (over budget) and ``‡`` (worse than its starting point), spelt as ``marks`` maps them."""
     best = best_rows(long)
     budgets = sorted(b for b in long["budget"].dropna().unique())
     with_paper = bool(long["paper"].notna().any()) if "paper" in long else False
@@ -135,10 +185,31 @@ def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**") ->
             if row is None:
                 text = _absent(method, g["method_params"].iloc[0], b)
             else:
-                text = _cell(row, pm, bold if i in best else None)
+                text = _cell(row, pm, bold if i in best else None, marks)
             cells += [text] + ([_paper(row)] if with_paper else [])
         rows.append([arch, g["family"].iloc[0], method] + cells)
     return pd.DataFrame(rows, columns=["arch", "family", "method"] + header)
+
+
+def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s) -> list[str]:
+    """The lines under one task's table: one per mark that occurs, naming every marked cell, e.g.
+    ``† over budget: mlp qat 2.08 bpw in the 2-bit column; ...`` and ``‡ worse than its starting
+    point: mlp lc_adaptive 13.94 vs dc 13.51 at 2 bits``. ``escape`` spells the arch and method
+    names (LaTeX)."""
+    marks = marks or {}
+    shown = long[(long["status"] == "ok") & long["mean"].notna()]
+    over = shown[shown["over_budget"].astype(bool)]
+    below = shown[shown["below_start"].astype(bool)]
+    lines = []
+    if len(over):
+        lines.append(f"{marks.get(OVER, OVER)} over budget: " + "; ".join(
+            f"{escape(r.arch)} {escape(r.method)} {r.bpw:.2f} bpw in the {r.budget:g}-bit column"
+            for r in over.itertuples()))
+    if len(below):
+        lines.append(f"{marks.get(BELOW, BELOW)} worse than its starting point: " + "; ".join(
+            f"{escape(r.arch)} {escape(r.method)} {r.mean:.2f} vs {escape(r.starts_from)} {r.start_mean:.2f} "
+            f"at {r.budget:g} bits" for r in below.itertuples()))
+    return lines
 
 
 def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> str:
@@ -151,11 +222,13 @@ def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> 
     return f" Runs: {', '.join(found)}." if found else ""
 
 
-def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None) -> list[Path]:
-    """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones)."""
+def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None,
+                 size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
+    """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones); a cell
+    competes for the bold when its bpw is at most its budget times ``1 + size_tolerance``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    long = summarize(runs)
+    long = summarize(runs, size_tolerance)
     written = []
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
@@ -164,18 +237,30 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         metric = part["metric"].iloc[0]
         unit = " (%)" if metric in ("accuracy", "error") else ""
         better = "higher" if part["higher_is_better"].iloc[0] else "lower"
-        caption = (f"{task}: test {metric}{unit} ({better} is better; best per column in bold), mean ± std over "
+        caption = (f"{task}: test {metric}{unit} ({better} is better; best per column in bold among the cells "
+                   f"at most {size_tolerance * 100:g} % above the budget's bits per weight), mean ± std over "
                    f"seeds, with achieved bits per weight and compression ratio"
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
-                   + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run."
+                   + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run; "
+                   f"{OVER}: over budget (never bold); {BELOW}: worse than the method it starts from, same "
+                   f"arch and budget."
                    + versions_note(runs[runs.get("tags.task") == task]))
+        notes = footnotes(part)
         md = wide_table(part).to_markdown(index=False, disable_numparse=True)  # "28.00" stays "28.00"
-        tex_table = wide_table(part, pm=r"$\pm$", bold=lambda v: rf"\textbf{{{v}}}")
+        md = f"# {task}\n\n{caption}\n\n{md}\n" + "".join(f"\n{line}\n" for line in notes)
+        tex_table = wide_table(part, pm=r"$\pm$", bold=lambda v: rf"\textbf{{{v}}}", marks=TEX_MARKS)
         for col in ("arch", "method"):
             tex_table[col] = tex_table[col].str.replace("_", r"\_")
-        tex = tex_table.to_latex(index=False, escape=False, caption=caption.replace("±", r"$\pm$"),
-                                                       label=f"tab:{task}").replace("×", r"$\times$")
-        for suffix, text in (("md", f"# {task}\n\n{caption}\n\n{md}\n"), ("tex", tex),
+        tex_caption = caption.replace("±", r"$\pm$").replace("%", r"\%")
+        for mark, spelt in TEX_MARKS.items():
+            tex_caption = tex_caption.replace(mark, spelt)
+        tex = tex_table.to_latex(index=False, escape=False, caption=tex_caption,
+                                 label=f"tab:{task}").replace("×", r"$\times$")
+        tex_notes = footnotes(part, TEX_MARKS, escape=lambda name: name.replace("_", r"\_"))
+        if tex_notes:
+            tex = tex.replace("\\end{table}", "".join(f"\\par\\footnotesize {line}\n" for line in tex_notes)
+                              + "\\end{table}")
+        for suffix, text in (("md", md), ("tex", tex),
                              ("csv", part.to_csv(index=False))):
             path = out_dir / f"{task}.{suffix}"
             write_text_atomic(path, text)
@@ -194,9 +279,10 @@ def step_curves(method: str) -> tuple:
 
 
 def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
-                tasks: list[str] | None = None) -> list[Path]:
-    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task; the steps plot has a
-    panel per curve the task's methods declare (in table order)."""
+                tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
+    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task; the size plot's
+    Pareto front counts sizes within ``size_tolerance`` as equal (as the tables do); the steps plot
+    has a panel per curve the task's methods declare (in table order)."""
     from quantbench.plots import size_plot, steps_plot
 
     out_dir = Path(out_dir)
@@ -205,19 +291,23 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
         curves = list(dict.fromkeys(c for m in part["method"] if m != "reference" for c in step_curves(m)))
-        written += size_plot(part, task, out_dir)
+        written += size_plot(part, task, out_dir, size_tolerance)
         written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
                               part["metric"].iloc[0], curves, out_dir)
     return written
 
 
 def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
-                       tasks: list[str] | None = None) -> list[Path]:
-    """Tables and plots of ``experiment`` from its MLflow record alone."""
+                       tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
+    """Tables and plots of ``experiment`` from its MLflow record alone; ``size_tolerance`` (relative,
+    config ``tables.size_tolerance``) is how far above its budget a cell's bpw may be and still
+    compete in the budget's column, and which sizes the Pareto front counts as equal."""
+    check_size_tolerance(size_tolerance)
     tracker = Tracker(tracking_uri)
     runs = tracker.runs(experiment)
-    written = write_tables(runs, out_dir, tasks)
-    return written + write_plots(summarize(runs), step_histories(tracker, runs), out_dir, tasks)
+    written = write_tables(runs, out_dir, tasks, size_tolerance)
+    return written + write_plots(summarize(runs, size_tolerance), step_histories(tracker, runs), out_dir, tasks,
+                                 size_tolerance)
 
 
 def step_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:

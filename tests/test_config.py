@@ -31,11 +31,20 @@ def test_default_config_file_is_valid():
     assert "digits/lenet300/lc_ternary/b2/s0" not in ids
 
 
+def test_the_tables_size_tolerance_defaults_to_one_percent_and_takes_its_range():
+    assert load_config({"name": "x"})["tables"] == {"size_tolerance": 0.01}
+    assert load_config({"name": "x", "tables": {}})["tables"] == {"size_tolerance": 0.01}
+    for tolerance in (1e-9, 0.05, 0.5):  # (0, 0.5]: the upper end is allowed
+        cfg = load_config({"name": "x", "tables": {"size_tolerance": tolerance}})
+        assert cfg["tables"]["size_tolerance"] == tolerance
+
+
 def test_cells_a_method_cannot_serve_are_skipped_with_a_reason():
+    # the symmetric grid holds 0, so an odd number of levels: 3 at 1.58 bits, none at 1 or 4 bits
     cfg = load_config({"name": "x", "budgets": [1, 1.58, 4], "method_params": {"rtn": {"scheme": "symmetric"}}})
-    assert [c.budget for c in cfg.cells] == ["4"]
-    assert [c.budget for c, _ in cfg.skipped] == ["1", "1.58"]
-    assert "rtn does not serve a 1.58-bit budget" in cfg.skipped[1][1]
+    assert [c.budget for c in cfg.cells] == ["1.58"]
+    assert [c.budget for c, _ in cfg.skipped] == ["1", "4"]
+    assert "rtn does not serve a 4-bit budget" in cfg.skipped[1][1]
 
 
 def test_method_params_reach_the_cell_spec():
@@ -65,6 +74,15 @@ def test_method_params_reach_the_cell_spec():
     ({"name": "x", "reference": {"epochs": 2.5}}, r"config.reference.epochs: expected int, got float 2.5"),
     ({"name": "x", "arch_params": {"lenet300": {"depth": 3}}},
      r"config.arch_params.lenet300.depth: unknown parameter; allowed: \['hidden', 'width'\]"),
+    ({"name": "x", "tables": {"size_tolerance": 0}},
+     r"config.tables.size_tolerance: 0 is less than or equal to the minimum of 0"),
+    ({"name": "x", "tables": {"size_tolerance": -0.01}},
+     r"config.tables.size_tolerance: -0.01 is less than or equal to the minimum of 0"),
+    ({"name": "x", "tables": {"size_tolerance": 0.6}},
+     r"config.tables.size_tolerance: 0.6 is greater than the maximum of 0.5"),
+    ({"name": "x", "tables": {"size_tolerance": "1%"}}, r"config.tables.size_tolerance: '1%' is not of type 'number'"),
+    ({"name": "x", "tables": {"tolerance": 0.1}},
+     r"config.tables: unknown key\(s\) \['tolerance'\]; allowed keys: \['size_tolerance'\]"),
 ])
 def test_invalid_configs_name_the_key_and_the_allowed_values(config, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,10 +8,13 @@ import pytest
 
 from quantbench.method import StepCurve
 from quantbench.plots import pareto_front, size_plot, steps_plot
+from quantbench.tables import SIZE_TOLERANCE
 
 
 @pytest.mark.parametrize("higher", [True, False])
 def test_pareto_front_is_the_set_no_point_dominates(higher):
+    """Without a tolerance: the classic front (no other point both no larger and better, or as good
+    and smaller)."""
     rng = np.random.default_rng(0)
     for _ in range(50):
         n = int(rng.integers(1, 30))
@@ -25,9 +28,52 @@ def test_pareto_front_is_the_set_no_point_dominates(higher):
                             for j in range(n) if j != i)
             if not dominated:
                 brute.add((size[i], metric[i]))
-        front = pareto_front(size, metric, higher)
+        front = pareto_front(size, metric, higher, tolerance=0)
         assert {(size[i], metric[i]) for i in front} == brute
         assert list(size[front]) == sorted(size[front])
+
+
+def brute_front(size, metric, higher, tolerance):
+    """The points no other point dominates, O(n²): j dominates i when size_j <= size_i * (1 + tol)
+    and j's metric is better, or the same with size_j < size_i."""
+    out = set()
+    for i in range(len(size)):
+        for j in range(len(size)):
+            if j == i or size[j] > size[i] * (1 + tolerance):
+                continue
+            strictly = metric[j] > metric[i] if higher else metric[j] < metric[i]
+            if strictly or (metric[j] == metric[i] and size[j] < size[i]):
+                break
+        else:
+            out.add((size[i], metric[i]))
+    return out
+
+
+@pytest.mark.parametrize("higher", [True, False])
+@pytest.mark.parametrize("tolerance", [0.001, 0.01, 0.05])
+def test_sizes_within_the_tolerance_count_as_equal_on_the_pareto_front(higher, tolerance):
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 25))
+        budgets = rng.choice([1.0, 1.58, 2.0, 4.0], n)
+        size = budgets * (1 + rng.choice([0, -1, 1], n) * rng.uniform(0, 3 * tolerance, n))  # near-equal sizes
+        size[rng.random(n) < 0.2] = budgets[0]  # and some exactly equal
+        metric = rng.integers(0, 6, n).astype(float)  # ties in the metric too
+        front = pareto_front(size, metric, higher, tolerance)
+        assert {(size[i], metric[i]) for i in front} == brute_front(size, metric, higher, tolerance)
+        assert len(front) == len({(size[i], metric[i]) for i in front}) >= 1  # each point once, never empty
+        # a staircase: by increasing size, strictly better
+        assert all(size[a] <= size[b] for a, b in zip(front, front[1:], strict=False))
+        score = metric[front] if higher else -metric[front]
+        assert all(np.diff(score) > 0)
+
+
+def test_a_point_about_as_small_and_far_worse_is_not_on_the_front():
+    """OPQ at 0.99999 bpw and 10 % beside cells at 1.0007 bpw and 94 %: 1.0007 is within 1 %."""
+    size, metric = np.array([0.99999, 1.0007, 1.0007, 2.0]), np.array([10.0, 94.0, 93.0, 96.0])
+    assert list(pareto_front(size, metric, True, SIZE_TOLERANCE)) == [1, 3]
+    assert list(pareto_front(size, metric, True, tolerance=1e-6)) == [0, 1, 3]  # tighter: 0.99999 is smaller
+    assert list(pareto_front(size, -metric, False, SIZE_TOLERANCE)) == [1, 3]
 
 
 def test_plots_are_written_as_png_and_pdf(tmp_path):
@@ -35,7 +81,7 @@ def test_plots_are_written_as_png_and_pdf(tmp_path):
         "task": "digits", "arch": ["mlp"] * 4, "method": ["reference", "a", "a", "b"], "budget": [np.nan, 1, 2, 2],
         "metric": "accuracy", "mean": [97.0, 80.0, 95.0, 90.0], "status": "ok", "size_kib": [100.0, 4.0, 7.0, 7.5],
         "bpw": [32.0, 1.0, 2.0, 2.1], "family": ["reference", "LC", "LC", "DiffQ"], "higher_is_better": True})
-    paths = size_plot(long, "digits", tmp_path)
+    paths = size_plot(long, "digits", tmp_path, SIZE_TOLERANCE)
     assert sorted(p.name for p in paths) == ["digits_size.pdf", "digits_size.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
     histories = pd.DataFrame({"task": "digits", "cell_id": "digits/mlp/lc/b1/s0", "key": "lc/accuracy",

@@ -40,7 +40,8 @@ def context(wildcards, output):
 
 def tables_command(wildcards=None, output=None):
     """The one tables command: rule tables runs it, and the onerror handler."""
-    return f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} {TRACKING_URI_ARG}"
+    return (f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} "
+            f"--size-tolerance {CFG['tables']['size_tolerance']!r} {TRACKING_URI_ARG}")
 
 
 wildcard_constraints:
