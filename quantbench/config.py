@@ -267,6 +267,16 @@ class Config:
             lines.append(f"  skipped {cell.id}: {why}")
         return "\n".join(lines)
 
+    def skipped_summary(self) -> list[str]:
+        """The skipped cells in one line per method: how many, and the budgets it does not serve
+        (``describe`` lists every cell)."""
+        by_method: dict[str, dict[str, int]] = {}
+        for cell, _why in self.skipped:
+            budgets = by_method.setdefault(cell.method, {})
+            budgets[cell.budget] = budgets.get(cell.budget, 0) + 1
+        return [f"{method}: {sum(b.values())} cell(s), does not serve {', '.join(f'{k}-bit' for k in b)}"
+                for method, b in by_method.items()]
+
     def reference_spec(self, task: str, arch: str, seed: int) -> JobSpec:
         return JobSpec(self.reference_identity(task, arch, seed), self.context())
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quantbench.config import load_config
@@ -45,6 +47,16 @@ def test_cells_a_method_cannot_serve_are_skipped_with_a_reason():
     assert [c.budget for c in cfg.cells] == ["1.58"]
     assert [c.budget for c, _ in cfg.skipped] == ["1", "4"]
     assert "rtn does not serve a 4-bit budget" in cfg.skipped[1][1]
+    assert cfg.skipped_summary() == ["rtn: 2 cell(s), does not serve 1-bit, 4-bit"]
+
+
+def test_the_skipped_cells_of_the_default_grid_read_one_line_per_method():
+    cfg = load_config(str(Path(__file__).parent.parent / "workflows/config/default.yaml"))
+    lines = cfg.skipped_summary()
+    methods = [line.split(":")[0] for line in lines]
+    assert len(methods) == len(set(methods)) == len({c.method for c, _ in cfg.skipped})
+    assert sum(int(line.split(": ")[1].split(" ")[0]) for line in lines) == len(cfg.skipped)
+    assert "lc_ternary: 10 cell(s), does not serve 1-bit, 2-bit" in lines  # 5 archs × 2 budgets
 
 
 def test_method_params_reach_the_cell_spec():

@@ -124,7 +124,7 @@ def cell_spec(wildcards):
     return CFG.cell_identity(cell).to_json()
 
 
-if CFG.skipped:
-    logger.info(f"quantbench: {len(CFG.skipped)} cell(s) skipped at planning:")
-    for _cell, _why in CFG.skipped:
-        logger.info(f"  {_cell.id}: {_why}")
+if CFG.skipped:  # one line per method; `quantbench validate` lists every cell
+    logger.info(f"quantbench: {len(CFG.skipped)} cell(s) skipped at planning (budgets a method does not serve):")
+    for _line in CFG.skipped_summary():
+        logger.info(f"  {_line}")
