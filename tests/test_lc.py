@@ -211,6 +211,74 @@ class _ToyTask:
         return {"accuracy": 0.0}
 
 
+class _RegressionTask:
+    """Least squares on 8 fixed samples, served in two batches of 4 in a fixed order."""
+
+    metric = "loss"
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(8, 6, generator=g)
+        self.y = self.x @ torch.tensor([0.9, -0.4, 0.2, -1.1, 0.6, 0.05]) + 0.1 * torch.randn(8, generator=g)
+        self.train = list(range(8))
+
+    def loader(self, split, batch_size, seed=None, shard=(0, 1)):
+        return [(self.x[i:i + batch_size], self.y[i:i + batch_size]) for i in range(0, 8, batch_size)]
+
+    def loss(self, output, target):
+        return torch.mean((output.reshape(-1) - target) ** 2)
+
+    def evaluate(self, model, device=None):
+        return {"loss": 0.0}
+
+
+def plain_lc(x, y, w, steps, epochs, mu0, growth, lr, lr_decay, momentum, batch):
+    """LC from the paper's equations in float64 with plain loops: the L step is SGD with heavy-ball
+    momentum (PyTorch's convention: b ← m·b + g, w ← w − η·b, b reset every L step) on
+    L(w) + μ/2 ‖w − Δ(Θ) − λ/μ‖², L the mean squared error with gradient 2/n Xᵀ(Xw − y); the C step
+    is the scaled-binary projection of w − λ/μ (a = mean |t|, Δ = a·sign t); λ ← λ − μ (w − Δ(Θ))."""
+    x, y, w = x.double().numpy(), y.double().numpy(), w.double().numpy().copy()
+
+    def project(t):
+        a = np.mean(np.abs(t))
+        return np.where(t >= 0, a, -a)
+
+    q, lam = project(w), np.zeros_like(w)
+    for k in range(steps):
+        mu, eta, buf = mu0 * growth**k, lr * lr_decay**k, None
+        for _ in range(epochs):
+            for i in range(0, len(y), batch):
+                xb, yb = x[i:i + batch], y[i:i + batch]
+                grad = 2.0 / len(yb) * xb.T @ (xb @ w - yb) + mu * (w - q - lam / mu)
+                buf = grad.copy() if buf is None else momentum * buf + grad
+                w = w - eta * buf
+        q = project(w - lam / mu)
+        lam = lam - mu * (w - q)
+    return w, q, lam
+
+
+def test_lc_with_training_matches_lc_written_from_the_equations():
+    """The L steps (SGD through the shared epoch loop and the fused penalty), the C steps and the
+    multipliers together, against :func:`plain_lc`; μ grows to where the penalty dominates the loss,
+    so a penalty of the wrong size or sign, or a stale Δ(Θ) or λ, moves the result."""
+    task = _RegressionTask()
+    model = torch.nn.Linear(6, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -0.2, 0.3, -0.8, 0.1, 0.4]]))
+    w0 = model.weight.detach().reshape(-1).clone()
+    hyper = {"steps": 5, "mu0": 0.05, "lr": 0.05, "lr_decay": 0.9, "momentum": 0.9, "batch_size": 4}
+    ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
+    projections, lam = learning_compression(
+        model, ParamView(model), [ScaledBinary()], ctx, steps=hyper["steps"], epochs_per_step=3, mu0=hyper["mu0"],
+        mu_growth=3.0, multipliers=True, optimizer="sgd", lr=hyper["lr"], momentum=hyper["momentum"],
+        lr_decay=hyper["lr_decay"], batch_size=hyper["batch_size"])
+    w, q, lam_ref = plain_lc(task.x, task.y, w0, hyper["steps"], 3, hyper["mu0"], 3.0, hyper["lr"],
+                             hyper["lr_decay"], hyper["momentum"], hyper["batch_size"])
+    assert model.weight.detach().reshape(-1).double().numpy() == pytest.approx(w, rel=1e-4, abs=1e-5)
+    assert projections[0].dense() == pytest.approx(q, rel=1e-4, abs=1e-5)
+    assert lam["weight"].reshape(-1).double().numpy() == pytest.approx(lam_ref, rel=1e-3, abs=1e-5)
+    assert not np.allclose(w, w0.double().numpy(), atol=1e-2)  # the L steps did move w
+
 def _compress(name, bits, digits_reference, **params):
     cm, metrics, ctx = compress_digits(name, bits, digits_reference, **params)
     return cm, cm.to_dense(build_model("lenet300", **digits_reference[1])), metrics["error"], ctx
