@@ -20,13 +20,14 @@ row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from quantbench.files import write_text_atomic
-from quantbench.method import PAPER_FAMILIES
+from quantbench.method import PAPER_FAMILIES, Budget
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
@@ -47,9 +48,20 @@ def check_size_tolerance(value: float) -> float:
     return value
 
 
+def budget_bits(budget: float) -> float:
+    """What a budget's column pays for: log2 K where the budget is a whole number of levels K
+    (``Budget.levels``: the 1.58-bit column is log2 3 = 1.585 bits), else the budget itself."""
+    if not math.isfinite(budget):
+        return budget
+    levels = Budget(float(budget)).levels
+    return math.log2(levels) if levels is not None else float(budget)
+
+
 def over_budget(bpw, budget, size_tolerance: float = SIZE_TOLERANCE):
-    """Whether an achieved ``bpw`` is above ``budget * (1 + size_tolerance)`` (false where either is NaN)."""
-    return np.asarray(bpw, dtype=float) > np.asarray(budget, dtype=float) * (1 + size_tolerance)
+    """Whether an achieved ``bpw`` is above ``budget_bits(budget) * (1 + size_tolerance)`` (false where
+    either is NaN)."""
+    bits = np.array([budget_bits(float(b)) for b in np.atleast_1d(np.asarray(budget, dtype=float))])
+    return np.asarray(bpw, dtype=float) > bits.reshape(np.shape(budget)) * (1 + size_tolerance)
 
 
 def _mean(rows: pd.DataFrame, column: str) -> float:
@@ -208,7 +220,7 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
     if len(below):
         lines.append(f"{marks.get(BELOW, BELOW)} worse than its starting point: " + "; ".join(
             f"{escape(r.arch)} {escape(r.method)} {r.mean:.2f} vs {escape(r.starts_from)} {r.start_mean:.2f} "
-            f"at {r.budget:g} bits" for r in below.itertuples()))
+            f"in the {r.budget:g}-bit column" for r in below.itertuples()))
     return lines
 
 

@@ -100,11 +100,11 @@ def test_an_empty_grid_is_refused(tmp_path):
 
 def test_validate_lists_the_cells_per_method(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "methods": ["rtn", "lc_ternary"], "budgets": [1.58, 2],
+    path.write_text(yaml.safe_dump({"name": "g", "methods": ["lsq", "lc_ternary"], "budgets": [1.58, 2],
                                     "seeds": [0, 1]}))
     out = run(REPO, "quantbench.cli", "validate", str(path)).stdout
     assert "4 cells and 2 references planned, 4 cells skipped" in out
-    assert re.search(r"^    rtn +budgets 2; seeds 0, 1$", out, flags=re.M)
+    assert re.search(r"^    lsq +budgets 2; seeds 0, 1$", out, flags=re.M)
     assert re.search(r"^    lc_ternary +budgets 1.58; seeds 0, 1$", out, flags=re.M)
 
 

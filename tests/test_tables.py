@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import pandas as pd
 import pytest
 
 from quantbench.cli import main
-from quantbench.tables import tables_from_mlflow, write_tables
+from quantbench.tables import best_rows, summarize, tables_from_mlflow, write_tables
 from quantbench.tracking import Tracker
 
 
@@ -198,7 +199,7 @@ def test_only_cells_at_their_budget_compete_and_over_budget_cells_are_marked(tmp
              if line.startswith(("†", "‡"))}
     assert notes.pop("†", set()) == {f"mlp {m} {bpw:.2f} bpw in the {b:g}-bit column"
                                      for m, b, _, bpw, _ in CELLS if (m, b) in over}
-    assert notes == {"‡": {"mlp idc 85.00 vs dc 90.00 at 2 bits"}}
+    assert notes == {"‡": {"mlp idc 85.00 vs dc 90.00 in the 2-bit column"}}
     assert "† over budget: " in md and "‡ worse than its starting point: " in md
     assert f"at most {tolerance * 100:g} % above the budget" in md and "†: over budget" in md and "‡: worse" in md
     csv = pd.read_csv(tmp_path / "tables" / "digits.csv", keep_default_na=False)
@@ -208,7 +209,7 @@ def test_only_cells_at_their_budget_compete_and_over_budget_cells_are_marked(tmp
         assert bool(row["over_budget"]) == ((method, budget) in over)
         assert bool(row["below_start"]) == ((method, budget) in below)
     tex = (tmp_path / "tables" / "digits.tex").read_text()
-    assert r"85.00$^\ddagger$" in tex and r"vs dc 90.00 at 2 bits" in tex and "‡" not in tex and "†" not in tex
+    assert r"85.00$^\ddagger$" in tex and r"vs dc 90.00 in the 2-bit column" in tex and "‡" not in tex and "†" not in tex
     for method, budget, _, bpw, _ in CELLS:
         marked = rf"{bpw:.2f} bpw$^\dagger$"
         note = f"mlp {method.replace('_', chr(92) + '_')} {bpw:.2f} bpw in the {budget:g}-bit column"
@@ -234,7 +235,7 @@ def test_starting_point_on_a_lower_is_better_metric(tmp_path):
     assert rows["diffq_fixed"][header.index("2-bit")].startswith("12.00 (2.50 bpw†")
     assert rows["lc_adaptive"][header.index("4-bit")].startswith("**20.00** (")  # dc failed: no mark
     assert rows["dc"][header.index("4-bit")] == "failed"
-    assert "‡ worse than its starting point: mlp lc_adaptive 13.94 vs dc 13.51 at 2 bits" in md.splitlines()
+    assert "‡ worse than its starting point: mlp lc_adaptive 13.94 vs dc 13.51 in the 2-bit column" in md.splitlines()
 
 
 def test_the_size_tolerance_decides_what_is_over_budget(record):
@@ -268,3 +269,17 @@ def test_the_cli_passes_its_size_tolerance(record, capsys):
     md = (out / "digits.md").read_text()  # 2.5 bpw is within 30 % of 2
     assert "(2.50 bpw, 12.0×)" in md and not [line for line in md.splitlines() if line.startswith("†")]
     assert "at most 30 % above the budget" in md
+
+
+def test_the_ternary_column_pays_for_log2_3_bits(tmp_path):
+    """The 1.58-bit budget is K = 3 levels, log2 3 = 1.585 bits: a cell at 1.60 bpw is within 1 % of
+    what the column pays for (1.585 · 1.01 = 1.6008), one at 1.61 bpw is not; a budget that is no
+    whole number of levels (2.5 bits) is taken as it is written."""
+    runs = record_cells(tmp_path, [("lc_ternary", 1.58, 90.0, 1.60, None), ("rtn", 1.58, 95.0, 1.61, None),
+                                   ("opq", 2.5, 90.0, 2.52, None), ("diffq", 2.5, 91.0, 2.53, None)])
+    long = summarize(runs).set_index("method")
+    assert math.log2(3) * 1.01 > 1.60 and math.log2(3) * 1.01 < 1.61 and 1.58 * 1.01 < 1.60
+    assert not long.loc["lc_ternary", "over_budget"] and long.loc["rtn", "over_budget"]
+    assert not long.loc["opq", "over_budget"] and long.loc["diffq", "over_budget"]  # 2.5 · 1.01 = 2.525
+    best = best_rows(summarize(runs))
+    assert {summarize(runs).loc[i, "method"] for i in best} == {"lc_ternary", "opq"}
