@@ -23,9 +23,9 @@ def test_default_config_file_is_valid():
     cfg = load_config("workflows/config/default.yaml")
     ids = {c.id for c in cfg.cells}
     archs = ["lenet300", "lenet5", "resnet20", "vgg16", "vit"]
-    for method, budgets in {"rtn": [1, 2], "lc_adaptive": [1, 2], "dc": [1, 2], "idc": [1, 2],
-                            "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [2],
-                            "gpfq": [2], "msq": [2], "qat": [1, 2], "lsq": [2],
+    for method, budgets in {"rtn": [1, 1.58, 2], "lc_adaptive": [1, 2], "dc": [1, 2], "idc": [1, 2],
+                            "lc_binary": [1], "lc_scaled_binary": [1], "lc_ternary": [1.58], "lc_pow2": [1.58],
+                            "gpfq": [1, 1.58, 2], "msq": [1, 1.58, 2], "qat": [1, 2], "lsq": [2],
                             "diffq": [1.58, 2], "diffq_fixed": [2], "opq": [1, 1.58, 2],
                             "opq_oneshot": [1, 1.58, 2], "prune_quant_uniform": [1, 1.58, 2]}.items():
         for arch in archs:  # every method on every architecture family

@@ -4,6 +4,7 @@ hand, and the paper's claim (LC beats DC at K = 2) on digits/lenet300."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -134,7 +135,7 @@ def scale_grid_search(w: np.ndarray, unit: np.ndarray) -> float:
 @pytest.mark.parametrize("cstep, unit", [
     (ScaledBinary(), np.array([-1.0, 1.0])),
     (ScaledTernary(), np.array([-1.0, 0.0, 1.0])),
-    (PowersOfTwo(3), np.array([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])),
+    (PowersOfTwo(7), np.array([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0])),
     (ScaledCodebook([-1.0, 0.3, 2.0]), np.array([-1.0, 0.3, 2.0])),
     (ScaledCodebook([0.0, 1.0, 3.0]), np.array([0.0, 1.0, 3.0])),
 ])
@@ -318,7 +319,13 @@ def test_budgets_served():
     assert get_method("lc_ternary").serves(Budget(1.58), get_method("lc_ternary").Params())
     assert not get_method("lc_ternary").serves(Budget(2), get_method("lc_ternary").Params())
     assert get_method("lc_binary").serves(Budget(1), get_method("lc_binary").Params())
-    assert not get_method("lc_pow2").serves(Budget(1), get_method("lc_pow2").Params())
+    pow2 = get_method("lc_pow2")
+    assert not pow2.serves(Budget(1), pow2.Params())
+    # an odd number of levels, paid at log2 K: 3 levels are the 1.58-bit column, 7 levels 2.81 bits
+    assert pow2.serves(Budget(1.58), pow2.Params()) and pow2.serves(Budget(math.log2(7)), pow2.Params())
+    assert not pow2.serves(Budget(2), pow2.Params()) and not pow2.serves(Budget(3), pow2.Params())
+    with pytest.raises(ValueError, match="odd number of levels"):
+        PowersOfTwo(4)
     assert get_method("dc").serves(Budget(1.58), make_params(get_method("dc").Params, {"codebook": "ternary"}, "x"))
 
 

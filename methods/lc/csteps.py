@@ -161,10 +161,12 @@ class ScaledCodebook(CStep):
 
 
 class PowersOfTwo(ScaledCodebook):
-    """{0, ±a·2^−k, k = 0..2^(b−1) − 2}: 2^b − 1 levels at b >= 2 bits, scale a learned."""
+    """{0, ±a·2^−k, k = 0..(K − 3)/2}: K levels, K odd >= 3 (log2 K bits: 3, 7, 15 levels at
+    1.58, 2.81, 3.91 bits), scale a learned."""
 
-    def __init__(self, bits: int) -> None:
-        if bits < 2:
-            raise ValueError("the powers-of-two codebook needs b >= 2 (0 and ±a at b = 2)")
-        mags = 2.0 ** -np.arange(2 ** (bits - 1) - 1)
+    def __init__(self, levels: int) -> None:
+        if levels < 3 or levels % 2 == 0:
+            raise ValueError(f"the powers-of-two codebook has an odd number of levels >= 3 (0 and ±a·2^−k), "
+                             f"not {levels}")
+        mags = 2.0 ** -np.arange((levels - 1) // 2)
         super().__init__(np.concatenate([-mags, [0.0], mags]))

@@ -34,7 +34,8 @@ def _near(bits: float, target: float) -> bool:
 
 def serves(kind: str, budget: Budget, unit_codebook: list[float] | None = None) -> bool:
     """Budgets each codebook serves, b = log2 K: K = 2^b (adaptive), 2 (binary), 3 (ternary: 1.58),
-    2^b − 1 levels at b >= 2 bits (pow2), K = |U| (scaled). Base-K packing gives log2 K + <1%."""
+    an odd K = 2^b (pow2: 3, 7, 15 levels at 1.58, 2.81, 3.91 bits), K = |U| (scaled). Base-K packing gives
+    log2 K + <1%."""
     b = budget.int_bits
     if kind == "adaptive":
         return b is not None and 1 <= b <= MAX_ADAPTIVE_BITS
@@ -43,7 +44,8 @@ def serves(kind: str, budget: Budget, unit_codebook: list[float] | None = None) 
     if kind == "ternary":
         return _near(budget.bits, math.log2(3))
     if kind == "pow2":
-        return b is not None and 2 <= b <= MAX_ADAPTIVE_BITS
+        k = budget.levels
+        return k is not None and k % 2 == 1 and 3 <= k < 2**MAX_ADAPTIVE_BITS
     if kind == "scaled":
         k = len(set(unit_codebook or []))
         return k >= 2 and _near(budget.bits, math.log2(k))
@@ -54,7 +56,7 @@ def make_cstep(kind: str, budget: Budget, kmeans: str = "auto", unit_codebook: l
     if kind == "adaptive":
         return AdaptiveCodebook(2 ** budget.int_bits, kmeans)
     if kind == "pow2":
-        return PowersOfTwo(budget.int_bits)
+        return PowersOfTwo(budget.levels)
     if kind == "scaled":
         return ScaledCodebook(unit_codebook)
     return {"binary": Binary, "scaled_binary": ScaledBinary, "ternary": ScaledTernary}[kind]()
