@@ -239,7 +239,6 @@ class GPFQ(_Alphabet):
 
     starts_from = "msq"  # the same alphabet, each weight rounded on its own
 
-
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=False))
 

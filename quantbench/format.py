@@ -123,17 +123,12 @@ def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def _arrays_of(obj: Any) -> dict[str, Any]:
-    """A record's or codebook's dataclass fields (its content)."""
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
 def record_difference(a: Any, b: Any) -> str | None:
     """The first field in which two records (or codebooks) differ, bit for bit; None when they are equal."""
     if type(a) is not type(b):
         return f"record type {type(a).__name__} vs {type(b).__name__}"
-    for name, x in _arrays_of(a).items():
-        y = getattr(b, name)
+    for f in dataclasses.fields(a):  # a record's or codebook's content
+        name, x, y = f.name, getattr(a, f.name), getattr(b, f.name)
         if dataclasses.is_dataclass(x):
             inner = record_difference(x, y)
             if inner is not None:

@@ -5,7 +5,8 @@ LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads ``mean ± std`` of
 over seeds (just the mean for one seed) and the achieved ``bpw`` / compression ratio.
 
 Equal size before equal footing: a cell competes in its budget's column only when its achieved
-bpw is at most ``budget * (1 + size_tolerance)`` (default 1 %; paying less than the budget is no
+bpw is at most ``budget_bits(budget) * (1 + size_tolerance)`` (default 1 %; the 1.58-bit column
+pays for log2 3 bits; paying less than the budget is no
 advantage, so such a cell competes too). A cell above that is *over budget*: it keeps its number,
 gets a ``†`` beside its bpw and a footnote naming its bpw, and is never bold. The best mean among
 the competing cells of each (arch, budget) column is bold (ties: all of them). A cell whose mean
@@ -84,7 +85,7 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE) -> pd.DataFrame:
     """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status; and
     ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
-    above ``budget * (1 + size_tolerance)``), ``start_mean`` (the starting method's mean on the same
+    above ``budget_bits(budget) * (1 + size_tolerance)``), ``start_mean`` (the starting method's mean on the same
     task, arch and budget, when that cell finished) and ``below_start`` (the cell finished and its
     mean is worse than ``start_mean``)."""
     check_size_tolerance(size_tolerance)
@@ -147,12 +148,10 @@ def best_rows(long: pd.DataFrame) -> set:
     """Index labels of the best mean per (task, arch, budget) among the methods' finished cells
     that are not over budget (``over_budget`` of :func:`summarize`; ties: all of them). An
     over-budget cell never takes the bold, whatever its mean."""
-    over = long["over_budget"].astype(bool) if "over_budget" in long else over_budget(long["bpw"], long["budget"])
-    eligible = ~np.asarray(over)
+    eligible = ~long["over_budget"].astype(bool)
     cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
     best = set()
-    keys = ["task", "arch", "budget"] if "task" in long else ["arch", "budget"]
-    for _, g in cells.groupby(keys):
+    for _, g in cells.groupby(["task", "arch", "budget"]):
         target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()
         best |= set(g.index[g["mean"] == target])
     return best
@@ -206,7 +205,7 @@ def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**", ma
 def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s) -> list[str]:
     """The lines under one task's table: one per mark that occurs, naming every marked cell, e.g.
     ``† over budget: mlp qat 2.08 bpw in the 2-bit column; ...`` and ``‡ worse than its starting
-    point: mlp lc_adaptive 13.94 vs dc 13.51 at 2 bits``. ``escape`` spells the arch and method
+    point: mlp lc_adaptive 13.94 vs dc 13.51 in the 2-bit column``. ``escape`` spells the arch and method
     names (LaTeX)."""
     marks = marks or {}
     shown = long[(long["status"] == "ok") & long["mean"].notna()]
@@ -237,7 +236,7 @@ def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> 
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None,
                  size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
     """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones); a cell
-    competes for the bold when its bpw is at most its budget times ``1 + size_tolerance``."""
+    competes for the bold when its bpw is at most its budget's bits times ``1 + size_tolerance``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     long = summarize(runs, size_tolerance)

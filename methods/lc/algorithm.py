@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from quantbench import distributed
-from quantbench.format import Codebook, QuantizedTensor
+from quantbench.format import Codebook, QuantizedTensor, code_width
 from quantbench.method import DATA_ORDER, RunContext, compressible, derive_seed
 from quantbench.methods.lc.csteps import CStep, Projection
 from quantbench.train import make_optimizer, train_epoch
@@ -79,8 +79,7 @@ def records(view: ParamView, csteps: list[CStep], projections: list[Projection],
     """
     out = {}
     for cs, proj, group in zip(csteps, projections, view.groups, strict=True):
-        k = cs.levels
-        width = {"bits": k.bit_length() - 1} if k & (k - 1) == 0 else {"levels": k}  # base-K codes otherwise
+        width = code_width(cs.levels)
         for n, codes in view.split(proj.codes, group, shapes).items():
             out[n] = QuantizedTensor(tuple(shapes[n]), codes, Codebook(proj.values), **width)
     return out
