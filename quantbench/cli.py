@@ -12,17 +12,21 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from quantbench.method import ConfigError, JobFailed
+from quantbench.errors import ConfigError, JobFailed
 
 
-def _common_job(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spec", required=True, help="what the job computes: its identity, as JSON (quantbench.spec)")
+def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
+    several = {"nargs": "+"} if cells else {}
+    p.add_argument("--spec", required=True,
+                   help="what the job computes: its identity, as JSON (quantbench.spec)" + (
+                       "; a JSON list of identities for a batch job (config batch), whose --out, --artifact "
+                       "and --log then take one path per cell, in the same order" if cells else ""))
     p.add_argument("--context", required=True,
                    help="where it runs: experiment, results dir, data root, tracking URI, download, device, "
                         "published figures, as JSON (not part of the identity)")
-    p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)")
+    p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)", **several)
     p.add_argument("--log", type=Path, default=None,
-                   help="this job's log file: all its output goes there (attached to the MLflow run)")
+                   help="this job's log file: all its output goes there (attached to the MLflow run)", **several)
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the job (shared by its processes on a node)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--nproc-per-node", type=int, default=1,
@@ -71,10 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reference", help="train (or reuse) a reference model: one Snakemake job")
     _common_job(p)
 
-    p = sub.add_parser("cell", help="compress and evaluate one grid cell: one Snakemake job")
-    _common_job(p)
+    p = sub.add_parser("cell", help="compress and evaluate one grid cell, or a batch of one reference's cells: "
+                       "one Snakemake job")
+    _common_job(p, cells=True)
     p.add_argument("--reference", required=True, type=Path, help="the reference job's metrics.json")
-    p.add_argument("--artifact", type=Path, default=None, help="the packed model (default: model.qbc by --out)")
+    p.add_argument("--artifact", type=Path, nargs="+", default=None,
+                   help="the packed model (default: model.qbc by --out)")
 
     p = sub.add_parser("tables", help="regenerate the tables of an experiment from MLflow")
     p.add_argument("--experiment", required=True)
@@ -90,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
+    if args.command == "cell":
+        args.batch = args.spec.lstrip().startswith("[")
+        if not args.batch:  # one cell: one path each
+            for name in ("out", "log", "artifact"):
+                paths = getattr(args, name)
+                if paths is not None and len(paths) != 1:
+                    parser.error(f"--{name}: one cell takes one path, got {len(paths)}")
+                setattr(args, name, paths[0] if paths else None)
+        elif args.nproc_per_node * args.nnodes > 1:
+            parser.error("a batch of cells (--spec a JSON list) runs in one process: --nproc-per-node and --nnodes "
+                         "must be 1 (config batch: cell for jobs of several processes)")
+        else:
+            return _run(args)  # each cell's output goes to its own --log (runner.run_cells)
     if args.command in ("reference", "cell"):
         from quantbench.distributed import launched_by_torchrun
 
@@ -181,6 +200,38 @@ def _launch(args: argparse.Namespace, spec) -> int:
     return 0
 
 
+def _run_batch(args: argparse.Namespace) -> int:
+    """``quantbench cell`` with a list of identities: the cells of one reference in this process
+    (:func:`quantbench.runner.run_cells`), each one's output in its own ``--log``."""
+    from quantbench import runner
+    from quantbench.spec import JobContext, JobIdentity, JobSpec
+
+    try:
+        identities = json.loads(args.spec)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--spec is not valid JSON: {e}") from e
+    context = JobContext.from_json(args.context)
+    specs = [JobSpec(JobIdentity.from_json(json.dumps(i), f"--spec[{n}]"), context) for n, i in enumerate(identities)]
+    if not specs or any(s.identity.kind != "cell" for s in specs):
+        raise ConfigError("--spec: a batch is a non-empty JSON list of cell identities")
+    n = len(specs)
+    artifacts = args.artifact or [out.parent / "model.qbc" for out in args.out]
+    logs = args.log or [None] * n
+
+    def logged(job, log_file):
+        if not log_file:
+            return job()
+        result = {}
+        run_logged(lambda: result.setdefault("value", job()) and 0, log_file)  # a cell that returns succeeded
+        return result["value"]
+
+    results = runner.run_cells(specs, args.reference, args.out, artifacts, logs, threads=args.threads,
+                               show_progress=not args.no_progress, logged=logged)
+    for result in results:
+        print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         from quantbench.config import load_config
@@ -223,6 +274,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from quantbench import distributed, runner
         from quantbench.spec import JobContext, JobIdentity, JobSpec
 
+        if getattr(args, "batch", False):
+            return _run_batch(args)
         spec = JobSpec(JobIdentity.from_json(args.spec), JobContext.from_json(args.context))
         if spec.identity.kind != args.command:
             raise ConfigError(f"--spec is a {spec.identity.kind} job; quantbench {args.command} runs a {args.command}")

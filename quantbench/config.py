@@ -137,6 +137,18 @@ class Cell:
         return f"{self.task}/{self.arch}/{self.method}/b{self.budget}/s{self.seed}"
 
 
+@dataclass(frozen=True)
+class Batch:
+    """The cells one Snakemake job computes for one (task, arch, seed): its rule's name and its
+    ``(method, budget)`` pairs; ``batch: cell`` has one pair of wildcards, ``{method}`` and ``{budget}``."""
+
+    rule: str
+    members: tuple[tuple[str, str], ...]
+
+
+BATCH_KEY = {"method": lambda pair: pair[0], "reference": lambda pair: ""}
+
+
 @dataclass
 class Config:
     """A validated config with defaults filled in, and the grid it plans."""
@@ -277,6 +289,20 @@ class Config:
         return [f"{method}: {sum(b.values())} cell(s), does not serve {', '.join(f'{k}-bit' for k in b)}"
                 for method, b in by_method.items()]
 
+    def batches(self) -> list[Batch]:
+        """The jobs' shapes (config ``batch``): ``cell``: one rule, one cell per job; ``method``: a
+        rule per method label (``cells_<label>``, ``@`` read ``_at_``), the budgets it serves in one
+        job; ``reference``: one rule ``cells``, every planned (method, budget) in one job. A method
+        serves a budget whatever the task, arch or seed, so one (task, arch, seed) plans them all."""
+        if self.raw["batch"] == "cell":
+            return [Batch("cell", (("{method}", "{budget}"),))]
+        key = BATCH_KEY[self.raw["batch"]]
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for pair in dict.fromkeys((c.method, c.budget) for c in self.cells):
+            groups.setdefault(key(pair), []).append(pair)
+        return [Batch(f"cells_{name.replace('@', '_at_')}" if name else "cells", tuple(pairs))
+                for name, pairs in groups.items()]
+
     def reference_spec(self, task: str, arch: str, seed: int) -> JobSpec:
         return JobSpec(self.reference_identity(task, arch, seed), self.context())
 
@@ -357,7 +383,12 @@ def load_config(source: str | Path | dict) -> Config:
             check_fits(settings.pretrained, arch, shape, classes, raw["arch_params"].get(arch, {}), where)
     for arch in ["", *raw["resources"].get("archs", {})]:  # processes against gpu and threads, per job kind
         for kind in ("reference", "cell"):
-            cfg.resources(kind, arch)
+            res = cfg.resources(kind, arch)
+            if kind == "cell" and raw["batch"] != "cell" and res["processes"] * res["nodes"] > 1:
+                where = f"config.resources.archs.{arch}.cell" if arch else "config.resources.cell"
+                raise ConfigError(f"config.batch: {raw['batch']!r} runs several cells in one process, but {where} "
+                                  f"asks for {res['processes']} process(es) on {res['nodes']} node(s); a job of "
+                                  f"several processes runs one cell: set batch to 'cell'")
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")

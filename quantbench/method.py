@@ -30,15 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from quantbench.errors import ConfigError, JobFailed  # noqa: F401 (part of the method contract's names)
 from quantbench.format import CompressedModel, DenseTensor, QuantizedTensor, tied_keys
-
-
-class ConfigError(ValueError):
-    """Invalid configuration: the message names the key path and what is allowed."""
-
-
-class JobFailed(RuntimeError):
-    """A job whose run is recorded as failed (e.g. diverged): it must exit non-zero."""
 
 
 @dataclass(frozen=True)

@@ -23,15 +23,19 @@ launcher, which knows which it was (:func:`close_left_running`).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import signal
+import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -41,7 +45,7 @@ from quantbench import distributed
 from quantbench.data import Pipeline, build_task
 from quantbench.files import write_json_atomic
 from quantbench.format import CompressedModel
-from quantbench.method import Budget, JobFailed, RunContext, make_params
+from quantbench.method import Budget, ConfigError, JobFailed, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.models.pretrained import load_pretrained
@@ -108,6 +112,55 @@ def _tracker(spec: JobSpec) -> tuple[Tracker, str]:
     results = Path(spec.context.results_dir)
     tracker = Tracker(resolve_tracking_uri(spec.context.tracking_uri, results))
     return tracker, tracker.ensure_experiment(spec.context.experiment, results / "mlartifacts")
+
+
+@functools.cache
+def code_sha256(method_cls: type) -> str:
+    """sha256 of the code a cell runs: the sources of quantbench (its methods and models with it)
+    and of the method's own module (a plugin's), read once per process (the code it loaded). A
+    cell restored from its record (:func:`_restore`) must have run this very code."""
+    import importlib.util
+    import inspect
+
+    files = set()
+    for package in ("quantbench", "quantbench.methods", "quantbench.models"):
+        for root in importlib.util.find_spec(package).submodule_search_locations or []:
+            files.update(Path(root).rglob("*.py"))
+    files.add(Path(inspect.getsourcefile(method_cls)))
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        digest.update(str(f.name).encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _restore(tracker: Tracker, exp_id: str, spec: JobSpec, tags: dict[str, str], out: Path,
+             artifact: Path) -> dict | None:
+    """A cell of a batch job whose latest run is FINISHED with this identity, device, reference
+    checkpoint and code (``tags``) is not computed again: its recorded ``metrics.json`` and artifact (checked against
+    the sha256 it recorded) are written back as the outputs and its run stays the cell's one run.
+    This is how a batch job (config ``batch``) reruns only its failed cells: Snakemake removes
+    every output of a failed job, the record keeps them. None when there is nothing to restore."""
+    cell_id = spec.identity.cell_id
+    run_id = tracker.finished_run(exp_id, cell_id, tags)
+    if run_id is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="quantbench-restore-") as staging:
+        files = tracker.download_artifacts(run_id, [out.name, artifact.name], Path(staging))
+        if files is None:
+            return None
+        result = json.loads(files[0].read_text())
+        if result.get("status") != "ok" or file_sha256(files[1]) != result.get("artifact_sha256"):
+            log.warning("%s: run %s's recorded files do not match its sha256; computing the cell again", cell_id,
+                        run_id)
+            return None
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        tmp = artifact.with_name(artifact.name + ".restoring")
+        shutil.copyfile(files[1], tmp)
+        os.replace(tmp, artifact)
+    write_json_atomic(result, out)
+    log.info("%s: restored from its finished run %s (same identity, reference and code); not computed again",
+             cell_id, run_id)
+    return result
 
 
 def _tags(spec: JobSpec, device: torch.device, task) -> dict:
@@ -199,19 +252,31 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
 
 
 def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
-             show_progress: bool = True, artifact: Path | None = None) -> dict:
+             show_progress: bool = True, artifact: Path | None = None, prepared: tuple | None = None) -> dict:
     """Compress the reference with the cell's method and budget; pack it to ``artifact`` (default:
-    ``model.qbc`` beside ``out``) and evaluate the network rebuilt from that file."""
-    task, arch_kwargs, device = _setup(spec, threads)
+    ``model.qbc`` beside ``out``) and evaluate the network rebuilt from that file. ``prepared``:
+    the task, builder kwargs, device and tracker of a batch job (:func:`run_cells`), set up once."""
+    if prepared is None:
+        task, arch_kwargs, device = _setup(spec, threads)
+        tracker = _tracker(spec) if distributed.is_main() else None
+    else:
+        (task, arch_kwargs, device), tracker = prepared
+        seed_everything(spec.identity.seed)  # as a fresh job would start: a cell's result is its own
     job = spec.identity
     ref_info = json.loads(Path(reference).read_text())
     method_cls = get_method(job.method)
     if not (distributed.is_main() or method_cls.trains):  # a post-training method runs on rank 0 alone
         return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
-    run = _open_run(spec, device, task)
+    artifact = Path(artifact) if artifact else out.parent / "model.qbc"
+    made_by = {"reference_sha256": str(ref_info.get("checkpoint_sha256")), "code_sha256": code_sha256(method_cls)}
+    if prepared is not None:  # in a batch job: its cells that finished before are restored, not computed again
+        match = {"config_hash": job.digest()[:16], "device": str(device), **made_by}
+        restored = _restore(*tracker, spec, match, out, artifact)
+        if restored is not None:
+            return restored
+    run = _open_run(spec, device, task, tracker, made_by)
     ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device,
                      show_progress=show_progress and distributed.is_main())
-    artifact = Path(artifact) if artifact else out.parent / "model.qbc"
     times = {}
     with _recorded(run, log_file, lambda: ctx.step_metrics):
         ckpt = Path(ref_info["checkpoint"])
@@ -249,24 +314,64 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
     return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file])
 
 
+def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts: list[Path],
+              log_files: list[Path | None], threads: int = 1, show_progress: bool = True,
+              logged: Callable[[Callable[[], dict], Path | None], dict] | None = None) -> list[dict]:
+    """The cells of one batch job (config ``batch``), in order, in this one process: the task,
+    device and tracking store are set up once; every cell then runs as :func:`run_cell` (seeded
+    afresh, its own run, outputs and log: ``logged(job, log_file)`` runs it with its output going
+    there). A failed cell is recorded as such and the next one runs; :class:`JobFailed` at the
+    end names the failed cells. A signal ends the job at once (the running cell KILLED)."""
+    lengths = {len(specs), len(outs), len(artifacts), len(log_files)}
+    if len(lengths) != 1:
+        raise ConfigError(f"a batch of {len(specs)} cells needs as many --out, --artifact and --log, got "
+                          f"{len(outs)}, {len(artifacts)} and {len(log_files)}")
+    first = specs[0]
+    for spec in specs[1:]:
+        job, one = spec.identity, first.identity
+        if (job.kind, job.task, job.arch, job.seed) != ("cell", one.task, one.arch, one.seed) or \
+                spec.context != first.context:
+            raise ConfigError(f"a batch job runs the cells of one reference: {spec.identity.cell_id} is not of "
+                              f"{first.identity.task}/{first.identity.arch}/s{first.identity.seed}")
+    if distributed.world_size() > 1 or distributed.launched_by_torchrun():
+        raise ConfigError("a batch job runs in one process; a job of several processes runs one cell (batch: cell)")
+    prepared = _setup(first, threads), _tracker(first)
+    logged = logged or (lambda job, log_file: job())
+    results, failed = [], []
+    for spec, out, artifact, log_file in zip(specs, outs, artifacts, log_files, strict=True):
+        try:
+            def cell(spec=spec, out=out, artifact=artifact, log_file=log_file) -> dict:
+                return run_cell(spec, reference, Path(out), log_file, threads, show_progress, Path(artifact), prepared)
+
+            results.append(logged(cell, log_file))
+        except Exception as e:  # recorded on the cell's run (FAILED) by run_cell; the batch goes on
+            print(f"quantbench cell: error: {spec.identity.cell_id}: {e}", file=sys.stderr)
+            failed.append(spec.identity.cell_id)
+    if failed:
+        raise JobFailed(f"{len(failed)} of {len(specs)} cells failed: {', '.join(failed)}")
+    return results
+
+
 def _check_finite(metrics: dict) -> None:
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"non-finite test metrics {metrics}")
 
 
-def _open_run(spec: JobSpec, device: torch.device, task) -> tuple | None:
+def _open_run(spec: JobSpec, device: torch.device, task, tracker: tuple[Tracker, str] | None = None,
+              extra_tags: dict | None = None) -> tuple | None:
     """Close runs of this cell left RUNNING by a dead job, then open this job's run. Its params
     are the identity, flattened; the context goes into tags (where it ran, not what it is).
     Rank 0 only (``None`` on the other ranks); under a launcher it also writes the run's id to
     the file the launcher named (:data:`~quantbench.distributed.RUN_ID_FILE_ENV`)."""
     if not distributed.is_main():
         return None
-    tracker, exp_id = _tracker(spec)
+    tracker, exp_id = tracker or _tracker(spec)
     cell_id = spec.identity.cell_id
     stale = tracker.close_abandoned(exp_id, cell_id)
     if stale:
         log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
-    tags = {**_tags(spec, device, task), "results_dir": spec.context.results_dir, "data_root": spec.context.data_root}
+    tags = {**_tags(spec, device, task), **(extra_tags or {}), "results_dir": spec.context.results_dir,
+            "data_root": spec.context.data_root}
     if distributed.world_size() > 1:
         tags["processes"] = str(distributed.world_size())
     run_id = tracker.start_run(exp_id, cell_id, flatten(spec.identity.as_dict()), tags)

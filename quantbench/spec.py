@@ -87,8 +87,8 @@ class JobIdentity:
         return json.dumps(self.as_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> JobIdentity:
-        return _from_json(cls, text, "--spec")
+    def from_json(cls, text: str, option: str = "--spec") -> JobIdentity:
+        return _from_json(cls, text, option)
 
     def digest(self) -> str:
         """The identity's hash: the run's ``config_hash`` (first 16 hex digits)."""

@@ -234,12 +234,13 @@ def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> 
 
 
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None,
-                 size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
+                 size_tolerance: float = SIZE_TOLERANCE, long: pd.DataFrame | None = None) -> list[Path]:
     """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones); a cell
-    competes for the bold when its bpw is at most its budget's bits times ``1 + size_tolerance``."""
+    competes for the bold when its bpw is at most its budget's bits times ``1 + size_tolerance``.
+    ``long``: ``summarize(runs, size_tolerance)`` when the caller has it already."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    long = summarize(runs, size_tolerance)
+    long = summarize(runs, size_tolerance) if long is None else long
     written = []
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
@@ -316,9 +317,9 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     check_size_tolerance(size_tolerance)
     tracker = Tracker(tracking_uri)
     runs = tracker.runs(experiment)
-    written = write_tables(runs, out_dir, tasks, size_tolerance)
-    return written + write_plots(summarize(runs, size_tolerance), step_histories(tracker, runs), out_dir, tasks,
-                                 size_tolerance)
+    long = summarize(runs, size_tolerance)
+    written = write_tables(runs, out_dir, tasks, size_tolerance, long)
+    return written + write_plots(long, step_histories(tracker, runs), out_dir, tasks, size_tolerance)
 
 
 def step_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:

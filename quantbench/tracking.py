@@ -20,6 +20,7 @@ exactly one run per attempt. Credentials come from ``MLFLOW_TRACKING_USERNAME`` 
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import random
@@ -116,7 +117,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def environment_tags() -> dict[str, str]:
-    """Git commit, package versions and device, attached to every run."""
+    """Git commit, package versions and device, attached to every run (read once per process)."""
+    return dict(_environment_tags())
+
+
+@functools.cache
+def _environment_tags() -> dict[str, str]:
     tags = {"python": platform.python_version()}
     for pkg in PACKAGES:
         try:
@@ -132,11 +138,23 @@ def environment_tags() -> dict[str, str]:
     return tags
 
 
+@functools.cache
+def _distributions(top_module: str) -> list[str]:
+    """The installed distributions that provide ``top_module``: the one of the same name when
+    there is one (quantbench itself: instant), else from ``packages_distributions`` (a scan of
+    every installed distribution, ~2 s here: once per process, not once per cell)."""
+    try:
+        dist = metadata.distribution(top_module)
+    except metadata.PackageNotFoundError:
+        return metadata.packages_distributions().get(top_module, [])
+    return [dist.metadata["Name"]]
+
+
 def method_tags(method_cls: type) -> dict[str, str]:
     """The code a cell ran: the method's module, and the installed distribution that provides it
     (``quantbench`` for the built-ins, the plugin's package otherwise) with its version."""
     module = method_cls.__module__
-    dists = metadata.packages_distributions().get(module.partition(".")[0], [])
+    dists = _distributions(module.partition(".")[0])
     tags = {"method_module": f"{module}.{method_cls.__qualname__}"}
     if dists:
         tags["method_package"] = dists[0]
@@ -249,6 +267,24 @@ class Tracker:
                        "the job ended without closing its run (killed); found when the cell was run again")
             with_retry(self.client.set_terminated, run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
         return [r.info.run_id for r in found]
+
+    def finished_run(self, experiment_id: str, cell_id: str, tags: dict[str, str]) -> str | None:
+        """The id of the latest run of ``cell_id`` when it is FINISHED and carries every tag in
+        ``tags``; None otherwise (no run, or the latest failed, was killed or differs)."""
+        found = with_retry(self.client.search_runs, [experiment_id], filter_string=f"tags.cell_id = '{cell_id}'",
+                           order_by=["attributes.start_time DESC"], max_results=1)
+        if not found or found[0].info.status != "FINISHED":
+            return None
+        if any(found[0].data.tags.get(k) != v for k, v in tags.items()):
+            return None
+        return found[0].info.run_id
+
+    def download_artifacts(self, run_id: str, names: list[str], into: Path) -> list[Path] | None:
+        """The run's artifacts ``names`` copied into ``into``; None when one is missing."""
+        have = {f.path for f in with_retry(self.client.list_artifacts, run_id)}
+        if not set(names) <= have:
+            return None
+        return [Path(with_retry(self.client.download_artifacts, run_id, name, str(into))) for name in names]
 
     def metric_histories(self, run_ids: list[str], keys: list[str]) -> list[tuple[str, str, int, float]]:
         """``(run_id, key, step, value)`` of every logged value (``search_runs`` keeps only the last)."""

@@ -24,17 +24,38 @@ def test_there_is_one_paper_grid_per_seed_paper():
     assert [p.stem for p in PAPER] == ["paper_diffq", "paper_gpfq", "paper_lc", "paper_opq"]
 
 
+def planned_jobs(stdout: str) -> dict[str, list[list[str]]]:
+    """A dry run's jobs: rule -> each job's metrics.json outputs."""
+    jobs: dict[str, list[list[str]]] = {}
+    pattern = r"^(?:local)?rule (\w+):\n(?:    input: .*\n)?    output: (.*)$"
+    for rule, outputs in re.findall(pattern, stdout, flags=re.M):
+        jobs.setdefault(rule, []).append([o for o in outputs.split(", ") if o.endswith("/metrics.json")])
+    return jobs
+
+
+def check_plan(cfg, stdout: str, results: Path) -> None:
+    """Every planned cell is the output of exactly one job (one job per cell, or per batch:
+    config batch), and there is one reference job per (task, arch, seed)."""
+    jobs = planned_jobs(stdout)
+    cell_rules = {b.rule for b in cfg.batches()}
+    assert set(jobs) == cell_rules | {"reference", "tables", "tracking"}, sorted(jobs)  # (rule all has no output)
+    made = [o for rule in cell_rules for job in jobs[rule] for o in job]
+    assert sorted(made) == sorted(f"{results}/runs/{cfg.name}/{c.id}/metrics.json" for c in cfg.cells)
+    for rule in cell_rules:  # a batch's cells share one reference
+        for job in jobs[rule]:
+            assert len({o.rsplit("/", 4)[0] + o.rsplit("/", 2)[1] for o in job}) == 1, job
+    assert len(jobs["reference"]) == len({(c.task, c.arch, c.seed) for c in cfg.cells})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_grid_dry_runs(path, tmp_path):
     cfg = load_config(path)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(path), "--config", f"results_dir={tmp_path / 'results'}", "-n", "--quiet", "rules"]
+           "--configfile", str(path), "--config", f"results_dir={tmp_path / 'results'}", "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
-    pairs = {(c.task, c.arch, c.seed) for c in cfg.cells}
-    assert int(counts["cell"]) == len(cfg.cells) and int(counts["reference"]) == len(pairs)
+    check_plan(cfg, proc.stdout, tmp_path / "results")
 
 
 @pytest.mark.slow
@@ -43,14 +64,14 @@ def test_the_default_grid_narrowed_on_the_command_line(tmp_path):
     archs' recipes and plans only the lenet300 cells at 2 bits."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(REPO / "workflows" / "config" / "default.yaml"),
-           "--config", "archs=[lenet300]", "budgets=[2]", f"results_dir={tmp_path / 'results'}", "-n", "--quiet",
-           "rules"]
+           "--config", "archs=[lenet300]", "budgets=[2]", f"results_dir={tmp_path / 'results'}", "-n"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
     default = load_config(REPO / "workflows" / "config" / "default.yaml")
     expected = {c for c in default.cells if c.arch == "lenet300" and c.budget == "2"}
-    assert expected and int(counts["cell"]) == len(expected) and int(counts["reference"]) == 1
+    narrowed = load_config({**default.raw, "archs": ["lenet300"], "budgets": [2]})
+    assert expected and set(narrowed.cells) == expected
+    check_plan(narrowed, proc.stdout, tmp_path / "results")
 
 
 def _pairs():

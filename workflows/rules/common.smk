@@ -68,9 +68,24 @@ def plot_files(ext):
     return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
 
 
-def job_resources(kind):
+def batch_files(batch, name):
+    """The files of a batch's cells: ``metrics.json``, ``model.qbc`` under runs/, ``.log`` under logs/."""
+    if name == ".log":
+        return [f"{LOGS}/{{task}}/{{arch}}/{m}/b{b}/s{{seed}}.log" for m, b in batch.members]
+    return [f"{RUNS}/{{task}}/{{arch}}/{m}/b{b}/s{{seed}}/{name}" for m, b in batch.members]
+
+
+def batch_spec(wildcards, batch):
+    """A job's identity: one cell's (``batch: cell``, as it always was), or a JSON list of its cells'."""
+    if batch.members == (("{method}", "{budget}"),):  # batch: cell
+        return cell_spec(wildcards)
+    cells = [Cell(wildcards.task, wildcards.arch, m, b, int(wildcards.seed)) for m, b in batch.members]
+    return "[" + ",".join(CFG.cell_identity(c).to_json() for c in cells) + "]"
+
+
+def job_resources(kind, cells=1):
     """The Snakemake resources of a ``kind`` (reference, cell) job, from config ``resources``:
-    mem_mb, runtime, gpu and processes (per node), nodes. A job on several nodes also gets what
+    mem_mb, runtime (per cell: times ``cells``, the cells of the job), gpu and processes (per node), nodes. A job on several nodes also gets what
     snakemake-executor-plugin-slurm needs to start one torchrun launcher per node: ``mpi`` (the
     job's command runs srun itself instead of being wrapped in ``srun -n1``), ``tasks`` = nodes,
     its GPUs as ``gres=gpu:N`` (per node) instead of ``gpu`` (``--gpus`` counts the whole job),
@@ -81,7 +96,7 @@ def job_resources(kind):
         several = res["nodes"] > 1
         return {
             "mem_mb": res["mem_mb"],
-            "runtime": res["runtime"],
+            "runtime": res["runtime"] * cells,
             "gpu": None if several else res["gpu"],
             "processes": res["processes"],
             "nodes": res["nodes"],

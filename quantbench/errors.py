@@ -1,0 +1,10 @@
+"""The harness's two error types, apart from the method contract so that the commands that need
+neither torch nor a method (``quantbench tracking``, ``validate``'s parsing) do not import torch."""
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: the message names the key path and what is allowed."""
+
+
+class JobFailed(RuntimeError):
+    """A job whose run is recorded as failed (e.g. diverged): it must exit non-zero."""

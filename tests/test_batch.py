@@ -1,0 +1,167 @@
+"""Batch jobs (config ``batch``): several cells of one reference in one process, each with its own
+run, outputs and log; what a batch computes equals what separate jobs compute; a rerun computes
+only the cells that did not finish and restores the others from their runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from quantbench import runner
+from quantbench.config import Cell, load_config
+from quantbench.method import ConfigError, JobFailed
+from quantbench.runner import run_cell, run_cells, run_reference
+from quantbench.tracking import Tracker
+from quantbench.train import file_sha256
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _grid(tmp_path: Path, **extra) -> dict:
+    return {"name": "batch", "results_dir": str(tmp_path / "results"), "archs": ["lenet300"],
+            "methods": ["rtn", "gpfq", "qat"], "budgets": [1, 1.58, 2], "reference": {"epochs": 1},
+            "method_params": {"qat": {"epochs": 1}}, **extra}
+
+
+def test_every_planned_cell_is_in_exactly_one_batch_of_each_shape(tmp_path):
+    planned = None
+    for mode in ("method", "reference"):
+        cfg = load_config(_grid(tmp_path, batch=mode, variants={"gpfq": {"wide": {"scale_factor": 2.0}}}))
+        planned = {(c.method, c.budget) for c in cfg.cells}
+        members = [pair for batch in cfg.batches() for pair in batch.members]
+        assert sorted(members) == sorted(planned) and len(members) == len(set(members))
+        names = [b.rule for b in cfg.batches()]
+        if mode == "reference":
+            assert names == ["cells"]
+        else:  # one rule per method label; a variant's "@" is not a rule name's character
+            assert names == ["cells_rtn", "cells_gpfq", "cells_gpfq_at_wide", "cells_qat"]
+            for batch in cfg.batches():
+                label = batch.rule.removeprefix("cells_").replace("_at_", "@")
+                assert {m for m, _ in batch.members} == {label}
+    assert ("qat", "1.58") not in planned  # qat does not serve 1.58 bits: no batch asks for it
+    cfg = load_config(_grid(tmp_path))  # the default: one cell per job, the rule as it always was
+    assert [(b.rule, b.members) for b in cfg.batches()] == [("cell", (("{method}", "{budget}"),))]
+
+
+def test_a_batch_refuses_jobs_of_several_processes(tmp_path):
+    with pytest.raises(ConfigError, match=r"config.batch: 'method' runs several cells in one process, but "
+                                          r"config.resources.archs.lenet300.cell asks for 2 process\(es\)"):
+        load_config(_grid(tmp_path, batch="method", resources={"archs": {"lenet300": {"cell": {"processes": 2}}}}))
+    load_config(_grid(tmp_path, batch="cell", resources={"cell": {"processes": 2}}))  # one cell per job: fine
+
+
+@pytest.fixture
+def reference(tmp_path):
+    cfg = load_config(_grid(tmp_path, batch="reference"))
+    ref = tmp_path / "ref" / "metrics.json"
+    run_reference(cfg.reference_spec("digits", "lenet300", 0), ref, show_progress=False)
+    return cfg, ref
+
+
+def _batch(cfg, ref: Path, tmp_path: Path, cells: list[Cell], where: str):
+    outs = [tmp_path / where / c.id / "metrics.json" for c in cells]
+    return [cfg.cell_spec(c) for c in cells], ref, outs, [o.parent / "model.qbc" for o in outs], [None] * len(cells)
+
+
+def _runs(cfg):
+    runs = Tracker(cfg.tracking_uri()).runs(cfg.name)
+    return runs[runs["tags.kind"] == "cell"]
+
+
+def test_a_batch_computes_what_separate_jobs_compute(reference, tmp_path):
+    cfg, ref = reference
+    # a training method first: the post-training cells after it must not see its random state
+    cells = [Cell("digits", "lenet300", m, b, 0) for m, b in (("qat", "2"), ("rtn", "2"), ("gpfq", "1.58"))]
+    together = run_cells(*_batch(cfg, ref, tmp_path, cells, "batch"), show_progress=False)
+    for cell, batched in zip(cells, together, strict=True):
+        alone = run_cell(cfg.cell_spec(cell), ref, tmp_path / "alone" / cell.id / "metrics.json", show_progress=False)
+        assert batched["metrics"] == alone["metrics"] and batched["artifact_sha256"] == alone["artifact_sha256"]
+        assert batched["run_id"] != alone["run_id"]  # each its own run
+    assert len(_runs(cfg)) == 2 * len(cells)
+
+
+def test_a_batch_restores_finished_cells_only_when_identity_reference_code_and_file_agree(reference, tmp_path,
+                                                                                        monkeypatch):
+    cfg, ref = reference
+    cells = [Cell("digits", "lenet300", "rtn", b, 0) for b in ("1.58", "2")]
+    first = run_cells(*_batch(cfg, ref, tmp_path, cells, "a"), show_progress=False)
+    again = run_cells(*_batch(cfg, ref, tmp_path, cells, "b"), show_progress=False)  # as after a failed batch
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in first] and len(_runs(cfg)) == 2
+    for cell in cells:  # the outputs come back as the first job wrote them
+        for name in ("metrics.json", "model.qbc"):
+            assert (tmp_path / "b" / cell.id / name).read_bytes() == (tmp_path / "a" / cell.id / name).read_bytes()
+
+    recorded = Path(cfg.results) / "mlartifacts" / cfg.name / first[0]["run_id"] / "artifacts" / "model.qbc"
+    data = bytearray(recorded.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    recorded.write_bytes(bytes(data))  # a damaged record is not restored: that cell is computed again
+    third = run_cells(*_batch(cfg, ref, tmp_path, cells, "c"), show_progress=False)
+    assert third[0]["run_id"] not in {first[0]["run_id"]} and third[1]["run_id"] == first[1]["run_id"]
+    assert file_sha256(tmp_path / "c" / cells[0].id / "model.qbc") == first[0]["artifact_sha256"]
+
+    monkeypatch.setattr(runner, "code_sha256", lambda method_cls: "other code")  # changed code: both again
+    fourth = run_cells(*_batch(cfg, ref, tmp_path, cells, "d"), show_progress=False)
+    assert not {r["run_id"] for r in fourth} & {r["run_id"] for r in first + third}
+    assert len(_runs(cfg)) == 5
+
+
+def test_a_failed_cell_does_not_stop_its_batch(reference, tmp_path):
+    cfg, ref = reference
+    cells = [Cell("digits", "lenet300", m, "2", 0) for m in ("qat", "rtn")]
+    specs, _, outs, artifacts, logs = _batch(cfg, ref, tmp_path, cells, "x")
+    specs[0] = specs[0].replace(method_params={**specs[0].identity.method_params, "lr": 1e30})
+    with pytest.raises(JobFailed, match=r"1 of 2 cells failed: digits/lenet300/qat/b2/s0"):
+        run_cells(specs, ref, outs, artifacts, logs, show_progress=False)
+    assert not outs[0].exists() and json.loads(outs[1].read_text())["status"] == "ok"
+    runs = _runs(cfg).set_index("tags.cell_id")
+    assert runs.loc[cells[0].id, "tags.status"] == "diverged" and runs.loc[cells[1].id, "status"] == "FINISHED"
+
+
+def _snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_a_grid_of_batch_jobs_reruns_only_the_cells_that_failed(tmp_path):
+    config = {"name": "rerun", "archs": ["lenet300"], "methods": ["rtn", "qat"], "budgets": [2, 4],
+              "reference": {"epochs": 1}, "batch": "reference", "method_params": {"qat": {"lr": 1e30, "epochs": 1}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    failed = _snakemake(tmp_path, "--keep-going")
+    assert failed.returncode != 0
+    console = failed.stdout + failed.stderr
+    assert "--- end of results/logs/rerun/digits/lenet300/qat/b2/s0.log" in console  # each cell's own log
+    assert "quantbench cell: error: digits/lenet300/qat/b4/s0" in console
+    cfg = load_config(tmp_path / "config.yaml")
+    tracker = Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    before = tracker.runs("rerun")
+    before = before[before["tags.kind"] == "cell"].set_index("tags.cell_id")
+    rtn = [c.id for c in cfg.cells if c.method == "rtn"]
+    assert set(before.loc[rtn, "status"]) == {"FINISHED"} and len(before) == 4
+    assert set(before.drop(index=rtn)["tags.status"]) == {"diverged"}
+    for log in ("rtn/b2/s0", "rtn/b4/s0", "qat/b2/s0"):  # one log per cell
+        assert (tmp_path / f"results/logs/rerun/digits/lenet300/{log}.log").is_file()
+
+    config["method_params"] = {"qat": {"epochs": 1}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = _snakemake(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    after = tracker.runs("rerun")
+    after = after[after["tags.kind"] == "cell"]
+    assert len(after) == 6  # the two qat cells again; the rtn cells were not computed again ...
+    for cell_id in rtn:  # ... their outputs came back from their one finished run
+        result = json.loads((tmp_path / f"results/runs/rerun/{cell_id}/metrics.json").read_text())
+        assert result["run_id"] == before.loc[cell_id, "run_id"]
+        assert file_sha256(tmp_path / f"results/runs/rerun/{cell_id}/model.qbc") == result["artifact_sha256"]
+        assert "restored from its finished run" in (tmp_path / f"results/logs/rerun/{cell_id}.log").read_text()
+    md = (tmp_path / "results/tables/rerun/digits.md").read_text()
+    rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
+    assert "bpw" in rows["qat"] and "diverged" not in rows["qat"]
+    nothing = _snakemake(tmp_path, "-n")
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
