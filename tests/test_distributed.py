@@ -96,8 +96,9 @@ def test_an_epoch_on_two_processes_matches_one_process_with_the_same_global_batc
     assert ran.returncode == 0, ran.stdout[-3000:]
     a, b = torch.load(one), torch.load(two)
     assert a["state"].keys() == b["state"].keys()
-    for key in a["state"]:
-        torch.testing.assert_close(b["state"][key], a["state"][key], rtol=1e-5, atol=1e-6)
+    for key in a["state"]:  # float32 sums in another order: DiffQ's weights differed by 2.2e-6 (1 of 19,200) on
+        # one CPU of the same kind as CI's; still 100x below how far the epoch moved them (checked below)
+        torch.testing.assert_close(b["state"][key], a["state"][key], rtol=1e-4, atol=1e-5)
     assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
     seed_everything(0)
     init = build_model("lenet300", input_shape=[1, 8, 8], num_classes=10).state_dict()

@@ -40,18 +40,21 @@ def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
 
 
 def planned_jobs(dry_run_output: str) -> tuple[dict, dict]:
-    """``{cell_id: identity}`` and ``{context}`` of every job a ``snakemake -n -p`` printed."""
+    """``{cell_id: identity}`` and ``{context}`` of every job a ``snakemake -n -p`` printed (every cell
+    of a batch job)."""
     jobs, contexts = {}, set()
     for line in dry_run_output.splitlines():
         if "quantbench reference --spec" not in line and "quantbench cell --spec" not in line:
             continue
         words = shlex.split(line[line.index("quantbench"):].split(" > ")[0])
-        spec = json.loads(words[words.index("--spec") + 1])
+        specs = json.loads(words[words.index("--spec") + 1])
         contexts.add(words[words.index("--context") + 1])
-        method = spec.get("method")
-        cell_id = (f"{spec['task']}/{spec['arch']}/reference/s{spec['seed']}" if method is None else
-                   f"{spec['task']}/{spec['arch']}/{method}/b{spec['budget']:g}/s{spec['seed']}")
-        jobs[cell_id] = spec
+        for spec in specs if isinstance(specs, list) else [specs]:  # a batch job (config batch): a list
+            method = spec.get("method")
+            cell_id = (f"{spec['task']}/{spec['arch']}/reference/s{spec['seed']}" if method is None else
+                       f"{spec['task']}/{spec['arch']}/{method}/b{spec['budget']:g}/s{spec['seed']}")
+            assert cell_id not in jobs, f"{cell_id} is planned twice"
+            jobs[cell_id] = spec
     assert len(contexts) == 1, contexts
     return jobs, json.loads(contexts.pop())
 
