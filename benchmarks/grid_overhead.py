@@ -46,7 +46,7 @@ STEPS = [
     ("job: import quantbench.runner", JOB, True),
     ("job: + MLflow store start (SQLite), an experiment", STORE, True),
     ("job: + digits task and LeNet300", DATA, True),
-    ("job: + first optimizer step (torch._dynamo)", STEP, True),
+    ("job: + first optimizer step (quantbench.train, a backward and a step)", STEP, True),
 ]
 
 
