@@ -222,7 +222,12 @@ def _run_batch(args: argparse.Namespace) -> int:
         if not log_file:
             return job()
         result = {}
-        run_logged(lambda: result.setdefault("value", job()) and 0, log_file)  # a cell that returns succeeded
+
+        def succeeded() -> int:  # run_logged takes an exit status: a cell that returns succeeded
+            result["value"] = job()
+            return 0
+
+        run_logged(succeeded, log_file)
         return result["value"]
 
     results = runner.run_cells(specs, args.reference, args.out, artifacts, logs, threads=args.threads,

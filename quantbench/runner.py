@@ -43,7 +43,7 @@ import torch
 
 from quantbench import distributed
 from quantbench.data import Pipeline, build_task
-from quantbench.files import write_json_atomic
+from quantbench.files import write_atomic, write_json_atomic
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, ConfigError, JobFailed, RunContext, make_params
 from quantbench.methods import get_method
@@ -153,10 +153,7 @@ def _restore(tracker: Tracker, exp_id: str, spec: JobSpec, tags: dict[str, str],
             log.warning("%s: run %s's recorded files do not match its sha256; computing the cell again", cell_id,
                         run_id)
             return None
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        tmp = artifact.with_name(artifact.name + ".restoring")
-        shutil.copyfile(files[1], tmp)
-        os.replace(tmp, artifact)
+        write_atomic(artifact, lambda tmp: shutil.copyfile(files[1], tmp))
     write_json_atomic(result, out)
     log.info("%s: restored from its finished run %s (same identity, reference and code); not computed again",
              cell_id, run_id)
