@@ -19,7 +19,8 @@
 # reach only these instances (SLURM_CONF). Nothing under /etc, /run or /var is written, and no
 # system service is started, stopped or queried. If a port is taken (another SLURM or database
 # on this machine), it refuses before starting anything. The one host change: the Debian packages
-# are installed with apt-get when missing (with services kept from starting) and stay installed;
+# are installed with apt-get when missing (with services kept from starting) and stay installed,
+# less the munge key their install generates where the host had none;
 # the snakemake SLURM executor plugin is installed into the active virtualenv and removed again
 # if this script installed it.
 set -euo pipefail
@@ -68,10 +69,15 @@ if ! dpkg -s slurm-wlm slurmdbd munge mariadb-server >/dev/null 2>&1; then
     if [ ! -e /usr/sbin/policy-rc.d ]; then  # ours, for this install only; an existing policy stays as it is
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && CREATED_POLICY=1
     fi
+    # munge's postinst makes /etc/munge/munge.key when there is none: a host key this test never
+    # uses (it runs munged on a key of its own); where the host had none, it has none afterwards
+    HOST_KEY_ABSENT=0
+    [ -e /etc/munge/munge.key ] || HOST_KEY_ABSENT=1
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
     apt-get install -y -qq slurm-wlm slurmdbd munge mariadb-server >/dev/null
     if [ "${CREATED_POLICY:-0}" = 1 ]; then rm -f /usr/sbin/policy-rc.d; CREATED_POLICY=0; fi
+    if [ $HOST_KEY_ABSENT = 1 ]; then rm -f /etc/munge/munge.key; fi
 fi
 # the plugin is removed again afterwards if this script installed it: when no slurmctld answers, it
 # waits ~9 s for `scontrol` at import time, in every later snakemake call on this machine
