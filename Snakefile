@@ -34,6 +34,7 @@ rule all:
         # again even when the tables are newer (Snakemake does not rebuild a missing intermediate)
         [cell_file(c) for c in CFG.cells],
         table_files(),
+        claims_files("md"),
         plot_files("png"),
 
 

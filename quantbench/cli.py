@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from quantbench.errors import ConfigError, JobFailed
+from quantbench.errors import ConfigError, ExamplesError, JobFailed
 
 
 def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
@@ -49,6 +49,43 @@ def _size_tolerance(text: str) -> float:
         return check_size_tolerance(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _alpha(text: str) -> float:
+    """A test level: a number in (0, 0.5]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 0.5]: a test level, 0.05 = 5 %")
+    return value
+
+
+def _record_args(p: argparse.ArgumentParser) -> None:
+    """Where a record is: an experiment (and its store), or a grid file that names them."""
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment", help="the MLflow experiment (a grid's name)")
+    which.add_argument("--grid", type=Path, help="a grid file: its name, results dir, tracking URI and tables.alpha")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: the grid's, else results")
+    p.add_argument("--tracking-uri", default=None,
+                   help="default: the grid's, else MLFLOW_TRACKING_URI, else <results-dir>/mlflow.db")
+
+
+def _record(args: argparse.Namespace) -> tuple[str, str, float]:
+    """``(tracking URI, experiment, alpha)`` named by :func:`_record_args`'s options."""
+    from quantbench.tracking import resolve_tracking_uri
+
+    alpha, results, uri = 0.05, Path("results"), args.tracking_uri
+    experiment = args.experiment
+    if args.grid is not None:
+        from quantbench.config import load_config
+
+        cfg = load_config(args.grid)
+        experiment, results, alpha = cfg.name, Path(cfg.results), cfg["tables"]["alpha"]
+        uri = uri or cfg["tracking_uri"]
+    results = args.results_dir or results
+    return resolve_tracking_uri(uri, results), experiment, (args.alpha or alpha)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +129,30 @@ def main(argv: list[str] | None = None) -> int:
                    help="relative: a cell whose achieved bpw is above its budget times 1 + TOL is over budget "
                         "(marked, never bold); the size plots' Pareto front counts sizes within it as equal; "
                         "in (0, 0.5] (config tables.size_tolerance; default: %(default)s)")
+    p.add_argument("--alpha", type=_alpha, default=0.05,
+                   help="level of the paired tests behind the bold (config tables.alpha; default: %(default)s)")
+    p.add_argument("--claims", type=json.loads, default=None, metavar="JSON",
+                   help="the grid's claims (config claims, as JSON): also write <task>_claims.{md,csv}")
+
+    p = sub.add_parser("claims", help="check a grid's claims (config claims) against its record: holds / fails / "
+                                      "inconclusive, with the paired differences")
+    p.add_argument("--grid", type=Path, required=True, help="the grid file: its claims, name, results and tracking")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: the grid's")
+    p.add_argument("--tracking-uri", default=None, help="default: the grid's, else MLFLOW_TRACKING_URI, else "
+                                                        "<results-dir>/mlflow.db")
+    p.add_argument("--alpha", type=_alpha, default=None, help="level of the tests (default: the grid's tables.alpha)")
+    p.add_argument("--csv", type=Path, default=None, help="also write the cases as CSV here")
+
+    p = sub.add_parser("compare", help="paired difference of two cells of a record: interval, p-value, verdict")
+    _record_args(p)
+    p.add_argument("--task", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--budget", type=float, default=None,
+                   help="bits per weight (not needed to compare with the reference)")
+    p.add_argument("--alpha", type=_alpha, default=None,
+                   help="level of the test (default: the grid's tables.alpha, else 0.05)")
+    p.add_argument("method_a", metavar="METHOD_A", help="a method label of the grid, or 'reference'")
+    p.add_argument("method_b", metavar="METHOD_B")
 
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -125,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
-    except (ConfigError, LookupError, FileNotFoundError) as e:
+    except (ConfigError, ExamplesError, LookupError, FileNotFoundError) as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 2
     except JobFailed as e:
@@ -242,6 +303,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from quantbench.config import load_config
 
         cfg = load_config(args.config)
+        cfg.check_claims()
         if args.json:
             print(json.dumps(cfg.plan(), indent=1, sort_keys=True))
         else:
@@ -302,8 +364,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
         out_dir = args.out_dir or args.results_dir / "tables" / args.experiment
-        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, args.size_tolerance):
+        claims = None
+        if args.claims is not None:
+            from quantbench.claims import parse_claims
+
+            claims = parse_claims(args.claims)
+        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, args.size_tolerance, args.alpha,
+                                       claims):
             print(path)
+    elif args.command == "claims":
+        from quantbench.claims import claims_command
+        from quantbench.config import load_config
+
+        cfg = load_config(args.grid)
+        cfg.check_claims()
+        args.experiment = None
+        uri, experiment, alpha = _record(args)
+        print(claims_command(uri, experiment, alpha, cfg.claims, args.csv))
+    elif args.command == "compare":
+        from quantbench.significance import compare_command
+
+        print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b))
     return 0
 
 

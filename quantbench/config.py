@@ -11,7 +11,7 @@ import dataclasses
 import itertools
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +156,7 @@ class Config:
     raw: dict
     cells: list[Cell]
     skipped: list[tuple[Cell, str]]
+    claims: list = field(default_factory=list)  # quantbench.claims.Claim, parsed from config claims
 
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
@@ -167,6 +168,17 @@ class Config:
     @property
     def results(self) -> Path:
         return Path(self.raw["results_dir"])
+
+    def check_claims(self) -> None:
+        """A ConfigError naming the claim when it names a method, budget, arch or task this grid
+        (as written, overrides included) does not have; planning checks only that its methods exist,
+        so that a grid narrowed with ``--config`` keeps its claims (their other cases are not run)."""
+        from quantbench.claims import check_against_grid
+
+        labels = [label for m in self.raw["methods"]
+                  for label in [m] + [f"{m}@{v}" for v in self.raw["variants"].get(m, {})]]
+        archs = sorted({a for t in self.raw["tasks"] for a in task_archs(self.raw, t)})
+        check_against_grid(self.claims, labels, self.raw["budgets"], archs, self.raw["tasks"])
 
     def tracking_uri(self) -> str:
         from quantbench.tracking import resolve_tracking_uri
@@ -393,6 +405,9 @@ def load_config(source: str | Path | dict) -> Config:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")
     labels = [label for m in raw["methods"] for label in [m] + [f"{m}@{v}" for v in raw["variants"].get(m, {})]]
+    from quantbench.claims import parse_claims
+
+    cfg.claims = parse_claims(raw["claims"], sorted({*available_methods(), *labels}))
     params = {label: make_params(get_method(label).Params, cfg.method_params(label), label)
               for label in labels}
     for label in labels:  # a declared starting point must be a method the tables can look up

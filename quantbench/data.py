@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from quantbench.method import SAMPLE, derive_seed
 from quantbench.registry import TASKS, check_kwargs, register_task
+from quantbench.stats import Examples, split_identity
 
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq Dictionary's first four indices
 UNK = 3
@@ -147,19 +148,34 @@ class Task:
         """Mean cross-entropy; class scores on the last axis (any leading shape)."""
         return torch.nn.functional.cross_entropy(output.reshape(-1, output.shape[-1]), target.reshape(-1))
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batch_size: int = 512, device: str | torch.device = "cpu") -> dict:
         """``{"accuracy": %, "error": %, "loss": mean cross-entropy}`` on the test split."""
+        return self.evaluate_examples(model, batch_size, device)[0]
+
+    @torch.no_grad()
+    def evaluate_examples(self, model: torch.nn.Module, batch_size: int = 512,
+                          device: str | torch.device = "cpu") -> tuple[dict, Examples]:
+        """The metrics of :meth:`evaluate` and the per-example outcomes behind them
+        (:class:`~quantbench.stats.Examples`: correctness and loss of every test example, in order)."""
         model.eval()
         correct, loss, n = 0, 0.0, 0
+        hits, losses, targets = [], [], []
         for x, y in self.loader("test", batch_size):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
+            each = torch.nn.functional.cross_entropy(out, y, reduction="none")
             loss += torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
-            correct += (out.argmax(dim=1) == y).sum().item()
+            hit = out.argmax(dim=1) == y
+            correct += hit.sum().item()
             n += y.numel()
+            hits.append(hit.cpu().numpy())
+            losses.append(each.float().cpu().numpy())
+            targets.append(y.cpu().numpy())
         acc = 100.0 * correct / n
-        return {"accuracy": acc, "error": 100.0 - acc, "loss": loss / n}
+        hit_all = np.concatenate(hits).astype(np.float64)
+        examples = Examples("classification", hit_all, np.ones(n), split_identity(self.name, "test", targets),
+                            np.concatenate(losses))
+        return {"accuracy": acc, "error": 100.0 - acc, "loss": loss / n}, examples
 
 
 @dataclass
@@ -170,19 +186,31 @@ class LanguageModelingTask(Task):
     higher_is_better: bool = False
     vocabulary: tuple[str, ...] = ()
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module, batch_size: int = 64, device: str | torch.device = "cpu") -> dict:
-        """``{"perplexity": exp(loss), "loss": mean NLL per token (nats), "bits_per_token"}`` on test."""
+        return self.evaluate_examples(model, batch_size, device)[0]
+
+    @torch.no_grad()
+    def evaluate_examples(self, model: torch.nn.Module, batch_size: int = 64,
+                          device: str | torch.device = "cpu") -> tuple[dict, Examples]:
+        """``{"perplexity": exp(loss), "loss": mean NLL per token (nats), "bits_per_token"}`` on
+        test, and per block its summed loss and token count (:class:`~quantbench.stats.Examples`)."""
         model.eval()
         total, n = 0.0, 0
+        sums, counts, targets = [], [], []
         for x, y in self.loader("test", batch_size):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
-            total += torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                                       reduction="sum").item()
+            flat_out, flat_y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+            total += torch.nn.functional.cross_entropy(flat_out, flat_y, reduction="sum").item()
+            each = torch.nn.functional.cross_entropy(flat_out, flat_y, reduction="none")
             n += y.numel()
+            sums.append(each.double().reshape(y.shape[0], -1).sum(dim=1).cpu().numpy())
+            counts.append(np.full(y.shape[0], y[0].numel()))
+            targets.append(y.reshape(y.shape[0], -1).cpu().numpy())
         loss = total / n
-        return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "bits_per_token": loss / math.log(2)}
+        examples = Examples("language_modeling", np.concatenate(sums), np.concatenate(counts),
+                            split_identity(self.name, "test", targets))
+        return {"perplexity": math.exp(min(loss, 700.0)), "loss": loss, "bits_per_token": loss / math.log(2)}, examples
 
 
 # (input_shape, num_classes) of the tasks with files, known without the files: for dry runs and

@@ -1,4 +1,4 @@
-"""The harness's two error types, apart from the method contract so that the commands that need
+"""The harness's error types, apart from the method contract so that the commands that need
 neither torch nor a method (``quantbench tracking``, ``validate``'s parsing) do not import torch."""
 
 
@@ -8,3 +8,7 @@ class ConfigError(ValueError):
 
 class JobFailed(RuntimeError):
     """A job whose run is recorded as failed (e.g. diverged): it must exit non-zero."""
+
+
+class ExamplesError(ValueError):
+    """Per-example results that cannot be used: unreadable, or not paired with another's."""

@@ -5,7 +5,8 @@
   (mean over seeds), coloured by paper family (LC blues, GPFQ greens, OPQ oranges, DiffQ purples,
   baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
   budget) points — no other point is about as small (sizes within the tables' ``size_tolerance``
-  count as equal, :func:`pareto_front`) and better — as a grey staircase, points ringed.
+  count as equal, :func:`pareto_front`) and significantly better (the tables' paired test) — as
+  a grey staircase, points ringed; each point has its 95 % interval as an error bar.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,12 @@ from quantbench.files import write_atomic
 from quantbench.method import PAPER_FAMILIES
 
 
-def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool, tolerance: float) -> np.ndarray:
+def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool, tolerance: float,
+                 separable: np.ndarray | None = None) -> np.ndarray:
     """Indices of the non-dominated points, by increasing size, where sizes within a relative
     ``tolerance`` count as equal (the tables' ``size_tolerance``: 1.0007 bpw is as small as 0.99999).
+    ``separable[i, j]``: whether j's difference from i is significant (a paired test); a better
+    point then dominates only where it is significantly better (None: every difference counts).
 
     Point *j* dominates point *i* when ``size[j] <= size[i] * (1 + tolerance)`` and *j*'s metric is
     at least as good, strictly better or with ``size[j] < size[i]``. A dominating point is better,
@@ -37,6 +42,8 @@ def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool, t
     # [i, j]: does j dominate i
     near = size[None, :] <= size[:, None] * (1 + tolerance)
     better = score[None, :] > score[:, None]
+    if separable is not None:
+        better &= np.asarray(separable, dtype=bool)
     as_good_smaller = (score[None, :] == score[:, None]) & (size[None, :] < size[:, None])
     dominated = (near & (better | as_good_smaller)).any(axis=1)
     front, seen = [], set()
@@ -90,12 +97,15 @@ def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
     return colours
 
 
-def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: float) -> list[Path]:
+def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: float,
+              separable: Callable[[pd.Series, pd.Series], bool] | None = None) -> list[Path]:
     """Metric vs achieved bits per weight for one task (``part``: rows of
-    :func:`quantbench.tables.summarize`): a panel per arch, a line per method through its budgets,
-    coloured by paper family; the x axis spans the quantized points, the fp32 reference is a
-    dashed line; the Pareto front of all (method, budget) points, sizes within ``size_tolerance``
-    (relative) counting as equal, is a grey staircase."""
+    :func:`quantbench.tables.summarize`): a panel per arch, a line per method through its budgets
+    with each point's 95 % interval as an error bar, coloured by paper family; the x axis spans
+    the quantized points, the fp32 reference is a dashed line; the Pareto front of all (method,
+    budget) points, sizes within ``size_tolerance`` (relative) counting as equal and a better point
+    dominating only where ``separable(row_i, row_j)`` (their difference is significant), is a
+    grey staircase."""
     metric = part["metric"].iloc[0]
     higher = bool(part["higher_is_better"].iloc[0])
     archs = list(dict.fromkeys(part["arch"]))
@@ -114,8 +124,14 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
             continue
         for method, g in cells.groupby("method", sort=False):
             g = g.sort_values("bpw")
-            ax.plot(g["bpw"], g["mean"], marker="o", ms=3.5, lw=1.2, color=colours[method], label=method)
-        idx = pareto_front(cells["bpw"].to_numpy(), cells["mean"].to_numpy(), higher, size_tolerance)
+            errors = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]) if "ci_low" in g else None
+            ax.errorbar(g["bpw"], g["mean"], yerr=errors, marker="o", ms=3.5, lw=1.2, elinewidth=0.8, capsize=2,
+                        color=colours[method], label=method)
+        matrix = None
+        if separable is not None:
+            rows_ = [r for _, r in cells.iterrows()]
+            matrix = np.array([[separable(ri, rj) for rj in rows_] for ri in rows_], dtype=bool)
+        idx = pareto_front(cells["bpw"].to_numpy(), cells["mean"].to_numpy(), higher, size_tolerance, matrix)
         front = cells.iloc[idx]
         ax.step(front["bpw"], front["mean"], where="post", color="0.4", lw=4, alpha=0.3, zorder=0,
                 label="Pareto front")

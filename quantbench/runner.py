@@ -50,6 +50,7 @@ from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.models.pretrained import load_pretrained
 from quantbench.spec import JobSpec, content_hash
+from quantbench.stats import EXAMPLES_FILE, Examples
 from quantbench.tracking import Tracker, environment_tags, flatten, method_tags, resolve_tracking_uri
 from quantbench.train import (
     TrainSettings,
@@ -230,7 +231,7 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
             sha = file_sha256(ckpt)
             sidecar.write_text(sha + "\n")
         t_train = time.perf_counter() - t0
-        metrics = task.evaluate(model.to(device), device=device)
+        metrics, examples = task.evaluate_examples(model.to(device), device=device)
         _check_finite(metrics)
     n_params = sum(p.numel() for p in model.parameters())
     result = {"status": "ok", "reason": "", "cell_id": cell_id, "checkpoint": str(ckpt), "hash": digest,
@@ -245,7 +246,7 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
     run_metrics = {**metrics, "n_params": n_params, "size_bits": 32 * n_params, "bpw": 32.0,
                    "compression_ratio": 1.0, "time_train_s": t_train}
     return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file],
-                   tags)
+                   tags, examples)
 
 
 def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = None, threads: int = 1,
@@ -299,7 +300,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         weights = packed.state_dict()  # each record dequantized once
         model = packed.to_dense(build_model(packed.arch, **packed.arch_kwargs), weights)
         packed.verify_on_codebook(model, weights)
-        metrics = task.evaluate(model.to(device), device=device)
+        metrics, examples = task.evaluate_examples(model.to(device), device=device)
         times["time_eval_s"] = time.perf_counter() - t0
         stats = {**packed.stats(), "file_bytes": float(file_bytes)}
         _check_finite(metrics)
@@ -308,7 +309,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
               "reference_metrics": ref_info["metrics"], "stats": stats, **times, "budget": job.budget,
               "method": job.method, "artifact_sha256": file_sha256(artifact)}
     run_metrics = {**metrics, **stats, **times, f"reference_{task.metric}": ref_metric}
-    return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file])
+    return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file], examples=examples)
 
 
 def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts: list[Path],
@@ -434,15 +435,17 @@ def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]
 
 
 def _finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
-            artifacts: list[Path | None], tags: dict | None = None) -> dict:
-    """Close the run FINISHED (with ``metrics.json`` among its artifacts, ``tags`` added), then
-    publish ``out``."""
+            artifacts: list[Path | None], tags: dict | None = None, examples: Examples | None = None) -> dict:
+    """Close the run FINISHED (with ``metrics.json`` and the evaluation's per-example results,
+    ``examples.npz``, among its artifacts, ``tags`` added), then publish ``out``."""
     tracker, run_id, _ = run
     result["run_id"] = run_id
     with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
-        attached = Path(staging) / out.name
-        write_json_atomic(result, attached)
+        attached = [write_json_atomic(result, Path(staging) / out.name)]
+        if examples is not None:
+            attached.append(examples.save(Path(staging) / EXAMPLES_FILE))
+            tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"]}
         tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
-                           [attached] + [a for a in artifacts if a])
+                           attached + [a for a in artifacts if a])
     write_json_atomic(result, out)
     return result

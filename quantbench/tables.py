@@ -29,6 +29,8 @@ import pandas as pd
 
 from quantbench.files import write_text_atomic
 from quantbench.method import PAPER_FAMILIES, Budget
+from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
+from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, Examples, ExamplesError, cell_interval, holm
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
@@ -74,22 +76,20 @@ def _tag(g: pd.DataFrame, name: str, default: str) -> str:
     return str(values.iloc[-1]) if len(values) else default
 
 
-def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: its most recent run."""
-    if runs.empty or "tags.cell_id" not in runs:
-        raise LookupError("the experiment has no quantbench runs")
-    runs = runs[runs["tags.cell_id"].notna()].sort_values("start_time")
-    return runs.drop_duplicates("tags.cell_id", keep="last")
-
-
-def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE) -> pd.DataFrame:
-    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status; and
+def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
+              examples: dict[str, Examples] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status;
+    ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval,
+    :func:`quantbench.stats.cell_interval`; ``examples``: per-example results by run id),
+    ``best`` (bold: the best mean of its column, or not significantly worse than it at level
+    ``alpha``, :func:`significance_marks`) and ``p_vs_best`` (that test's Holm-adjusted p); and
     ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
     above ``budget_bits(budget) * (1 + size_tolerance)``), ``start_mean`` (the starting method's mean on the same
     task, arch and budget, when that cell finished) and ``below_start`` (the cell finished and its
     mean is worse than ``start_mean``)."""
     check_size_tolerance(size_tolerance)
     runs = latest_runs(runs).copy()
+    records = cell_records(runs, examples or {})
     runs["method"] = np.where(runs["tags.kind"] == "reference", "reference", runs.get("tags.method"))
     runs["budget"] = np.where(runs["tags.kind"] == "reference", np.nan,
                               pd.to_numeric(runs.get("tags.budget"), errors="coerce"))
@@ -114,6 +114,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE) -> pd.
             "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
             "method_params": _tag(g, "method_params", ""),
             "starts_from": "" if method == "reference" else _tag(g, "starts_from", ""),
+            **_interval(records.get((task, arch, method, None if method == "reference" else budget))),
         })
     out = pd.DataFrame(rows)
     out["over_budget"] = over_budget(out["bpw"], out["budget"], size_tolerance)
@@ -124,6 +125,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE) -> pd.
     out["start_mean"] = [means.get((t, a, s, b), np.nan) if s else np.nan for t, a, s, b in keys]
     worse = np.where(out["higher_is_better"], out["mean"] < out["start_mean"], out["mean"] > out["start_mean"])
     out["below_start"] = worse & (out["status"] == "ok").to_numpy()
+    out = significance_marks(out, records, alpha)
     families = ("reference", *PAPER_FAMILIES)
     out["order"] = [families.index(f) if f in families else len(families) for f in out["family"]]
     return out.sort_values(["task", "arch", "order", "method", "budget"]).drop(columns="order").reset_index(drop=True)
@@ -139,22 +141,57 @@ def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
     if bold is not None:
         value = bold(value)
     value += marks.get(BELOW, BELOW) if row.get("below_start", False) else ""
-    value += f" {pm} {row['std']:.2f}" if row["seeds"] > 1 else ""
+    if pd.notna(row.get("ci_low", np.nan)):
+        value += f" {pm} {(row['ci_high'] - row['ci_low']) / 2:.2f}"
     over = marks.get(OVER, OVER) if row.get("over_budget", False) else ""
     return f"{value} ({row['bpw']:.2f} bpw{over}, {row['compression_ratio']:.1f}×)"
 
 
-def best_rows(long: pd.DataFrame) -> set:
-    """Index labels of the best mean per (task, arch, budget) among the methods' finished cells
-    that are not over budget (``over_budget`` of :func:`summarize`; ties: all of them). An
-    over-budget cell never takes the bold, whatever its mean."""
+def _interval(record: CellRecord | None) -> dict:
+    """``n_seeds``, ``ci_low``, ``ci_high``, ``ci_kind`` of a cell (NaN/"" without finished seeds)."""
+    if record is None:
+        return {"n_seeds": 0, "ci_low": np.nan, "ci_high": np.nan, "ci_kind": ""}
+    values = list(record.values.values())
+    complete = list(record.examples.values()) if len(record.examples) == len(values) else None
+    low, high, kind = cell_interval(record.metric, values, complete)
+    return {"n_seeds": len(values), "ci_low": low, "ci_high": high, "ci_kind": kind}
+
+
+def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alpha: float = ALPHA) -> pd.DataFrame:
+    """``best`` and ``p_vs_best`` of every row. Within each (task, arch, budget) column, among
+    the methods' finished cells that are not over budget: the best mean is bold (ties: all of
+    them), and so is every other cell whose paired test against it
+    (:func:`quantbench.significance.compare`) has a Holm-adjusted p-value ≥ ``alpha`` — Holm over
+    the column's comparisons with its best, so the chance of calling any cell of the column
+    "significantly worse" by mistake is at most α. A cell that cannot be tested (no per-example
+    results, no seed in common) is not bold unless its mean ties the best. An over-budget cell is
+    never bold, whatever its mean."""
+    long = long.copy()
+    long["best"], long["p_vs_best"] = False, np.nan
     eligible = ~long["over_budget"].astype(bool)
     cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
-    best = set()
-    for _, g in cells.groupby(["task", "arch", "budget"]):
+    for (task, arch, budget), g in cells.groupby(["task", "arch", "budget"]):
         target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()
-        best |= set(g.index[g["mean"] == target])
-    return best
+        leaders = g.index[g["mean"] == target]
+        long.loc[leaders, "best"] = True
+        leader = records.get((task, arch, g.loc[leaders[0], "method"], budget))
+        tested = {}
+        for i in g.index.difference(leaders):
+            other = records.get((task, arch, g.loc[i, "method"], budget))
+            try:
+                tested[i] = compare(other, leader).p_value if other and leader else None
+            except ExamplesError:
+                tested[i] = None
+        tested = {i: p for i, p in tested.items() if p is not None}
+        for i, p in zip(tested, holm(list(tested.values())), strict=True):
+            long.loc[i, "p_vs_best"] = p
+            long.loc[i, "best"] = p >= alpha
+    return long
+
+
+def best_rows(long: pd.DataFrame) -> set:
+    """Index labels of the bold cells (``best`` of :func:`summarize`)."""
+    return set(long.index[long["best"].astype(bool)])
 
 
 def _paper(row: pd.Series | None) -> str:
@@ -233,14 +270,25 @@ def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> 
     return f" Runs: {', '.join(found)}." if found else ""
 
 
+def interval_note(part: pd.DataFrame) -> str:
+    """What ± means in a task's table: the interval kinds its cells use."""
+    kinds = set(part["ci_kind"].dropna()) - {""}
+    notes = {CI_SEEDS: "t interval over the seeds where there are 3 or more: run-to-run variance",
+             CI_EXAMPLES: "percentile bootstrap over the test examples where there are fewer seeds: test-set "
+                          "noise only, not seed-to-seed variance"}
+    said = [notes[k] for k in (CI_SEEDS, CI_EXAMPLES) if k in kinds]
+    return "; ".join(said) if said else "no interval: no per-example results recorded"
+
+
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None,
-                 size_tolerance: float = SIZE_TOLERANCE, long: pd.DataFrame | None = None) -> list[Path]:
+                 size_tolerance: float = SIZE_TOLERANCE, long: pd.DataFrame | None = None,
+                 alpha: float = ALPHA) -> list[Path]:
     """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones); a cell
     competes for the bold when its bpw is at most its budget's bits times ``1 + size_tolerance``.
     ``long``: ``summarize(runs, size_tolerance)`` when the caller has it already."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    long = summarize(runs, size_tolerance) if long is None else long
+    long = summarize(runs, size_tolerance, alpha=alpha) if long is None else long
     written = []
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
@@ -249,9 +297,11 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         metric = part["metric"].iloc[0]
         unit = " (%)" if metric in ("accuracy", "error") else ""
         better = "higher" if part["higher_is_better"].iloc[0] else "lower"
-        caption = (f"{task}: test {metric}{unit} ({better} is better; best per column in bold among the cells "
-                   f"at most {size_tolerance * 100:g} % above the budget's bits per weight), mean ± std over "
-                   f"seeds, with achieved bits per weight and compression ratio"
+        caption = (f"{task}: test {metric}{unit} ({better} is better), mean over seeds ± half the width of its "
+                   f"95 % interval ({interval_note(part)}), with achieved bits per weight and compression ratio; "
+                   f"bold: the best mean of each column among the cells at most {size_tolerance * 100:g} % above "
+                   f"the budget's bits per weight, and every such cell not significantly worse than it (paired "
+                   f"bootstrap over test examples and seeds, Holm-corrected within the column, α = {alpha:g})"
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
                    + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run; "
                    f"{OVER}: over budget (never bold); {BELOW}: worse than the method it starts from, same "
@@ -291,10 +341,13 @@ def step_curves(method: str) -> tuple:
 
 
 def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
-                tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
+                tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE,
+                records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA) -> list[Path]:
     """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task; the size plot's
-    Pareto front counts sizes within ``size_tolerance`` as equal (as the tables do); the steps plot
-    has a panel per curve the task's methods declare (in table order)."""
+    Pareto front counts sizes within ``size_tolerance`` as equal (as the tables do) and a point as
+    dominated only by one significantly better at level ``alpha`` (paired test on ``records``;
+    where a pair cannot be tested, the means decide); the steps plot has a panel per curve the
+    task's methods declare (in table order)."""
     from quantbench.plots import size_plot, steps_plot
 
     out_dir = Path(out_dir)
@@ -303,23 +356,65 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
         curves = list(dict.fromkeys(c for m in part["method"] if m != "reference" for c in step_curves(m)))
-        written += size_plot(part, task, out_dir, size_tolerance)
+        written += size_plot(part, task, out_dir, size_tolerance,
+                             None if records is None else _separable(records, size_tolerance, alpha))
         written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
                               part["metric"].iloc[0], curves, out_dir)
     return written
 
 
+def _separable(records: dict[tuple, CellRecord], size_tolerance: float, alpha: float):
+    """``separable(row_i, row_j)`` for :func:`quantbench.plots.size_plot`: whether j, about as
+    small as i and better on the means, is significantly better (only such pairs are tested)."""
+    def separable(ri: pd.Series, rj: pd.Series) -> bool:
+        better = rj["mean"] > ri["mean"] if ri["higher_is_better"] else rj["mean"] < ri["mean"]
+        if not better or rj["bpw"] > ri["bpw"] * (1 + size_tolerance):
+            return True  # j does not dominate i on the means: nothing to test
+        a = records.get((rj["task"], rj["arch"], rj["method"], rj["budget"]))
+        b = records.get((ri["task"], ri["arch"], ri["method"], ri["budget"]))
+        try:
+            return a is None or b is None or compare(a, b).p_value < alpha
+        except ExamplesError:
+            return True  # not testable (no per-example results): the means decide, as without tests
+    return separable
+
+
 def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
-                       tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE) -> list[Path]:
-    """Tables and plots of ``experiment`` from its MLflow record alone; ``size_tolerance`` (relative,
-    config ``tables.size_tolerance``) is how far above its budget a cell's bpw may be and still
-    compete in the budget's column, and which sizes the Pareto front counts as equal."""
+                       tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE,
+                       alpha: float = ALPHA, claims: list | None = None) -> list[Path]:
+    """Tables and plots of ``experiment`` from its MLflow record alone (with the runs' per-example
+    results); ``size_tolerance`` (relative, config ``tables.size_tolerance``) is how far above its
+    budget a cell's bpw may be and still compete in the budget's column, and which sizes the
+    Pareto front counts as equal; ``alpha`` (config ``tables.alpha``) the level of the paired
+    tests behind the bold and the claims. With ``claims`` (:class:`quantbench.claims.Claim`, the
+    grid's), also ``<task>_claims.{md,csv}``: their verdicts on the task's cases."""
     check_size_tolerance(size_tolerance)
     tracker = Tracker(tracking_uri)
     runs = tracker.runs(experiment)
-    long = summarize(runs, size_tolerance)
-    written = write_tables(runs, out_dir, tasks, size_tolerance, long)
-    return written + write_plots(long, step_histories(tracker, runs), out_dir, tasks, size_tolerance)
+    latest = latest_runs(runs)
+    examples = load_examples(tracker, latest[latest["tags.status"] == "ok"])
+    long = summarize(runs, size_tolerance, examples, alpha)
+    written = write_tables(runs, out_dir, tasks, size_tolerance, long, alpha)
+    records = cell_records(latest, examples)
+    if claims is not None:
+        written += write_claims(claims, records, present_cells(latest), out_dir,
+                                tasks or sorted(long["task"].unique()), alpha, experiment)
+    return written + write_plots(long, step_histories(tracker, runs), out_dir, tasks, size_tolerance, records, alpha)
+
+
+def write_claims(claims: list, records: dict[tuple, CellRecord], present: set[tuple], out_dir: str | Path,
+                 tasks: list[str], alpha: float, experiment: str) -> list[Path]:
+    """``<task>_claims.md`` (verdicts, then the cases) and ``<task>_claims.csv`` (the cases) per task."""
+    from quantbench.claims import claims_markdown, evaluate_claims
+
+    written = []
+    for task in tasks:
+        mine = {k: r for k, r in records.items() if k[0] == task}
+        cases, verdicts = evaluate_claims(claims, mine, {c for c in present if c[0] == task}, alpha)
+        for suffix, text in (("md", claims_markdown(cases, verdicts, alpha, f"{experiment} / {task}: claims")),
+                             ("csv", cases.to_csv(index=False))):
+            written.append(write_text_atomic(Path(out_dir) / f"{task}_claims.{suffix}", text))
+    return written
 
 
 def step_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:

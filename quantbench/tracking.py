@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 T = TypeVar("T")
 TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
@@ -177,6 +178,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         check_server(uri)
+        # no progress bar per artifact download (the tables read one examples.npz per run); the user's setting wins
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client = with_retry(MlflowClient, tracking_uri=uri)
 
@@ -285,6 +288,17 @@ class Tracker:
         if not set(names) <= have:
             return None
         return [Path(with_retry(self.client.download_artifacts, run_id, name, str(into))) for name in names]
+
+    def artifact_file(self, run_id: str, artifact_uri: str, name: str, into: Path) -> Path | None:
+        """The run's artifact ``name`` as a local file: read in place when the run's artifacts are
+        local files (a sqlite store's ``mlartifacts/``), else downloaded into ``into``; None when
+        the run has no such artifact."""
+        parsed = urlparse(str(artifact_uri))
+        if parsed.scheme == "file":
+            path = Path(unquote(parsed.path)) / name
+            return path if path.is_file() else None
+        found = self.download_artifacts(run_id, [name], into)
+        return found[0] if found else None
 
     def metric_histories(self, run_ids: list[str], keys: list[str]) -> list[tuple[str, str, int, float]]:
         """``(run_id, key, step, value)`` of every logged value (``search_runs`` keeps only the last)."""

@@ -34,8 +34,8 @@ def test_default_config_file_is_valid():
 
 
 def test_the_tables_size_tolerance_defaults_to_one_percent_and_takes_its_range():
-    assert load_config({"name": "x"})["tables"] == {"size_tolerance": 0.01}
-    assert load_config({"name": "x", "tables": {}})["tables"] == {"size_tolerance": 0.01}
+    assert load_config({"name": "x"})["tables"] == {"size_tolerance": 0.01, "alpha": 0.05}
+    assert load_config({"name": "x", "tables": {}})["tables"] == {"size_tolerance": 0.01, "alpha": 0.05}
     for tolerance in (1e-9, 0.05, 0.5):  # (0, 0.5]: the upper end is allowed
         cfg = load_config({"name": "x", "tables": {"size_tolerance": tolerance}})
         assert cfg["tables"]["size_tolerance"] == tolerance
@@ -94,7 +94,9 @@ def test_method_params_reach_the_cell_spec():
      r"config.tables.size_tolerance: 0.6 is greater than the maximum of 0.5"),
     ({"name": "x", "tables": {"size_tolerance": "1%"}}, r"config.tables.size_tolerance: '1%' is not of type 'number'"),
     ({"name": "x", "tables": {"tolerance": 0.1}},
-     r"config.tables: unknown key\(s\) \['tolerance'\]; allowed keys: \['size_tolerance'\]"),
+     r"config.tables: unknown key\(s\) \['tolerance'\]; allowed keys: \['alpha', 'size_tolerance'\]"),
+    ({"name": "x", "tables": {"alpha": 0}}, r"config.tables.alpha: 0 is less than or equal to the minimum of 0"),
+    ({"name": "x", "tables": {"alpha": 0.9}}, r"config.tables.alpha: 0.9 is greater than the maximum of 0.5"),
 ])
 def test_invalid_configs_name_the_key_and_the_allowed_values(config, message):
     with pytest.raises(ConfigError, match=message):

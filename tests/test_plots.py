@@ -91,3 +91,22 @@ def test_plots_are_written_as_png_and_pdf(tmp_path):
         "digits_steps.pdf", "digits_steps.png"]
     empty = steps_plot(histories.iloc[:0], "other", "accuracy", curves, tmp_path)
     assert sorted(p.name for p in empty) == ["other_steps.pdf", "other_steps.png"]
+
+
+def test_the_front_passes_through_points_no_significantly_better_point_dominates():
+    """Point 1 is larger and worse than point 0 on the means: dominated, unless the paired test
+    cannot tell them apart (``separable[1, 0]`` false), when both are on the front; brute force
+    over all separability patterns of three points."""
+    import itertools
+
+    size, metric = np.array([1.0, 2.0, 3.0]), np.array([90.0, 89.9, 95.0])
+    assert list(pareto_front(size, metric, True, 0.0)) == [0, 2]
+    apart = np.ones((3, 3), dtype=bool)
+    apart[1, 0] = False
+    assert list(pareto_front(size, metric, True, 0.0, apart)) == [0, 1, 2]
+    for bits in itertools.product([False, True], repeat=9):
+        sep = np.array(bits).reshape(3, 3)
+        front = set(pareto_front(size, metric, True, 0.0, sep))
+        for i in range(3):
+            dominated = any(size[j] <= size[i] and metric[j] > metric[i] and sep[i, j] for j in range(3))
+            assert (i not in front) == dominated

@@ -32,7 +32,8 @@ def test_grid_runs_end_to_end_and_tables_regenerate_from_mlflow(tmp_path):
     md = table.read_text()
     rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
     assert set(rows) == {"reference", "rtn"}
-    # two seeds -> mean ± std; achieved bpw a little above the budget (side information)
+    # two seeds -> mean ± half its bootstrap interval over test examples; achieved bpw a little above
+    # the budget (side information)
     assert re.search(r"\d+\.\d\d(\*\*)? ± \d+\.\d\d \(2\.0\d bpw, \d+\.\d×\)", rows["rtn"])
     assert re.search(r"\(8\.0\d bpw, 3\.\d×\)", rows["rtn"])
     for cell in ("rtn/b2/s0", "rtn/b2/s1", "rtn/b8/s0", "rtn/b8/s1", "reference/s0", "reference/s1"):
@@ -52,12 +53,14 @@ def test_grid_runs_end_to_end_and_tables_regenerate_from_mlflow(tmp_path):
 
     # the record alone regenerates the same tables and plots (byte for byte)
     saved = {p.name: p.read_bytes() for p in table.parent.iterdir()}
-    assert sorted(saved) == ["digits.csv", "digits.md", "digits.tex", "digits_size.pdf", "digits_size.png",
-                             "digits_steps.pdf", "digits_steps.png"]
+    assert sorted(saved) == ["digits.csv", "digits.md", "digits.tex", "digits_claims.csv", "digits_claims.md",
+                             "digits_size.pdf", "digits_size.png", "digits_steps.pdf", "digits_steps.png"]
+    assert "bootstrap over the test examples" in md and "No claims are stated" in saved["digits_claims.md"].decode()
     shutil.rmtree(tmp_path / "results/runs")
     shutil.rmtree(table.parent)
     proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "tables", "--experiment", "e2e",
-                           "--results-dir", str(tmp_path / "results")], capture_output=True, text=True, timeout=300)
+                           "--results-dir", str(tmp_path / "results"), "--claims", "[]"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.read_bytes() for p in table.parent.iterdir()} == saved
 

@@ -2,6 +2,7 @@
 # two parts of a job's spec: its identity (params.spec, which Snakemake compares to decide what to
 # rerun) and the grid's context (results/data/tracking locations, download, device, published
 # figures; params.context, which it does not compare), so changing where things live reruns nothing.
+import json
 import shlex
 
 from snakemake.exceptions import WorkflowError
@@ -41,7 +42,8 @@ def context(wildcards, output):
 def tables_command(wildcards=None, output=None):
     """The one tables command: rule tables runs it, and the onerror handler."""
     return (f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} "
-            f"--size-tolerance {CFG['tables']['size_tolerance']!r} {TRACKING_URI_ARG}")
+            f"--size-tolerance {CFG['tables']['size_tolerance']!r} --alpha {CFG['tables']['alpha']!r} "
+            f"--claims {shlex.quote(json.dumps(CFG['claims']))} {TRACKING_URI_ARG}")
 
 
 wildcard_constraints:
@@ -62,6 +64,10 @@ def cell_file(cell):
 
 def table_files(exts=("md", "csv", "tex")):
     return expand(f"{RESULTS}/tables/{EXP}/{{task}}.{{ext}}", task=CFG["tasks"], ext=list(exts))
+
+
+def claims_files(ext):
+    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_claims.{ext}", task=CFG["tasks"])
 
 
 def plot_files(ext):

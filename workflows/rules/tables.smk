@@ -12,6 +12,8 @@ rule tables:
         steps=[report(f, caption="../report/steps_plot.rst", category="Plots") for f in plot_files("png")
                if f.endswith("_steps.png")],
         pdf=plot_files("pdf"),
+        claims=[report(f, caption="../report/claims.rst", category="Claims") for f in claims_files("md")],
+        claims_csv=claims_files("csv"),
     log:
         f"{LOGS}/tables.log",
     params:

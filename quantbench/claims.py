@@ -1,0 +1,218 @@
+"""The papers' claims, stated once in a grid (config ``claims``) and checked against its record.
+
+A claim compares two methods with the paired test of :mod:`quantbench.significance`, on every
+(task, arch, budget) case it covers::
+
+    claims:
+      - claim: lc_adaptive > dc        # A > B: A significantly better
+        at: [1, 2]                     # budgets (default: every budget both have a run at)
+        archs: [lenet300]              # default: every arch; tasks: likewise
+        source: "Carreira-Perpiñán & Idelbayev 2017, Fig. 5"
+      - claim: diffq >= qat            # A >= B: A not significantly worse
+        margin: 0.5                    # ... or, with a margin m, A − B above −m (interval)
+      - claim: starting point          # every method >= the method it starts from
+
+With ``g`` = A − B signed so that positive is better (the task's metric) and its (1 − α)
+interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``hi >= 0``
+(not significantly worse), or with a margin ``lo > −m``. It **fails** when A is significantly
+worse: ``g < 0`` with a Holm-adjusted p-value below α, Holm over the claim's cases. Otherwise it
+is **inconclusive**; a case whose cells have no finished run is **not run**. A claim holds when
+every case holds (an intersection-union test: no correction needed), fails when any case fails,
+and is inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from quantbench.errors import ConfigError, ExamplesError
+from quantbench.files import write_text_atomic
+from quantbench.significance import CellRecord, compare, present_cells, read_record
+from quantbench.stats import ALPHA, holm
+
+STARTING_POINT = "starting point"
+_CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>)\s*([A-Za-z0-9_@]+)\s*$")
+HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One comparison: ``better relation than`` (``relation`` ">" or ">="), restricted to
+    ``budgets``/``archs``/``tasks`` where given; ``better`` is "*" for the starting-point rule."""
+
+    text: str
+    better: str
+    relation: str
+    than: str
+    budgets: tuple[float, ...] | None = None
+    archs: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+    margin: float | None = None
+    source: str = ""
+
+
+def parse_claims(raw: list[dict], known_methods: list[str] | None = None) -> list[Claim]:
+    """The grid's ``claims`` (validated by the schema) as :class:`Claim`; a ConfigError naming
+    ``config.claims[i]``, the claim's text and the reason for a claim that is not ``A > B``,
+    ``A >= B`` or ``starting point``, or that names a method not in ``known_methods``."""
+    claims = []
+    for i, entry in enumerate(raw):
+        text = str(entry["claim"]).strip()
+        where = f"config.claims[{i}] ({text!r})"
+        scope = {"budgets": _tuple(entry.get("at"), float), "archs": _tuple(entry.get("archs"), str),
+                 "tasks": _tuple(entry.get("tasks"), str), "margin": entry.get("margin"),
+                 "source": entry.get("source", "")}
+        if text == STARTING_POINT:
+            if scope["margin"] is not None:
+                raise ConfigError(f"{where}: the starting-point rule takes no margin")
+            claims.append(Claim(text, "*", ">=", "starts_from", **scope))
+            continue
+        match = _CLAIM.match(text)
+        if not match:
+            raise ConfigError(f"{where}: expected 'A > B', 'A >= B' (method labels) or {STARTING_POINT!r}")
+        a, relation, b = match.groups()
+        if a == b:
+            raise ConfigError(f"{where}: compares {a} with itself")
+        if scope["margin"] is not None and relation != ">=":
+            raise ConfigError(f"{where}: a margin belongs to '>=' (not worse by more than the margin)")
+        for name in (a, b):
+            if known_methods is not None and name not in known_methods:
+                raise ConfigError(f"{where}: unknown method {name!r}; allowed values: {known_methods}")
+        claims.append(Claim(text, a, relation, b, **scope))
+    return claims
+
+
+def _tuple(values, kind) -> tuple | None:
+    return None if values is None else tuple(kind(v) for v in values)
+
+
+def check_against_grid(claims: list[Claim], methods: list[str], budgets: list[float], archs: list[str],
+                       tasks: list[str]) -> None:
+    """A ConfigError naming the claim when it names a method, budget, arch or task the grid does
+    not have (``quantbench validate`` and ``quantbench claims --grid``: the grid as written)."""
+    for i, claim in enumerate(claims):
+        where = f"config.claims[{i}] ({claim.text!r})"
+        for name in (claim.better, claim.than):
+            if name not in ("*", "starts_from") and name not in methods:
+                raise ConfigError(f"{where}: method {name!r} is not in this grid's methods {methods}")
+        for b in claim.budgets or ():
+            if not any(math.isclose(b, float(g), abs_tol=1e-9) for g in budgets):
+                raise ConfigError(f"{where}: budget {b:g} is not in this grid's budgets {budgets}")
+        for kind, values, known in (("arch", claim.archs, archs), ("task", claim.tasks, tasks)):
+            for v in values or ():
+                if v not in known:
+                    raise ConfigError(f"{where}: {kind} {v!r} is not in this grid's {kind}s {known}")
+
+
+def _cases(claim: Claim, records: dict[tuple, CellRecord], present: set[tuple]) -> list[tuple]:
+    """``(task, arch, budget, A, B)`` of every case of ``claim``: where either method has a run
+    (``present``: the record's (task, arch, method, budget) of any status), within its scope."""
+    pairs = set()
+    for task, arch, method, budget in present:
+        if budget is None or (claim.tasks and task not in claim.tasks) or (claim.archs and arch not in claim.archs):
+            continue
+        if claim.budgets and not any(math.isclose(budget, b, abs_tol=1e-9) for b in claim.budgets):
+            continue
+        if claim.better == "*":
+            start = records.get((task, arch, method, budget))
+            if start is not None and start.starts_from:
+                pairs.add((task, arch, budget, method, start.starts_from))
+        elif method in (claim.better, claim.than):
+            pairs.add((task, arch, budget, claim.better, claim.than))
+    return sorted(pairs)
+
+
+def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], present: set[tuple],
+                    alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(cases, verdicts)``: one row per case of each claim (the difference A − B, its
+    (1 − α) interval, p-value, Holm-adjusted p, seeds, examples, verdict), and one row per
+    claim (its verdict and how many cases held, failed, were inconclusive or not run)."""
+    case_rows, claim_rows = [], []
+    for claim in claims:
+        rows = []
+        for task, arch, budget, a_name, b_name in _cases(claim, records, present):
+            a, b = records.get((task, arch, a_name, budget)), records.get((task, arch, b_name, budget))
+            row = {"claim": claim.text, "task": task, "arch": arch, "budget": budget, "A": a_name, "B": b_name,
+                   "A_mean": a.mean if a else math.nan, "B_mean": b.mean if b else math.nan,
+                   "difference": math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n_seeds": 0,
+                   "n_examples": 0, "verdict": "", "reason": ""}
+            if a is None or b is None:
+                row.update(verdict=NOT_RUN, reason=f"{a_name if a is None else b_name} has no finished run")
+            else:
+                try:
+                    d = compare(a, b, confidence=1 - alpha)
+                except ExamplesError as e:
+                    raise ExamplesError(f"claim {claim.text!r}: {e}") from None
+                row.update(difference=d.difference, low=d.low, high=d.high, p=d.p_value, n_seeds=d.n_seeds,
+                           n_examples=d.n_examples, higher=a.higher_is_better)
+            rows.append(row)
+        tested = [r for r in rows if r["verdict"] != NOT_RUN]
+        for r, p_adj in zip(tested, holm([r["p"] for r in tested]), strict=True):
+            sign = 1.0 if r.pop("higher") else -1.0
+            g, lo, hi = sign * r["difference"], min(sign * r["low"], sign * r["high"]), max(sign * r["low"],
+                                                                                            sign * r["high"])
+            r["p_holm"] = p_adj
+            if g < 0 and p_adj < alpha:
+                r["verdict"] = FAILS
+            elif claim.relation == ">" and lo > 0:
+                r["verdict"] = HOLDS
+            elif claim.relation == ">=" and (hi >= 0 if claim.margin is None else lo > -claim.margin):
+                r["verdict"] = HOLDS
+            else:
+                r["verdict"] = INCONCLUSIVE
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN)}
+        if not rows:
+            verdict = "no case in this record"
+        elif counts[FAILS]:
+            verdict = FAILS
+        elif counts[HOLDS] == len(rows):
+            verdict = HOLDS
+        else:
+            verdict = INCONCLUSIVE
+        claim_rows.append({"claim": claim.text, "verdict": verdict, "cases": len(rows), **counts,
+                           "source": claim.source})
+        case_rows += rows
+    columns = ["claim", "task", "arch", "budget", "A", "B", "A_mean", "B_mean", "difference", "low", "high", "p",
+               "p_holm", "n_seeds", "n_examples", "verdict", "reason"]
+    return pd.DataFrame(case_rows, columns=columns), pd.DataFrame(claim_rows)
+
+
+def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, title: str) -> str:
+    """The claims table: a line per claim with its verdict, then its cases."""
+    lines = [f"# {title}", "",
+             f"Each claim is checked on every (task, arch, budget) case it covers by the paired bootstrap of "
+             f"the tables (docs/statistics.md): A − B in the task's metric with its {100 * (1 - alpha):g} % "
+             f"interval. 'A > B' holds where the interval is above 0; 'A >= B' where A is not significantly "
+             f"worse (or, with a margin, the interval is above −margin). A case fails where A is significantly "
+             f"worse (Holm over the claim's cases, α = {alpha:g}); a claim holds when all its cases hold and "
+             f"fails when any fails.", ""]
+    if verdicts.empty:
+        return "\n".join(lines + ["No claims are stated for this grid (config `claims`).", ""])
+    table = verdicts.rename(columns={"not run": "not_run"})
+    lines += [table.to_markdown(index=False), "", "## Cases", ""]
+    shown = cases.copy()
+    shown["A − B"] = [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" if pd.notna(d) else "—"
+                      for d, lo, hi in zip(shown["difference"], shown["low"], shown["high"], strict=True)]
+    shown["p"] = [f"{p:.3g}" if pd.notna(p) else "—" for p in shown["p"]]
+    shown["budget"] = [f"{b:g}" for b in shown["budget"]]
+    for col in ("A_mean", "B_mean"):
+        shown[col] = [f"{v:.2f}" if pd.notna(v) else "—" for v in shown[col]]
+    keep = ["claim", "task", "arch", "budget", "A", "A_mean", "B", "B_mean", "A − B", "p", "n_seeds", "verdict",
+            "reason"]
+    lines += [shown[keep].to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def claims_command(tracking_uri: str, experiment: str, alpha: float, claims: list[Claim],
+                   csv: Path | None = None) -> str:
+    """What ``quantbench claims --grid G`` prints: the claims table of ``experiment``'s record."""
+    records, latest = read_record(tracking_uri, experiment)
+    cases, verdicts = evaluate_claims(claims, records, present_cells(latest), alpha)
+    if csv is not None:
+        write_text_atomic(csv, cases.to_csv(index=False))
+    return claims_markdown(cases, verdicts, alpha, f"{experiment}: claims")

@@ -1,0 +1,196 @@
+"""Which differences in an MLflow record are real: the record-side of :mod:`quantbench.stats`.
+
+A *cell* here is (task, arch, method, budget) over its seeds: the latest run of each seed that
+finished, its metric and, where the run recorded it, its per-example results (``examples.npz``).
+Two cells are compared on the seeds both finished (seed s of both compressed the same reference
+s), by the paired bootstrap of :func:`quantbench.stats.paired_difference`; a difference is
+*detectable* when its p-value is below α (default 0.05).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantbench.stats import ALPHA, CONFIDENCE, EXAMPLES_FILE, Difference, Examples, ExamplesError, paired_difference
+
+log = logging.getLogger("quantbench")
+
+
+@dataclass
+class CellRecord:
+    """One cell's finished seeds: ``values[seed]`` (its metric) and ``examples[seed]`` (where
+    recorded)."""
+
+    task: str
+    arch: str
+    method: str
+    budget: float | None
+    metric: str
+    higher_is_better: bool
+    values: dict[int, float] = field(default_factory=dict)
+    examples: dict[int, Examples] = field(default_factory=dict)
+    starts_from: str = ""  # the method it starts from (run tag starts_from), "" when none
+
+    @property
+    def name(self) -> str:
+        budget = "" if self.budget is None else f" at {self.budget:g} bits"
+        return f"{self.task}/{self.arch} {self.method}{budget}"
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.values.values()))) if self.values else math.nan
+
+
+def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: its most recent run."""
+    if runs.empty or "tags.cell_id" not in runs:
+        raise LookupError("the experiment has no quantbench runs")
+    runs = runs[runs["tags.cell_id"].notna()].sort_values("start_time")
+    return runs.drop_duplicates("tags.cell_id", keep="last")
+
+
+def load_examples(tracker, runs: pd.DataFrame) -> dict[str, Examples]:
+    """``examples.npz`` of each run of ``runs`` (``run_id``, ``artifact_uri``) that recorded one,
+    by run id. A run recorded before per-example results existed has none (left out); an
+    unreadable file is left out with a warning naming the run and the file."""
+    found = {}
+    with tempfile.TemporaryDirectory(prefix="quantbench-examples-") as tmp:
+        for run_id, uri in zip(runs["run_id"], runs["artifact_uri"], strict=True):
+            path = tracker.artifact_file(run_id, uri, EXAMPLES_FILE, Path(tmp) / run_id)
+            if path is None:
+                continue
+            try:
+                found[run_id] = Examples.load(path)
+            except ExamplesError as e:
+                log.warning("run %s: %s; its cell has no per-example results", run_id, e)
+    return found
+
+
+def cell_records(latest: pd.DataFrame, examples: dict[str, Examples]) -> dict[tuple, CellRecord]:
+    """The finished seeds of every cell of ``latest`` (one row per run: :func:`latest_runs`),
+    keyed ``(task, arch, method, budget)``: the reference is method ``reference``, budget None."""
+    records: dict[tuple, CellRecord] = {}
+    ok = latest[latest["tags.status"] == "ok"]
+    for _, row in ok.iterrows():
+        reference = row["tags.kind"] == "reference"
+        method = "reference" if reference else row["tags.method"]
+        budget = None if reference else float(row["tags.budget"])
+        metric = row["tags.metric"]
+        key = (row["tags.task"], row["tags.arch"], method, budget)
+        if key not in records:
+            higher = str(row.get("tags.higher_is_better", "true")).lower() == "true"
+            start = row.get("tags.starts_from")
+            records[key] = CellRecord(*key, metric, higher, starts_from=start if isinstance(start, str) else "")
+        seed = int(row["tags.seed"])
+        records[key].values[seed] = float(row[f"metrics.{metric}"])
+        if row["run_id"] in examples:
+            records[key].examples[seed] = examples[row["run_id"]]
+    return records
+
+
+def present_cells(latest: pd.DataFrame) -> set[tuple]:
+    """``(task, arch, method, budget)`` of every cell of ``latest`` that has a run, of any status."""
+    cells = latest[latest["tags.kind"] == "cell"]
+    return {(t, a, m, float(b)) for t, a, m, b in zip(cells["tags.task"], cells["tags.arch"], cells["tags.method"],
+                                                      cells["tags.budget"], strict=True)}
+
+
+def find_cell(records: dict[tuple, CellRecord], task: str, arch: str, method: str,
+              budget: float | None) -> CellRecord | None:
+    """The cell (budget None for the reference), its budget matched to 1e-9."""
+    for (t, a, m, b), record in records.items():
+        if (t, a, m) == (task, arch, method) and (b is None or math.isclose(b, budget, abs_tol=1e-9)):
+            return record
+    return None
+
+
+def compare(a: CellRecord, b: CellRecord, confidence: float = CONFIDENCE) -> Difference:
+    """``a − b`` in the task metric, paired over the seeds both finished and recorded per-example
+    results of; an :class:`ExamplesError` when there are none, or when they saw different examples."""
+    seeds = sorted(set(a.examples) & set(b.examples))
+    if not seeds:
+        missing = [c.name for c in (a, b) if not c.examples]
+        raise ExamplesError(f"{a.name} vs {b.name}: " + (
+            f"no per-example results recorded for {', '.join(missing)} (runs made before they were recorded: "
+            f"run them again)" if missing else
+            f"no seed in common with per-example results (seeds {sorted(a.examples)} vs {sorted(b.examples)})"))
+    try:
+        return paired_difference(a.metric, [a.examples[s] for s in seeds], [b.examples[s] for s in seeds], confidence)
+    except ExamplesError as e:
+        raise ExamplesError(f"{a.name} vs {b.name}: {e}") from None
+
+
+def verdict(d: Difference, higher_is_better: bool, alpha: float = ALPHA, names: tuple[str, str] = ("A", "B")) -> str:
+    """"A better", "B better" or "no detectable difference" (p ≥ α)."""
+    if d.p_value >= alpha:
+        return "no detectable difference"
+    a_better = d.difference > 0 if higher_is_better else d.difference < 0
+    return f"{names[0] if a_better else names[1]} better"
+
+
+def read_record(tracking_uri: str, experiment: str, keep=None) -> dict[tuple, CellRecord]:
+    """The cells of ``experiment`` (:func:`cell_records`) with the per-example results of the runs
+    ``keep(latest)`` selects (a boolean mask over the latest runs; default: every finished run)."""
+    from quantbench.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    latest = latest_runs(tracker.runs(experiment))
+    chosen = latest["tags.status"] == "ok"
+    if keep is not None:
+        chosen &= keep(latest)
+    return cell_records(latest, load_examples(tracker, latest[chosen])), latest
+
+
+def _cell_or_why(records: dict, latest: pd.DataFrame, task: str, arch: str, method: str,
+                 budget: float | None) -> CellRecord:
+    """The finished cell, or a LookupError naming it and saying "not run" (or how its runs ended)."""
+    if method != "reference" and budget is None:
+        raise LookupError(f"--budget is needed to compare {method} (only the reference has no budget)")
+    found = find_cell(records, task, arch, method, budget)
+    if found is not None:
+        return found
+    name = f"{task}/{arch} {method}" + ("" if method == "reference" else f" at {budget:g} bits")
+    rows = latest[(latest["tags.task"] == task) & (latest["tags.arch"] == arch)]
+    if method == "reference":
+        rows = rows[rows["tags.kind"] == "reference"]
+    else:
+        budgets = pd.to_numeric(rows.get("tags.budget"), errors="coerce")
+        rows = rows[(rows.get("tags.method") == method) & np.isclose(budgets, budget)]
+    if rows.empty:
+        raise LookupError(f"{name}: not run (the record has no run of this cell)")
+    ended = ", ".join(f"seed {s}: {st}" for s, st in zip(rows["tags.seed"], rows["tags.status"], strict=True))
+    raise LookupError(f"{name}: no finished run ({ended})")
+
+
+def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str, arch: str, budget: float | None,
+                    method_a: str, method_b: str) -> str:
+    """What ``quantbench compare`` prints: both cells' means, the paired difference A − B with its
+    95 % interval and p-value, the seeds and test examples it rests on, and the verdict."""
+    def wanted(latest: pd.DataFrame) -> pd.Series:
+        method = np.where(latest["tags.kind"] == "reference", "reference", latest.get("tags.method"))
+        return (latest["tags.task"] == task) & (latest["tags.arch"] == arch) & np.isin(method, [method_a, method_b])
+
+    records, latest = read_record(tracking_uri, experiment, wanted)
+    a = _cell_or_why(records, latest, task, arch, method_a, budget)
+    b = _cell_or_why(records, latest, task, arch, method_b, budget)
+    d = compare(a, b)
+    better = "higher" if a.higher_is_better else "lower"
+    width = max(len(method_a), len(method_b), len("A − B"))
+    pct = f"{d.confidence * 100:g} %"
+    lines = [f"{experiment}: {task}/{arch}" + ("" if budget is None else f" at {budget:g} bits")
+             + f", test {a.metric} ({better} is better)"]
+    for cell in (a, b):
+        lines.append(f"  {cell.method:<{width}}  {cell.mean:.4g}  (mean of seeds {sorted(cell.values)})")
+    lines.append(f"  {'A − B':<{width}}  {d.difference:+.4g}  {pct} interval [{d.low:+.4g}, {d.high:+.4g}], "
+                 f"p = {d.p_value:.3g}")
+    lines.append(f"  paired over {d.n_seeds} seed(s) × {d.n_examples} test examples (bootstrap, {d.replicates} "
+                 f"replicates{', seeds drawn too' if d.n_seeds > 1 else ''}; α = {alpha:g})")
+    lines.append(f"  verdict: {verdict(d, a.higher_is_better, alpha, (method_a, method_b))}")
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""How much of a difference is real: per-example outcomes, intervals and paired tests.
+
+Every evaluation keeps, besides its metrics, what a paired test needs (:class:`Examples`):
+per test example its correctness and loss (classification), or per block of tokens its summed
+loss and token count (language modelling), with the identity of the split it saw (task, split,
+number of examples and a sha256 of the targets in order). Each metric is a ratio of sums over
+examples, ``metric = f(Σ_i w_i·num_i / Σ_i w_i·den_i)`` with weights ``w_i = 1`` (accuracy:
+``num = 100·correct``, ``den = 1``; perplexity: ``num`` = summed loss, ``den`` = tokens,
+``f = exp``), so a bootstrap replicate is the same formula with ``w`` = how often each example
+was drawn.
+
+- **Interval of a cell** (:func:`cell_interval`), 95 % by default: with ≥ 3 seeds a t interval
+  over the seeds' metrics, ``mean ± t_{0.975, n-1}·s/√n`` (run-to-run variance: the networks);
+  with 1 or 2 seeds a percentile bootstrap over test examples of the seeds' mean (test-set
+  variance only: it says nothing about another seed).
+- **Paired difference** (:func:`paired_difference`) of two cells on the same examples and the
+  same seeds (seed s of both compressed the same reference s): ``d = mean_s [m_A(s) − m_B(s)]``;
+  a bootstrap replicate draws the test examples with replacement (the same draw for every seed
+  and both cells) and, with several seeds, the seeds with replacement. The interval is the
+  replicates' percentiles; the two-sided p-value ``2·(min(#{d* < 0}, #{d* > 0}) + #{d* = 0}/2 + 1)/(B + 1)``
+  (at most 1) inverts it: ``p < α`` when the ``1 − α`` interval leaves out 0 (up to the +1
+  that keeps p above 0, and the ties at 0 counted half on each side: on accuracy over a few
+  hundred examples ``d* = 0`` holds about 4 % of the mass, and counting it on both sides made
+  the test reject 1.3 % of the time at α = 5 % where nothing differs). Where fewer than
+  :data:`RESOLVED_TAIL` replicates fall beyond 0 the count cannot resolve p (it stops at
+  ``2/(B + 1)``, 0.001 at B = 2,000, which Holm over 80 cases can never call significant), so p
+  is then the normal approximation ``2·Φ(−|d|/sd(d*))`` from the replicates' spread.
+- **Several comparisons** (:func:`holm`): Holm's step-down adjustment of a family's p-values
+  (family-wise error at most α).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quantbench.errors import ExamplesError
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+REPLICATES = 2000
+RESOLVED_TAIL = 5  # fewer replicates than this beyond 0: the p-value is the normal approximation
+CHUNK_DRAWS = 4_000_000  # example draws per chunk of replicates: bounds the memory of a bootstrap
+EXAMPLES_FILE = "examples.npz"
+CI_SEEDS = "t over seeds"
+CI_EXAMPLES = "bootstrap over test examples"
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Per-example outcomes of one evaluation. ``numerator``/``denominator``: per example
+    (classification: ``correct`` in 0/1 and 1; language modelling: per block, the summed loss in
+    nats and the token count); ``loss``: per-example cross-entropy (classification only, else
+    None); ``split``: what was evaluated, in order (two results are paired only when equal)."""
+
+    kind: str  # "classification" or "language_modeling"
+    numerator: np.ndarray
+    denominator: np.ndarray
+    split: dict
+    loss: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.numerator)
+
+    def metric(self, name: str, weights: np.ndarray | None = None) -> np.ndarray | float:
+        """The task metric ``name`` from the examples (``weights``: one row of counts per bootstrap
+        replicate, shape (B, n); None: every example once, a float)."""
+        num, den = self._terms(name)
+        if weights is None:
+            return float(metric_from_ratio(name, np.array([num.sum() / den.sum()]))[0])
+        return metric_from_ratio(name, (weights @ num) / (weights @ den))
+
+    def _terms(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        num, den = self.numerator.astype(np.float64), self.denominator.astype(np.float64)
+        if self.kind == "classification" and name == "loss":
+            if self.loss is None:
+                raise ExamplesError("these per-example results carry no per-example loss")
+            return self.loss.astype(np.float64), den
+        if self.kind == "classification" and name not in ("accuracy", "error"):
+            raise ExamplesError(f"no per-example form of the classification metric {name!r}")
+        if self.kind == "language_modeling" and name not in ("perplexity", "loss", "bits_per_token"):
+            raise ExamplesError(f"no per-example form of the language-modelling metric {name!r}")
+        return num, den
+
+    def save(self, path: str | Path) -> Path:
+        """``path`` (an ``.npz``): correctness as a bitmap, losses as float32, counts as int32."""
+        arrays = {"split": np.array(json.dumps(self.split, sort_keys=True)), "kind": np.array(self.kind)}
+        if self.kind == "classification":
+            arrays["correct_bits"] = np.packbits(self.numerator.astype(bool))
+            arrays["n"] = np.array(self.n)
+            if self.loss is not None:
+                arrays["loss"] = self.loss.astype(np.float32)
+        else:
+            arrays["loss_sum"] = self.numerator.astype(np.float32)
+            arrays["tokens"] = self.denominator.astype(np.int32)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        Path(path).write_bytes(buffer.getvalue())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Examples:
+        """Read what :meth:`save` wrote; an :class:`ExamplesError` naming the file otherwise."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                kind, split = str(f["kind"]), json.loads(str(f["split"]))
+                if kind == "classification":
+                    n = int(f["n"])
+                    correct = np.unpackbits(f["correct_bits"], count=n).astype(np.float64)
+                    loss = f["loss"].astype(np.float64) if "loss" in f else None
+                    out = cls(kind, correct, np.ones(n), split, loss)
+                elif kind == "language_modeling":
+                    out = cls(kind, f["loss_sum"].astype(np.float64), f["tokens"].astype(np.float64), split)
+                else:
+                    raise ValueError(f"unknown kind {kind!r}")
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise ExamplesError(f"{path}: not a per-example results file ({EXAMPLES_FILE}): {e}") from None
+        if not isinstance(split, dict) or split.get("n") != out.n or len(out.denominator) != out.n:
+            raise ExamplesError(f"{path}: its split says {split.get('n') if isinstance(split, dict) else split!r} "
+                                f"examples, its arrays hold {out.n}")
+        return out
+
+
+def split_identity(task: str, split: str, targets: Iterable) -> dict:
+    """What an evaluation saw: ``task``, ``split``, ``n`` (examples or blocks) and the sha256 of
+    the targets in order (``targets``: one array-like per batch; the first axis counts)."""
+    digest, n = hashlib.sha256(), 0
+    for t in targets:
+        t = np.ascontiguousarray(np.asarray(t, dtype=np.int64))
+        digest.update(t.tobytes())
+        n += len(t)
+    return {"task": task, "split": split, "n": n, "order_sha256": digest.hexdigest()}
+
+
+def metric_from_ratio(name: str, ratio: np.ndarray) -> np.ndarray:
+    """``f(Σ num / Σ den)`` for the metric ``name`` (see the module docstring)."""
+    if name == "error":
+        return 100.0 - 100.0 * ratio
+    if name == "accuracy":
+        return 100.0 * ratio
+    if name == "perplexity":
+        return np.exp(np.minimum(ratio, 700.0))
+    if name == "bits_per_token":
+        return ratio / math.log(2)
+    return ratio  # loss
+
+
+def bootstrap_weights(n: int, replicates: int, seed: int) -> Iterable[np.ndarray]:
+    """Count matrices (chunk, n): row r counts how often each of the ``n`` examples is drawn in
+    replicate r (n draws with replacement, ``numpy.random.default_rng(seed)``); chunks of at most
+    :data:`CHUNK_DRAWS` draws. The same (n, replicates, seed) gives the same draws: every test of
+    a table uses the same replicates (common random numbers), and one chunk is kept for reuse."""
+    if n * replicates <= CHUNK_DRAWS:
+        yield _one_chunk(n, replicates, seed)
+        return
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, CHUNK_DRAWS // max(n, 1))
+    done = 0
+    while done < replicates:
+        b = min(per_chunk, replicates - done)
+        done += b
+        yield _counts(rng, n, b)
+
+
+@functools.lru_cache(maxsize=4)
+def _one_chunk(n: int, replicates: int, seed: int) -> np.ndarray:
+    counts = _counts(np.random.default_rng(seed), n, replicates)
+    counts.setflags(write=False)
+    return counts
+
+
+def _counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
+    draws = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]  # row r's draws, offset by r·n
+    return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def check_paired(a: Sequence[Examples], b: Sequence[Examples], what: str = "") -> None:
+    """Every result of ``a`` and ``b`` saw the same examples in the same order; else an
+    :class:`ExamplesError` saying what differs."""
+    splits = {json.dumps(e.split, sort_keys=True) for e in (*a, *b)}
+    if len(splits) > 1:
+        raise ExamplesError(f"{what + ': ' if what else ''}not evaluated on the same examples in the same order "
+                            f"({len(splits)} different test splits: {sorted(splits)[:2]}...)")
+
+
+@dataclass(frozen=True)
+class Difference:
+    """``mean_s [m_A(s) − m_B(s)]`` with its ``confidence`` interval and two-sided p-value."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    n_seeds: int
+    n_examples: int
+    replicates: int
+    confidence: float = CONFIDENCE
+
+
+def paired_difference(metric: str, a: Sequence[Examples], b: Sequence[Examples], confidence: float = CONFIDENCE,
+                      replicates: int = REPLICATES, seed: int = 0) -> Difference:
+    """Paired bootstrap of ``m_A − m_B`` (module docstring): ``a[s]`` and ``b[s]`` are the results
+    of seed s of the two cells (the same reference), all on the same examples."""
+    if len(a) != len(b) or not a:
+        raise ExamplesError(f"a paired test needs the same seeds on both sides, got {len(a)} and {len(b)}")
+    check_paired(a, b)
+    seeds, n = len(a), a[0].n
+    observed = float(np.mean([x.metric(metric) - y.metric(metric) for x, y in zip(a, b, strict=True)]))
+    seed_draws = np.random.default_rng([seed, 1])
+    stars = []
+    for weights in bootstrap_weights(n, replicates, seed):
+        per_seed = np.stack([x.metric(metric, weights) - y.metric(metric, weights) for x, y in zip(a, b, strict=True)])
+        if seeds > 1:  # the seeds drawn with replacement too: (seeds, chunk) -> mean over the drawn seeds
+            drawn = seed_draws.integers(0, seeds, size=(seeds, weights.shape[0]))
+            per_seed = np.take_along_axis(per_seed, drawn, axis=0)
+        stars.append(per_seed.mean(axis=0))
+    star = np.concatenate(stars)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(star, [tail, 1 - tail])
+    ties = np.sum(star == 0) / 2  # a tie is half on each side (mid-p): on a discrete metric it is not rare
+    tail = min(np.sum(star < 0) + ties, np.sum(star > 0) + ties)
+    p = min(1.0, 2 * (tail + 1) / (len(star) + 1))
+    if tail < RESOLVED_TAIL:  # beyond what the replicates resolve: the normal tail of their spread
+        from scipy.stats import norm
+
+        p = min(p, float(2 * norm.sf(abs(observed) / star.std(ddof=1))))
+    return Difference(observed, float(low), float(high), float(p), seeds, n, len(star), confidence)
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """``mean ± t_{(1+c)/2, n−1}·s/√n`` over ``values`` (n ≥ 2)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    half = t.ppf((1 + confidence) / 2, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    return float(values.mean() - half), float(values.mean() + half)
+
+
+def bootstrap_interval(metric: str, results: Sequence[Examples], confidence: float = CONFIDENCE,
+                       replicates: int = REPLICATES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap over test examples of the mean over ``results`` (the seeds) of the metric."""
+    check_paired(results, [])
+    star = np.concatenate([np.mean([r.metric(metric, w) for r in results], axis=0)
+                           for w in bootstrap_weights(results[0].n, replicates, seed)])
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(star, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def cell_interval(metric: str, values: Sequence[float], results: Sequence[Examples] | None,
+                  confidence: float = CONFIDENCE) -> tuple[float, float, str]:
+    """``(low, high, kind)`` of a cell's mean: a t interval over ``values`` (the seeds' metrics)
+    when there are ≥ 3, else a bootstrap over the test examples of ``results``; NaNs and ""
+    where neither is possible (one seed recorded without per-example results)."""
+    if len(values) >= 3:
+        return (*t_interval(values, confidence), CI_SEEDS)
+    if results:
+        return (*bootstrap_interval(metric, results, confidence), CI_EXAMPLES)
+    return math.nan, math.nan, ""
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: sorted ascending, ``p_(i)·(m − i)`` (i from 0), made
+    monotone and capped at 1. Rejecting where adjusted < α keeps the family-wise error ≤ α."""
+    m = len(p_values)
+    order = np.argsort(p_values, kind="stable")
+    adjusted, running = [0.0] * m, 0.0
+    for i, k in enumerate(order):
+        running = max(running, min(1.0, p_values[k] * (m - i)))
+        adjusted[k] = running
+    return adjusted

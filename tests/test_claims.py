@@ -1,0 +1,139 @@
+"""Claims (config ``claims``): parsed and refused as the grid says, checked by the paired test on
+hand-made records: one that holds, one that fails on purpose, one that is inconclusive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_significance import SPLIT, Record, correctness
+
+from quantbench.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, parse_claims
+from quantbench.cli import main
+from quantbench.config import load_config
+from quantbench.errors import ConfigError
+from quantbench.tables import tables_from_mlflow
+
+
+def lose(right: np.ndarray, lost: int, gained: int = 0) -> np.ndarray:
+    """``right`` with its first ``lost`` hits missed and its first ``gained`` misses hit."""
+    out = right.copy()
+    out[np.flatnonzero(right)[:lost]] = 0
+    out[np.flatnonzero(right == 0)[:gained]] = 1
+    return out
+
+
+@pytest.fixture
+def record(tmp_path):
+    """lenet-like arch mlp at 2 bits: lc far above dc (holds), gpfq far below msq (fails), opq
+    and uniform one example apart, 3 lost and 2 gained (inconclusive); rtn at 1 bit has no finished run."""
+    rec = Record(tmp_path, name="claims")
+    base = correctness(0.9, 0)
+    rec.run(None, None, 0, correctness(0.97, 1))
+    rec.run("dc", 2, 0, lose(base, 60))
+    rec.run("lc_adaptive", 2, 0, base)
+    rec.run("msq", 2, 0, base)
+    rec.run("gpfq", 2, 0, lose(base, 50))
+    rec.run("opq", 2, 0, base)
+    rec.run("prune_quant_uniform", 2, 0, lose(base, 3, gained=2))
+    rec.run("lc_adaptive", 1, 0, base)
+    return rec
+
+
+GRID_CLAIMS = [{"claim": "lc_adaptive > dc", "at": [2], "source": "LC paper"},
+               {"claim": "gpfq > msq"},
+               {"claim": "opq > prune_quant_uniform", "at": [2]},
+               {"claim": "lc_adaptive > dc", "at": [1]},
+               {"claim": "opq >= prune_quant_uniform"},
+               {"claim": "opq >= prune_quant_uniform", "margin": 0.01}]
+
+
+def verdicts(record) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out = record.tmp / "tables"
+    tables_from_mlflow(record.uri, record.name, out, claims=parse_claims(GRID_CLAIMS))
+    return pd.read_csv(out / "digits_claims.csv"), (out / "digits_claims.md").read_text()
+
+
+def test_a_claim_holds_fails_or_is_inconclusive_by_the_paired_test(record):
+    cases, md = verdicts(record)
+    by_claim = {c: g for c, g in cases.groupby("claim", sort=False)}
+    assert list(by_claim["lc_adaptive > dc"]["verdict"]) == [HOLDS, NOT_RUN]  # at 1 bit dc has no run
+    assert list(by_claim["gpfq > msq"]["verdict"]) == [FAILS]
+    opq = cases[cases["claim"] == "opq > prune_quant_uniform"].iloc[0]
+    assert opq["verdict"] == INCONCLUSIVE and opq["low"] <= 0 < opq["high"] and opq["p"] > 0.05
+    lines = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| holds" not in lines["gpfq > msq"] and "fails" in lines["gpfq > msq"]
+    assert "inconclusive" in lines["opq > prune_quant_uniform"]
+    assert "LC paper" in md
+    # A >= B: not significantly worse holds; with a margin smaller than one example, inconclusive
+    ge = cases[cases["claim"] == "opq >= prune_quant_uniform"]
+    assert sorted(ge["verdict"]) == [HOLDS, INCONCLUSIVE]
+
+
+def test_a_claim_at_a_budget_without_runs_of_one_side_is_not_run(record):
+    cases, md = verdicts(record)
+    one_bit = cases[(cases["claim"] == "lc_adaptive > dc") & (cases["budget"] == 1)].iloc[0]
+    assert one_bit["verdict"] == NOT_RUN and "dc has no finished run" in one_bit["reason"]
+    assert "| lc_adaptive > dc" in md
+
+
+def test_claims_print_from_the_grid_and_refuse_what_the_grid_does_not_have(record, tmp_path, capsys):
+    grid = {"name": "claims", "tasks": ["digits"], "archs": ["lenet300"], "budgets": [1, 2],
+            "methods": ["dc", "lc_adaptive", "msq", "gpfq", "opq", "prune_quant_uniform"],
+            "tracking_uri": record.uri, "claims": GRID_CLAIMS}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert main(["claims", "--grid", str(path), "--csv", str(tmp_path / "c.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "| gpfq > msq" in out and "fails" in out and (tmp_path / "c.csv").is_file()
+    for bad, message in (({"claim": "lc_adaptive > dc", "at": [3]}, "budget 3 is not in this grid's budgets"),
+                         ({"claim": "lc_adaptive > rtn"}, "method 'rtn' is not in this grid's methods"),
+                         ({"claim": "lc_adaptive > dc", "archs": ["vgg16"]}, "arch 'vgg16' is not in")):
+        path.write_text(yaml.safe_dump({**grid, "claims": [bad]}))
+        assert main(["claims", "--grid", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "config.claims[0]" in err and bad["claim"] in err and message in err
+
+
+@pytest.mark.parametrize("claim, message", [
+    ({"claim": "lc_adaptive >> dc"}, "expected 'A > B', 'A >= B'"),
+    ({"claim": "lc_adaptve > dc"}, "unknown method 'lc_adaptve'"),
+    ({"claim": "dc > dc"}, "compares dc with itself"),
+    ({"claim": "lc_adaptive > dc", "margin": 1}, "a margin belongs to '>='"),
+    ({"claim": "starting point", "margin": 1}, "takes no margin"),
+    ({"claim": "lc_adaptive > dc", "at": ["two"]}, r"config.claims\[0\].at\[0\]: 'two' is not of type 'number'"),
+])
+def test_planning_refuses_a_malformed_claim_with_its_text(claim, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config({"name": "x", "claims": [claim]})
+
+
+def test_a_narrowed_grid_keeps_its_claims_at_planning():
+    """``--config methods=[rtn]`` on a grid whose claims name other methods: planned all the same
+    (their cases are simply not run); ``quantbench validate`` of the grid as written checks them."""
+    cfg = load_config({"name": "x", "methods": ["rtn"], "claims": [{"claim": "lc_adaptive > dc", "at": [2]}]})
+    assert [c.text for c in cfg.claims] == ["lc_adaptive > dc"]
+    with pytest.raises(ConfigError, match="method 'lc_adaptive' is not in this grid's methods"):
+        cfg.check_claims()
+
+
+def test_a_claim_over_cells_evaluated_on_different_examples_is_refused(tmp_path):
+    rec = Record(tmp_path, name="split")
+    rec.run("lc_adaptive", 2, 0, correctness(0.9, 0))
+    rec.run("dc", 2, 0, correctness(0.8, 1), split={**SPLIT, "order_sha256": "ef" * 32})
+    with pytest.raises(ValueError, match="claim 'lc_adaptive > dc'.*not evaluated on the same examples"):
+        tables_from_mlflow(rec.uri, "split", tmp_path / "t", claims=parse_claims([{"claim": "lc_adaptive > dc"}]))
+
+
+def test_the_shipped_grids_state_claims_that_name_their_own_cells():
+    from pathlib import Path
+
+    grids = sorted((Path(__file__).resolve().parents[1] / "workflows" / "config").glob("*.yaml"))
+    stated = {}
+    for grid in grids:
+        cfg = load_config(grid)
+        cfg.check_claims()
+        stated[grid.stem] = [c.text for c in cfg.claims]
+    for name in ("default", "lm", "diffq_vs_qat", "paper_lc", "paper_gpfq", "paper_opq", "paper_diffq"):
+        assert stated[name], f"{name}.yaml states no claims"

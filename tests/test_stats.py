@@ -1,0 +1,188 @@
+"""Per-example results, intervals and paired tests (quantbench.stats), each held against a
+closed form: the binomial (Wald) interval, the paired-difference normal interval, the t quantile,
+Holm by hand, and the false-positive rate of the test on two methods that do not differ."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from quantbench.data import _lm_task, build_task
+from quantbench.models import build_model
+from quantbench.stats import (
+    CI_EXAMPLES,
+    CI_SEEDS,
+    Examples,
+    ExamplesError,
+    bootstrap_interval,
+    bootstrap_weights,
+    cell_interval,
+    holm,
+    paired_difference,
+    split_identity,
+    t_interval,
+)
+
+SPLIT = {"task": "toy", "split": "test", "n": 360, "order_sha256": "0" * 64}
+
+
+def classification(correct, split=SPLIT) -> Examples:
+    correct = np.asarray(correct, dtype=np.float64)
+    return Examples("classification", correct, np.ones(len(correct)), {**split, "n": len(correct)},
+                    np.where(correct > 0, 0.1, 2.0))
+
+
+def test_the_examples_give_the_evaluated_metrics_and_survive_the_file(tmp_path):
+    task = build_task("digits")
+    torch.manual_seed(0)
+    model = build_model("lenet300", input_shape=[1, 8, 8], num_classes=10)
+    metrics, examples = task.evaluate_examples(model)
+    assert metrics == task.evaluate(model)
+    assert examples.n == len(task.test) == examples.split["n"]
+    assert examples.metric("accuracy") == pytest.approx(metrics["accuracy"], abs=1e-12)
+    assert examples.metric("error") == pytest.approx(metrics["error"], abs=1e-12)
+    assert examples.metric("loss") == pytest.approx(metrics["loss"], rel=1e-6)
+    back = Examples.load(examples.save(tmp_path / "examples.npz"))
+    assert np.array_equal(back.numerator, examples.numerator) and back.split == examples.split
+    # compact: float32 losses, a bitmap, and about 1 KiB of container (zip entries, the split as JSON)
+    assert (tmp_path / "examples.npz").stat().st_size < 360 * 4 + 360 // 8 + 1024
+    # the order is part of the identity: the same labels shuffled are another split
+    ys = [y.numpy() for _, y in task.loader("test", 512)]
+    assert split_identity("digits", "test", ys) == examples.split
+    assert split_identity("digits", "test", [np.concatenate(ys)[::-1]]) != examples.split
+
+
+def test_language_modelling_examples_are_blocks_of_summed_loss(tmp_path):
+    text = list("to be or not to be, that is the question: " * 40)
+    task = _lm_task("toy_lm", text[:1200], text[1200:], 16, None)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(task.num_classes, 8), torch.nn.Linear(8, task.num_classes))
+    metrics, examples = task.evaluate_examples(model)
+    assert metrics == task.evaluate(model)
+    assert examples.kind == "language_modeling" and set(examples.denominator) == {16.0}
+    assert examples.n == len(task.test) == examples.split["n"]
+    assert examples.metric("perplexity") == pytest.approx(metrics["perplexity"], rel=1e-5)
+    assert examples.metric("bits_per_token") == pytest.approx(metrics["bits_per_token"], rel=1e-5)
+    back = Examples.load(examples.save(tmp_path / "e.npz"))
+    assert back.metric("perplexity") == pytest.approx(metrics["perplexity"], rel=1e-5)
+    with pytest.raises(ExamplesError, match="accuracy"):
+        back.metric("accuracy")
+
+
+def test_a_damaged_examples_file_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "examples.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ExamplesError, match="examples.npz"):
+        Examples.load(bad)
+    classification([1, 0, 1]).save(bad)
+    with np.load(bad) as f:
+        arrays = dict(f)
+    arrays["n"] = np.array(5)
+    np.savez(bad, **arrays)
+    with pytest.raises(ExamplesError, match="examples.npz"):
+        Examples.load(bad)
+
+
+def test_bootstrap_weights_draw_n_examples_per_replicate():
+    chunks = list(bootstrap_weights(50, 300, 0))
+    counts = np.concatenate(chunks)
+    assert counts.shape == (300, 50) and np.all(counts.sum(axis=1) == 50)
+    assert counts.mean() == pytest.approx(1.0) and counts.var() == pytest.approx(1 - 1 / 50, abs=0.05)
+    big = np.concatenate(list(bootstrap_weights(100_000, 80, 1)))  # in chunks of at most CHUNK_DRAWS draws
+    assert big.shape == (80, 100_000) and np.all(big.sum(axis=1) == 100_000)
+    assert np.array_equal(np.concatenate(list(bootstrap_weights(50, 300, 0))), counts)  # the same seed, the same draws
+
+
+def test_the_interval_of_one_run_matches_the_binomial_interval():
+    """Percentile bootstrap of an accuracy vs Wald's p ± 1.96·sqrt(p(1−p)/n)."""
+    rng = np.random.default_rng(1)
+    correct = rng.random(2000) < 0.9
+    low, high = bootstrap_interval("accuracy", [classification(correct)])
+    p = correct.mean()
+    half = 100 * 1.959964 * math.sqrt(p * (1 - p) / len(correct))
+    assert (high - low) / 2 == pytest.approx(half, rel=0.08)
+    assert (low + high) / 2 == pytest.approx(100 * p, abs=0.15)
+
+
+def test_the_paired_interval_matches_the_normal_interval_of_the_differences():
+    """Paired difference of two classifiers on the same examples vs mean(d) ± 1.96·sd(d)/√n."""
+    rng = np.random.default_rng(2)
+    a = rng.random(3000) < 0.85
+    b = np.where(rng.random(3000) < 0.8, a, rng.random(3000) < 0.8)  # mostly agrees with a
+    d = paired_difference("accuracy", [classification(a)], [classification(b)])
+    diffs = 100.0 * (a.astype(float) - b.astype(float))
+    half = 1.959964 * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    assert d.difference == pytest.approx(diffs.mean(), abs=1e-9)
+    assert (d.high - d.low) / 2 == pytest.approx(half, rel=0.1)
+    assert d.n_seeds == 1 and d.n_examples == 3000
+
+
+def test_identical_cells_do_not_differ_and_a_clearly_better_one_does():
+    rng = np.random.default_rng(3)
+    a = rng.random(360) < 0.9
+    same = paired_difference("accuracy", [classification(a)], [classification(a)])
+    assert same.difference == 0 and same.p_value == 1.0 and same.low == same.high == 0
+    worse = np.where(rng.random(360) < 0.3, False, a)  # loses about 30 % of a's hits
+    d = paired_difference("accuracy", [classification(a)], [classification(worse)])
+    assert d.difference > 20 and d.low > 0 and d.p_value < 0.001
+
+
+def test_cells_on_different_examples_are_not_paired():
+    a = classification([1, 0, 1, 1])
+    b = classification([1, 1, 1, 0], split={**SPLIT, "order_sha256": "1" * 64})
+    with pytest.raises(ExamplesError, match="same examples in the same order"):
+        paired_difference("accuracy", [a], [b])
+    with pytest.raises(ExamplesError, match="same seeds"):
+        paired_difference("accuracy", [a, a], [a])
+
+
+def test_the_t_interval_over_seeds_is_the_textbook_one():
+    low, high = t_interval([90.0, 91.0, 95.0])
+    mean, sd = 92.0, math.sqrt(((2**2) + 1 + 9) / 2)
+    assert (low + high) / 2 == pytest.approx(mean)
+    assert (high - low) / 2 == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-6)  # t(0.975, 2)
+    assert cell_interval("accuracy", [90.0, 91.0, 95.0], None)[2] == CI_SEEDS
+    assert cell_interval("accuracy", [90.0], [classification([1, 0, 1])])[2] == CI_EXAMPLES
+    assert math.isnan(cell_interval("accuracy", [90.0], None)[0])
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 0.01·3 = 0.03, 0.03·2 = 0.06, max(0.06, 0.04·1) = 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+def test_the_paired_test_rejects_about_alpha_of_the_time_when_nothing_differs():
+    """Two methods that do not differ: on every test example both are right with the same
+    probability p_i (examples vary in difficulty), drawn independently. At α = 0.05 the paired
+    bootstrap should reject about 5 % of 1,000 such pairs (binomial sd 0.7 %; the normal test on
+    the same draws rejects 4.95 % of 20,000)."""
+    rng = np.random.default_rng(4)
+    difficulty = rng.beta(8, 1.5, size=360)  # mean accuracy about 84 %
+    rejections = 0
+    trials = 1000
+    for trial in range(trials):
+        a = rng.random(360) < difficulty
+        b = rng.random(360) < difficulty
+        d = paired_difference("accuracy", [classification(a)], [classification(b)], replicates=400, seed=trial)
+        rejections += d.p_value < 0.05
+    assert 0.03 <= rejections / trials <= 0.07
+
+
+def test_a_difference_beyond_every_replicate_gets_a_p_value_holm_can_use():
+    """30 points apart on 360 examples: no replicate crosses 0, the count stops at 2/(B + 1);
+    the normal tail of the replicates' spread goes on (and agrees with the normal test)."""
+    rng = np.random.default_rng(5)
+    a = rng.random(360) < 0.9
+    b = np.where(rng.random(360) < 0.35, False, a)
+    d = paired_difference("accuracy", [classification(a)], [classification(b)])
+    diffs = 100.0 * (a.astype(float) - b.astype(float))
+    z = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(len(diffs)))
+    from scipy.stats import norm
+
+    assert d.p_value < 2 / (d.replicates + 1) / 80  # significant even after Holm over 80 cases
+    assert math.log(d.p_value) == pytest.approx(math.log(2 * norm.sf(z)), rel=0.15)
