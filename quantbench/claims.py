@@ -16,9 +16,12 @@ With ``g`` = A − B signed so that positive is better (the task's metric) and i
 interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``hi >= 0``
 (not significantly worse), or with a margin ``lo > −m``. It **fails** when A is significantly
 worse: ``g < 0`` with a Holm-adjusted p-value below α, Holm over the claim's cases. Otherwise it
-is **inconclusive**; a case whose cells have no finished run is **not run**. A claim holds when
-every case holds (an intersection-union test: no correction needed), fails when any case fails,
-and is inconclusive otherwise.
+is **inconclusive**; a case whose cells have no finished run is **not run**, one that cannot be
+tested (cells evaluated on different examples, or recorded without per-example results) is
+**refused** with the reason. A claim is refused when any case is (``quantbench claims`` exits
+with the reasons; the tables rule writes them into the claims file), else holds when every case
+holds (an intersection-union test: no correction needed), fails when any case fails, and is
+inconclusive otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from quantbench.stats import ALPHA, holm
 
 STARTING_POINT = "starting point"
 _CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>)\s*([A-Za-z0-9_@]+)\s*$")
-HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "fails", "inconclusive", "not run"
+HOLDS, FAILS, INCONCLUSIVE, NOT_RUN, REFUSED = "holds", "fails", "inconclusive", "not run", "refused"
 
 
 @dataclass(frozen=True)
@@ -146,12 +149,13 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
             else:
                 try:
                     d = compare(a, b, confidence=1 - alpha)
-                except ExamplesError as e:
-                    raise ExamplesError(f"claim {claim.text!r}: {e}") from None
-                row.update(difference=d.difference, low=d.low, high=d.high, p=d.p_value, n_seeds=d.n_seeds,
-                           n_examples=d.n_examples, higher=a.higher_is_better)
+                except ExamplesError as e:  # no per-example results, or different examples: no test
+                    row.update(verdict=REFUSED, reason=str(e))
+                else:
+                    row.update(difference=d.difference, low=d.low, high=d.high, p=d.p_value, n_seeds=d.n_seeds,
+                               n_examples=d.n_examples, higher=a.higher_is_better)
             rows.append(row)
-        tested = [r for r in rows if r["verdict"] != NOT_RUN]
+        tested = [r for r in rows if not r["verdict"]]
         for r, p_adj in zip(tested, holm([r["p"] for r in tested]), strict=True):
             sign = 1.0 if r.pop("higher") else -1.0
             g, lo, hi = sign * r["difference"], min(sign * r["low"], sign * r["high"]), max(sign * r["low"],
@@ -165,9 +169,11 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                 r["verdict"] = HOLDS
             else:
                 r["verdict"] = INCONCLUSIVE
-        counts = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN)}
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN, REFUSED)}
         if not rows:
             verdict = "no case in this record"
+        elif counts[REFUSED]:
+            verdict = REFUSED
         elif counts[FAILS]:
             verdict = FAILS
         elif counts[HOLDS] == len(rows):
@@ -213,6 +219,9 @@ def claims_command(tracking_uri: str, experiment: str, alpha: float, claims: lis
     """What ``quantbench claims --grid G`` prints: the claims table of ``experiment``'s record."""
     records, latest = read_record(tracking_uri, experiment)
     cases, verdicts = evaluate_claims(claims, records, present_cells(latest), alpha)
+    refused = cases[cases["verdict"] == REFUSED]
+    if len(refused):
+        raise ExamplesError("; ".join(f"claim {r.claim!r} refused: {r.reason}" for r in refused.itertuples()))
     if csv is not None:
         write_text_atomic(csv, cases.to_csv(index=False))
     return claims_markdown(cases, verdicts, alpha, f"{experiment}: claims")

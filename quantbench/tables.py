@@ -1,15 +1,18 @@
 """Paper-style tables and plots, regenerated from the MLflow record alone.
 
 Per task: rows = (arch, reference first, then the methods grouped by paper family: baseline,
-LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads ``mean ± std`` of the task metric
-over seeds (just the mean for one seed) and the achieved ``bpw`` / compression ratio.
+LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads the mean of the task metric over
+seeds ± half the width of its 95 % interval (a t interval over ≥ 3 seeds, else a bootstrap over
+test examples; :mod:`quantbench.stats`, docs/statistics.md) and the achieved ``bpw`` /
+compression ratio.
 
 Equal size before equal footing: a cell competes in its budget's column only when its achieved
 bpw is at most ``budget_bits(budget) * (1 + size_tolerance)`` (default 1 %; the 1.58-bit column
 pays for log2 3 bits; paying less than the budget is no
 advantage, so such a cell competes too). A cell above that is *over budget*: it keeps its number,
 gets a ``†`` beside its bpw and a footnote naming its bpw, and is never bold. The best mean among
-the competing cells of each (arch, budget) column is bold (ties: all of them). A cell whose mean
+the competing cells of each (arch, budget) column is bold (ties: all of them), and so is every
+competing cell not significantly worse than it (:func:`significance_marks`). A cell whose mean
 ends worse than the mean of the method it starts from (``Method.starts_from``, the run tag
 ``starts_from``) on the same arch and budget gets a ``‡`` and a footnote (a sanity claim: none
 when that method has no successful cell there). A failed, diverged or killed run reads as such,

@@ -118,12 +118,24 @@ def test_a_narrowed_grid_keeps_its_claims_at_planning():
         cfg.check_claims()
 
 
-def test_a_claim_over_cells_evaluated_on_different_examples_is_refused(tmp_path):
+def test_a_claim_over_cells_evaluated_on_different_examples_is_refused(tmp_path, capsys):
     rec = Record(tmp_path, name="split")
     rec.run("lc_adaptive", 2, 0, correctness(0.9, 0))
     rec.run("dc", 2, 0, correctness(0.8, 1), split={**SPLIT, "order_sha256": "ef" * 32})
-    with pytest.raises(ValueError, match="claim 'lc_adaptive > dc'.*not evaluated on the same examples"):
-        tables_from_mlflow(rec.uri, "split", tmp_path / "t", claims=parse_claims([{"claim": "lc_adaptive > dc"}]))
+    rec.run("lc_adaptive", 4, 0, correctness(0.9, 0), bpw=4.0)
+    rec.run("dc", 4, 0, correctness(0.8, 1), bpw=4.0, examples=False)  # recorded before examples.npz existed
+    claims = [{"claim": "lc_adaptive > dc"}]
+    tables_from_mlflow(rec.uri, "split", tmp_path / "t", claims=parse_claims(claims))  # the tables still come
+    cases = pd.read_csv(tmp_path / "t" / "digits_claims.csv").set_index("budget")
+    assert cases.loc[2.0, "verdict"] == cases.loc[4.0, "verdict"] == "refused"
+    assert "not evaluated on the same examples" in cases.loc[2.0, "reason"]
+    assert "no per-example results recorded for digits/mlp dc at 4 bits" in cases.loc[4.0, "reason"]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "split", "methods": ["lc_adaptive", "dc"], "budgets": [2, 4],
+                                    "tracking_uri": rec.uri, "claims": claims}))
+    assert main(["claims", "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert "claim 'lc_adaptive > dc' refused" in err and "not evaluated on the same examples" in err
 
 
 def test_the_shipped_grids_state_claims_that_name_their_own_cells():
