@@ -194,8 +194,9 @@ CONF
 
 log "checking the table and the accounting"
 TABLE="$WORK/results/tables/slurm/digits.md"
-grep -E "^\| lenet300 +\| baseline +\| rtn +\| (\*\*)?[0-9]+\.[0-9]{2}(\*\*)? \(2\.0[0-9] bpw" "$TABLE"
-grep -E "^\| lenet300 +\| reference +\| reference +\| [0-9]+\.[0-9]{2} \(32\.00 bpw" "$TABLE"
+# a mean, then ± half its interval (one seed: a bootstrap over the test examples, from the server's examples.npz)
+grep -E "^\| lenet300 +\| baseline +\| rtn +\| (\*\*)?[0-9]+\.[0-9]{2}(\*\*)? ± [0-9]+\.[0-9]{2} \(2\.0[0-9] bpw" "$TABLE"
+grep -E "^\| lenet300 +\| reference +\| reference +\| [0-9]+\.[0-9]{2} ± [0-9]+\.[0-9]{2} \(32\.00 bpw" "$TABLE"
 JOBS=$(sacct -n -X -o JobName%60,State%20 | grep -c COMPLETED || true)
 sacct -X -o JobID,JobName%40,State,Elapsed
 # tracking and tables are local rules: the reference and the cell are the SLURM jobs
