@@ -10,7 +10,7 @@ A claim compares two methods with the paired test of :mod:`quantbench.significan
         source: "Carreira-Perpiñán & Idelbayev 2017, Fig. 5"
       - claim: diffq >= qat            # A >= B: A not significantly worse
         margin: 0.5                    # ... or, with a margin m, A − B above −m (interval)
-      - claim: starting point          # every method >= the method it starts from
+      - claim: starting point          # every method >= the method it starts from, where that is in the grid
 
 With ``g`` = A − B signed so that positive is better (the task's metric) and its (1 − α)
 interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``hi >= 0``
@@ -36,7 +36,7 @@ import pandas as pd
 from quantbench.errors import ConfigError, ExamplesError
 from quantbench.files import write_text_atomic
 from quantbench.significance import CellRecord, compare, present_cells, read_record
-from quantbench.stats import ALPHA, holm
+from quantbench.stats import ALPHA, format_p, holm
 
 STARTING_POINT = "starting point"
 _CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>)\s*([A-Za-z0-9_@]+)\s*$")
@@ -121,9 +121,9 @@ def _cases(claim: Claim, records: dict[tuple, CellRecord], present: set[tuple]) 
             continue
         if claim.budgets and not any(math.isclose(budget, b, abs_tol=1e-9) for b in claim.budgets):
             continue
-        if claim.better == "*":
+        if claim.better == "*":  # where the starting method is in the grid (has a run of any status)
             start = records.get((task, arch, method, budget))
-            if start is not None and start.starts_from:
+            if start is not None and start.starts_from and (task, arch, start.starts_from, budget) in present:
                 pairs.add((task, arch, budget, method, start.starts_from))
         elif method in (claim.better, claim.than):
             pairs.add((task, arch, budget, claim.better, claim.than))
@@ -204,7 +204,7 @@ def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, t
     shown = cases.copy()
     shown["A − B"] = [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" if pd.notna(d) else "—"
                       for d, lo, hi in zip(shown["difference"], shown["low"], shown["high"], strict=True)]
-    shown["p"] = [f"{p:.3g}" if pd.notna(p) else "—" for p in shown["p"]]
+    shown["p"] = [format_p(p) if pd.notna(p) else "—" for p in shown["p"]]
     shown["budget"] = [f"{b:g}" for b in shown["budget"]]
     for col in ("A_mean", "B_mean"):
         shown[col] = [f"{v:.2f}" if pd.notna(v) else "—" for v in shown[col]]

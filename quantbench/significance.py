@@ -18,7 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantbench.stats import ALPHA, CONFIDENCE, EXAMPLES_FILE, Difference, Examples, ExamplesError, paired_difference
+from quantbench.stats import (
+    ALPHA,
+    CONFIDENCE,
+    EXAMPLES_FILE,
+    Difference,
+    Examples,
+    ExamplesError,
+    format_p,
+    paired_difference,
+)
 
 log = logging.getLogger("quantbench")
 
@@ -189,7 +198,7 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
     for cell in (a, b):
         lines.append(f"  {cell.method:<{width}}  {cell.mean:.4g}  (mean of seeds {sorted(cell.values)})")
     lines.append(f"  {'A − B':<{width}}  {d.difference:+.4g}  {pct} interval [{d.low:+.4g}, {d.high:+.4g}], "
-                 f"p = {d.p_value:.3g}")
+                 f"p = {format_p(d.p_value)}")
     lines.append(f"  paired over {d.n_seeds} seed(s) × {d.n_examples} test examples (bootstrap, {d.replicates} "
                  f"replicates{', seeds drawn too' if d.n_seeds > 1 else ''}; α = {alpha:g})")
     lines.append(f"  verdict: {verdict(d, a.higher_is_better, alpha, (method_a, method_b))}")

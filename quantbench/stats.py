@@ -236,6 +236,11 @@ def paired_difference(metric: str, a: Sequence[Examples], b: Sequence[Examples],
     return Difference(observed, float(low), float(high), float(p), seeds, n, len(star), confidence)
 
 
+def format_p(p: float) -> str:
+    """A p-value for people: 3 significant digits, "< 1e-300" below what a float holds apart from 0."""
+    return "< 1e-300" if p < 1e-300 else f"{p:.3g}"
+
+
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
     """``mean ± t_{(1+c)/2, n−1}·s/√n`` over ``values`` (n ≥ 2)."""
     from scipy.stats import t

@@ -149,3 +149,15 @@ def test_the_shipped_grids_state_claims_that_name_their_own_cells():
         stated[grid.stem] = [c.text for c in cfg.claims]
     for name in ("default", "lm", "diffq_vs_qat", "paper_lc", "paper_gpfq", "paper_opq", "paper_diffq"):
         assert stated[name], f"{name}.yaml states no claims"
+
+
+def test_the_starting_point_rule_covers_the_methods_whose_start_is_in_the_grid(tmp_path):
+    rec = Record(tmp_path, name="start")
+    base = correctness(0.9, 0)
+    rec.run("dc", 2, 0, base)
+    rec.run("lc_adaptive", 2, 0, lose(base, 40), starts_from="dc")  # far below its starting point
+    rec.run("gpfq", 2, 0, base, starts_from="msq")  # msq is not in this record: no case
+    out = tmp_path / "t"
+    tables_from_mlflow(rec.uri, "start", out, claims=parse_claims([{"claim": "starting point"}]))
+    cases = pd.read_csv(out / "digits_claims.csv")
+    assert list(zip(cases["A"], cases["B"], cases["verdict"], strict=True)) == [("lc_adaptive", "dc", FAILS)]

@@ -35,13 +35,15 @@ class Record:
         self.exp = self.tracker.ensure_experiment(name, tmp_path / "artifacts")
 
     def run(self, method: str | None, budget: float | None, seed: int, right: np.ndarray, bpw: float = 2.0,
-            split: dict = SPLIT, examples: bool = True) -> None:
+            split: dict = SPLIT, examples: bool = True, starts_from: str | None = None) -> None:
         kind = "cell" if method else "reference"
         cell = f"digits/mlp/{method}/b{budget:g}/s{seed}" if method else f"digits/mlp/reference/s{seed}"
         tags = {"kind": kind, "cell_id": cell, "task": "digits", "arch": "mlp", "seed": str(seed),
                 "metric": "accuracy", "higher_is_better": "true", "status": "ok"}
         if method:
             tags.update(method=method, budget=f"{budget:g}")
+        if starts_from:
+            tags["starts_from"] = starts_from
         files = []
         if examples:
             path = self.tmp / f"{cell.replace('/', '_')}" / EXAMPLES_FILE
