@@ -37,29 +37,30 @@ def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
                    help="host:port of the first node, where the nodes' torchrun launchers meet (--nnodes > 1)")
 
 
-def _size_tolerance(text: str) -> float:
-    """``quantbench tables --size-tolerance``: a number in (0, 0.5]."""
-    from quantbench.tables import check_size_tolerance
-
+def _number(text: str, check: Callable[[float], float]) -> float:
+    """An option's number, ``check``-ed (a ValueError saying what is allowed becomes argparse's error)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     try:
-        return check_size_tolerance(value)
+        return check(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _size_tolerance(text: str) -> float:
+    """``quantbench tables --size-tolerance``: a number in (0, 0.5]."""
+    from quantbench.tables import check_size_tolerance
+
+    return _number(text, check_size_tolerance)
+
+
 def _alpha(text: str) -> float:
-    """A test level: a number in (0, 0.5]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 0.5]: a test level, 0.05 = 5 %")
-    return value
+    """``--alpha``, a test level: a number in (0, 0.5]."""
+    from quantbench.stats import check_alpha
+
+    return _number(text, check_alpha)
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:

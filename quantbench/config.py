@@ -175,10 +175,14 @@ class Config:
         so that a grid narrowed with ``--config`` keeps its claims (their other cases are not run)."""
         from quantbench.claims import check_against_grid
 
-        labels = [label for m in self.raw["methods"]
-                  for label in [m] + [f"{m}@{v}" for v in self.raw["variants"].get(m, {})]]
         archs = sorted({a for t in self.raw["tasks"] for a in task_archs(self.raw, t)})
-        check_against_grid(self.claims, labels, self.raw["budgets"], archs, self.raw["tasks"])
+        check_against_grid(self.claims, self.labels, self.raw["budgets"], archs, self.raw["tasks"])
+
+    @property
+    def labels(self) -> list[str]:
+        """The grid's method labels: each method, then its variants ``method@variant``."""
+        variants = self.raw["variants"]
+        return [label for m in self.raw["methods"] for label in [m] + [f"{m}@{v}" for v in variants.get(m, {})]]
 
     def tracking_uri(self) -> str:
         from quantbench.tracking import resolve_tracking_uri
@@ -404,7 +408,7 @@ def load_config(source: str | Path | dict) -> Config:
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")
-    labels = [label for m in raw["methods"] for label in [m] + [f"{m}@{v}" for v in raw["variants"].get(m, {})]]
+    labels = cfg.labels
     from quantbench.claims import parse_claims
 
     cfg.claims = parse_claims(raw["claims"], sorted({*available_methods(), *labels}))

@@ -158,21 +158,19 @@ class Task:
         """The metrics of :meth:`evaluate` and the per-example outcomes behind them
         (:class:`~quantbench.stats.Examples`: correctness and loss of every test example, in order)."""
         model.eval()
-        correct, loss, n = 0, 0.0, 0
+        loss = 0.0
         hits, losses, targets = [], [], []
         for x, y in self.loader("test", batch_size):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
-            each = torch.nn.functional.cross_entropy(out, y, reduction="none")
+            # the summed loss as it always was (the recorded metric, bit for bit); the per-example one beside it
             loss += torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
-            hit = out.argmax(dim=1) == y
-            correct += hit.sum().item()
-            n += y.numel()
-            hits.append(hit.cpu().numpy())
-            losses.append(each.float().cpu().numpy())
+            losses.append(torch.nn.functional.cross_entropy(out, y, reduction="none").float().cpu().numpy())
+            hits.append((out.argmax(dim=1) == y).cpu().numpy())
             targets.append(y.cpu().numpy())
-        acc = 100.0 * correct / n
         hit_all = np.concatenate(hits).astype(np.float64)
+        n = len(hit_all)
+        acc = 100.0 * float(hit_all.sum()) / n  # a sum of 0/1 in float64 is the count, exactly
         examples = Examples("classification", hit_all, np.ones(n), split_identity(self.name, "test", targets),
                             np.concatenate(losses))
         return {"accuracy": acc, "error": 100.0 - acc, "loss": loss / n}, examples
@@ -201,6 +199,7 @@ class LanguageModelingTask(Task):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x)
             flat_out, flat_y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+            # the summed loss as it always was (the recorded metric, bit for bit); the per-token one beside it
             total += torch.nn.functional.cross_entropy(flat_out, flat_y, reduction="sum").item()
             each = torch.nn.functional.cross_entropy(flat_out, flat_y, reduction="none")
             n += y.numel()

@@ -144,9 +144,10 @@ def verdict(d: Difference, higher_is_better: bool, alpha: float = ALPHA, names: 
     return f"{names[0] if a_better else names[1]} better"
 
 
-def read_record(tracking_uri: str, experiment: str, keep=None) -> dict[tuple, CellRecord]:
+def read_record(tracking_uri: str, experiment: str, keep=None) -> tuple[dict[tuple, CellRecord], pd.DataFrame]:
     """The cells of ``experiment`` (:func:`cell_records`) with the per-example results of the runs
-    ``keep(latest)`` selects (a boolean mask over the latest runs; default: every finished run)."""
+    ``keep(latest)`` selects (a boolean mask over the latest runs; default: every finished run),
+    and the latest run of every cell (:func:`latest_runs`)."""
     from quantbench.tracking import Tracker
 
     tracker = Tracker(tracking_uri)

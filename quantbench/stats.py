@@ -183,13 +183,27 @@ def _counts(rng: np.random.Generator, n: int, b: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def check_paired(a: Sequence[Examples], b: Sequence[Examples], what: str = "") -> None:
+def check_alpha(value: float) -> float:
+    """``value`` when it is a test level in (0, 0.5], else a ValueError saying so."""
+    if not 0 < value <= 0.5:  # NaN too
+        raise ValueError(f"{value:g} is outside (0, 0.5]: a test level, 0.05 = 5 %")
+    return value
+
+
+def check_paired(a: Sequence[Examples], b: Sequence[Examples]) -> None:
     """Every result of ``a`` and ``b`` saw the same examples in the same order; else an
     :class:`ExamplesError` saying what differs."""
     splits = {json.dumps(e.split, sort_keys=True) for e in (*a, *b)}
     if len(splits) > 1:
-        raise ExamplesError(f"{what + ': ' if what else ''}not evaluated on the same examples in the same order "
+        raise ExamplesError(f"not evaluated on the same examples in the same order "
                             f"({len(splits)} different test splits: {sorted(splits)[:2]}...)")
+
+
+def percentile_interval(star: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` interval of bootstrap replicates ``star``: their (1 ∓ c)/2 quantiles."""
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(star, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 @dataclass(frozen=True)
@@ -224,16 +238,15 @@ def paired_difference(metric: str, a: Sequence[Examples], b: Sequence[Examples],
             per_seed = np.take_along_axis(per_seed, drawn, axis=0)
         stars.append(per_seed.mean(axis=0))
     star = np.concatenate(stars)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(star, [tail, 1 - tail])
+    low, high = percentile_interval(star, confidence)
     ties = np.sum(star == 0) / 2  # a tie is half on each side (mid-p): on a discrete metric it is not rare
-    tail = min(np.sum(star < 0) + ties, np.sum(star > 0) + ties)
-    p = min(1.0, 2 * (tail + 1) / (len(star) + 1))
-    if tail < RESOLVED_TAIL:  # beyond what the replicates resolve: the normal tail of their spread
+    beyond = min(np.sum(star < 0) + ties, np.sum(star > 0) + ties)  # replicates on the far side of 0
+    p = min(1.0, 2 * (beyond + 1) / (len(star) + 1))
+    if beyond < RESOLVED_TAIL:  # beyond what the replicates resolve: the normal tail of their spread
         from scipy.stats import norm
 
         p = min(p, float(2 * norm.sf(abs(observed) / star.std(ddof=1))))
-    return Difference(observed, float(low), float(high), float(p), seeds, n, len(star), confidence)
+    return Difference(observed, low, high, float(p), seeds, n, len(star), confidence)
 
 
 def format_p(p: float) -> str:
@@ -257,9 +270,7 @@ def bootstrap_interval(metric: str, results: Sequence[Examples], confidence: flo
     check_paired(results, [])
     star = np.concatenate([np.mean([r.metric(metric, w) for r in results], axis=0)
                            for w in bootstrap_weights(results[0].n, replicates, seed)])
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(star, [tail, 1 - tail])
-    return float(low), float(high)
+    return percentile_interval(star, confidence)
 
 
 def cell_interval(metric: str, values: Sequence[float], results: Sequence[Examples] | None,

@@ -33,7 +33,7 @@ import pandas as pd
 from quantbench.files import write_text_atomic
 from quantbench.method import PAPER_FAMILIES, Budget
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
-from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, Examples, ExamplesError, cell_interval, holm
+from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, ExamplesError, cell_interval, holm
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
@@ -80,10 +80,11 @@ def _tag(g: pd.DataFrame, name: str, default: str) -> str:
 
 
 def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
-              examples: dict[str, Examples] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+              records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
     """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status;
     ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval,
-    :func:`quantbench.stats.cell_interval`; ``examples``: per-example results by run id),
+    :func:`quantbench.stats.cell_interval`; ``records``: the cells' finished seeds,
+    :func:`quantbench.significance.cell_records`, default: without per-example results),
     ``best`` (bold: the best mean of its column, or not significantly worse than it at level
     ``alpha``, :func:`significance_marks`) and ``p_vs_best`` (that test's Holm-adjusted p); and
     ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
@@ -92,7 +93,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     mean is worse than ``start_mean``)."""
     check_size_tolerance(size_tolerance)
     runs = latest_runs(runs).copy()
-    records = cell_records(runs, examples or {})
+    records = cell_records(runs, {}) if records is None else records
     runs["method"] = np.where(runs["tags.kind"] == "reference", "reference", runs.get("tags.method"))
     runs["budget"] = np.where(runs["tags.kind"] == "reference", np.nan,
                               pd.to_numeric(runs.get("tags.budget"), errors="coerce"))
@@ -178,14 +179,14 @@ def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alp
         leaders = g.index[g["mean"] == target]
         long.loc[leaders, "best"] = True
         leader = records.get((task, arch, g.loc[leaders[0], "method"], budget))
-        tested = {}
+        tested = {}  # index label -> p of the paired test against the leader, where one could run
         for i in g.index.difference(leaders):
             other = records.get((task, arch, g.loc[i, "method"], budget))
-            try:
-                tested[i] = compare(other, leader).p_value if other and leader else None
-            except ExamplesError:
-                tested[i] = None
-        tested = {i: p for i, p in tested.items() if p is not None}
+            if other is not None and leader is not None:
+                try:
+                    tested[i] = compare(other, leader).p_value
+                except ExamplesError:
+                    pass
         for i, p in zip(tested, holm(list(tested.values())), strict=True):
             long.loc[i, "p_vs_best"] = p
             long.loc[i, "best"] = p >= alpha
@@ -395,10 +396,9 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     tracker = Tracker(tracking_uri)
     runs = tracker.runs(experiment)
     latest = latest_runs(runs)
-    examples = load_examples(tracker, latest[latest["tags.status"] == "ok"])
-    long = summarize(runs, size_tolerance, examples, alpha)
+    records = cell_records(latest, load_examples(tracker, latest[latest["tags.status"] == "ok"]))
+    long = summarize(runs, size_tolerance, records, alpha)
     written = write_tables(runs, out_dir, tasks, size_tolerance, long, alpha)
-    records = cell_records(latest, examples)
     if claims is not None:
         written += write_claims(claims, records, present_cells(latest), out_dir,
                                 tasks or sorted(long["task"].unique()), alpha, experiment)
