@@ -14,10 +14,28 @@ A recipe's ``pretrained`` names the weights (the reference job then loads instea
 Nothing is downloaded unless ``download`` is true (``quantbench fetch-weights <grid>`` fills the
 caches ahead of an offline run). Every file is identified by its sha256; a state dict must fit the
 built network key for key (missing and unexpected keys are named).
+
+**Evaluation preprocessing.** Published weights are measured with the preprocessing their source
+declares, and so is every cell compressed from them (the test split of the reference job and of
+its cells' jobs): torchvision weights with ``weights.transforms()`` (``ImageClassification``:
+resize, centre crop, mean/std, interpolation), timm weights with
+``create_transform(**resolve_data_config(pretrained_cfg=<the tag's>), is_training=False)`` (the tag's
+``input_size``, ``crop_pct``, ``crop_mode``, interpolation, mean/std; its ``test_input_size`` is not
+used: the task fixes the network's input size). :func:`preprocessing` is what the weights declare;
+the job's identity records it as ``eval_transform`` (it changes the numbers), and only pretrained
+references from torchvision or timm have one, so no other identity changes. At the task's image
+size equal to the declared one the transform is the library's own; at another (a toy
+``image_size``) it is built by the library's own rule at that size (timm keeps ``crop_pct``;
+torchvision keeps the resize/crop ratio). A path or URL declares nothing: it is evaluated with
+the task's own test transform (ImageNet: resize 256, centre crop 224, bilinear, ImageNet
+mean/std), as any trained reference is. Training transforms are never changed: a method that
+fine-tunes trains on the task's train split as it is.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +46,7 @@ from torch import nn
 from quantbench.method import ConfigError
 from quantbench.train import file_sha256
 
+log = logging.getLogger("quantbench")
 FETCH_HINT = ("fetch it first with `quantbench fetch-weights <grid>` (where the network is reachable), "
               "or set download: true")
 
@@ -129,6 +148,56 @@ def timm_config(name: str, where: str = "pretrained"):
         hint = f"pretrained tags of {model}: {tags}" if tags else f"timm has no pretrained {model!r}"
         raise ConfigError(f"{where}.pretrained: timm:{name} is not a timm model.tag with weights; {hint}")
     return cfg
+
+
+def preprocessing(source: str, where: str = "pretrained") -> dict | None:
+    """The evaluation preprocessing the weights ``source`` declare (the identity's ``eval_transform``,
+    in plain JSON values), or None for no weights, a path or a URL (the task's own transform)."""
+    kind, name = parse(source) if source else ("", "")
+    if kind == "torchvision":
+        from torchvision.transforms import InterpolationMode
+
+        t = torchvision_weights(name, where).transforms()
+        fields = ("crop_size", "resize_size", "mean", "std", "interpolation", "antialias")
+        if not all(hasattr(t, f) for f in fields) or not isinstance(t.interpolation, InterpolationMode):
+            raise ConfigError(f"{where}.pretrained: {source} evaluate with {type(t).__name__}, not an image "
+                              "classification transform")
+        return {"library": "torchvision", "crop_size": int(t.crop_size[0]), "resize_size": int(t.resize_size[0]),
+                "interpolation": t.interpolation.value, "mean": [float(v) for v in t.mean],
+                "std": [float(v) for v in t.std], "antialias": t.antialias}
+    if kind == "timm":
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config(pretrained_cfg=timm_config(name, where).to_dict())
+        return {"library": "timm", "input_size": [int(v) for v in cfg["input_size"]],
+                "interpolation": cfg["interpolation"], "mean": [float(v) for v in cfg["mean"]],
+                "std": [float(v) for v in cfg["std"]], "crop_pct": float(cfg["crop_pct"]),
+                "crop_mode": cfg["crop_mode"]}
+    return None
+
+
+def eval_transform(source: str, image_size: tuple[int, int]) -> Callable:
+    """The test transform of the weights ``source`` for a task of ``image_size`` (H, W): their
+    library's own (``weights.transforms()``, timm's ``create_transform``), built by that library's
+    rule at ``image_size`` where it differs from the declared size."""
+    declared = preprocessing(source)
+    if declared is None:
+        raise ValueError(f"{source}: a path or URL declares no preprocessing (the task's transform applies)")
+    h, w = (int(v) for v in image_size)
+    own = declared["input_size"][1:] if declared["library"] == "timm" else [declared["crop_size"]] * 2
+    if [h, w] != own:
+        log.warning("the weights %s declare %dx%d px; evaluated at the task's %dx%d by their library's rule "
+                    "(the published figure is not to be expected)", source, *own, h, w)
+    if declared.pop("library") == "timm":
+        from timm.data import create_transform
+
+        return create_transform(**{**declared, "input_size": (declared["input_size"][0], h, w)}, is_training=False)
+    transforms = torchvision_weights(parse(source)[1]).transforms
+    if h != w:
+        raise ValueError(f"{source}: torchvision's transform crops squares; the task's images are {h}x{w}")
+    if h == declared["crop_size"]:
+        return transforms()
+    return transforms(crop_size=h, resize_size=round(h * declared["resize_size"] / declared["crop_size"]))
 
 
 def _torch_hub_file(url: str) -> Path:

@@ -23,6 +23,9 @@ from quantbench.spec import JobContext, JobIdentity, JobSpec, format_budget
 from quantbench.train import TrainSettings
 
 SCHEMA = "schemas/config.schema.yaml"  # package data of quantbench.workflows (the layout's workflows/)
+# Tasks whose training is GPU work at paper size: under a cluster executor a job that trains on one
+# of them with gpu 0 is refused at planning unless the grid says allow_cpu (Config.cpu_training_jobs).
+PAPER_SCALE_TASKS = ("cifar10", "cifar100", "imagenet", "wikitext103")
 
 
 def _with_defaults(validator_cls):
@@ -219,6 +222,7 @@ class Config:
         to at least ``processes`` (the processes share them, one at least each)."""
         res = self.raw["resources"]
         given = {**res.get(rule, {}), **res.get("archs", {}).get(arch, {}).get(rule, {})}
+        given = {k: int(v) for k, v in given.items()}  # the schema takes 2.0 for an integer; sbatch wants 2
         merged = {"threads": self.raw["threads"], "mem_mb": 2000, "runtime": 60, "gpu": 0, "nodes": 1, **given}
         merged.setdefault("processes", max(1, merged["gpu"]))
         where = f"config.resources.archs.{arch}.{rule}" if arch in res.get("archs", {}) else f"config.resources.{rule}"
@@ -231,6 +235,40 @@ class Config:
             raise ConfigError(f"{where}: threads {merged['threads']} < processes {merged['processes']}: the "
                               f"processes on a node share its threads, one at least each")
         return merged
+
+    def cpu_training_jobs(self) -> dict[str, list[str]]:
+        """The planned jobs that train on a paper-scale task (:data:`PAPER_SCALE_TASKS`) with ``gpu: 0``,
+        by the key that gives them GPUs (``config.resources.archs.<arch>.<rule>.gpu``): a reference
+        its recipe trains (not published weights), and cells of a method that trains (``Method.trains``)."""
+        from quantbench.methods import get_method
+
+        found: dict[str, list[str]] = {}
+        pairs = dict.fromkeys((c.task, c.arch) for c in self.cells if c.task in PAPER_SCALE_TASKS)
+        for task, arch in pairs:
+            settings = self.train_settings(task, arch)
+            if not settings.pretrained and not self.resources("reference", arch)["gpu"]:
+                found.setdefault(f"config.resources.archs.{arch}.reference.gpu", []).append(
+                    f"{task}/{arch} reference ({settings.epochs} epochs of training)")
+        trained: dict[tuple[str, str], list[str]] = {(c.task, c.arch): [] for c in self.cells}
+        for c in self.cells:
+            if c.task in PAPER_SCALE_TASKS and c.method not in trained[c.task, c.arch] and get_method(c.method).trains:
+                trained[c.task, c.arch].append(c.method)
+        for (task, arch), methods in trained.items():
+            if methods and not self.resources("cell", arch)["gpu"]:
+                found.setdefault(f"config.resources.archs.{arch}.cell.gpu", []).append(
+                    f"{task}/{arch} cells of {', '.join(methods)}")
+        return found
+
+    def check_cluster_gpus(self, executor: str) -> None:
+        """Refuse (ConfigError naming each key to set) a grid whose paper-scale training jobs would
+        run on CPUs under the cluster ``executor``, unless it says ``allow_cpu: true``; planning calls
+        it for a non-local executor only (a local run is never refused)."""
+        found = {} if self.raw["allow_cpu"] else self.cpu_training_jobs()
+        if found:
+            keys = "\n".join(f"  {key} (now 0): {'; '.join(jobs)}" for key, jobs in found.items())
+            raise ConfigError(f"under the {executor} executor these jobs would train a paper-scale task on CPUs "
+                              f"(gpu 0):\n{keys}\nset each key to the GPUs per node the job needs (docs/cluster.md), "
+                              f"or config.allow_cpu: true to run them on CPUs as they are")
 
     def method_params(self, method: str) -> dict:
         """The resolved ``Params`` of a method label: ``method_params.<method>``, and for a
@@ -254,11 +292,19 @@ class Config:
                           paper_figures=self.raw["paper"].get("figures", {}), loaders=self.raw["loaders"])
 
     def reference_identity(self, task: str, arch: str, seed: int) -> JobIdentity:
-        """What the reference job of (task, arch, seed) computes."""
-        return self._cached(("reference", task, arch, seed), lambda: JobIdentity(
-            kind="reference", task=task, task_params=self.raw["task_params"].get(task, {}), arch=arch,
-            arch_params=self.raw["arch_params"].get(arch, {}), seed=seed,
-            train=dataclasses.asdict(self.train_settings(task, arch))))
+        """What the reference job of (task, arch, seed) computes; its cells inherit ``eval_transform``
+        (the test preprocessing its pretrained weights declare, if any)."""
+        return self._cached(("reference", task, arch, seed), lambda: self._reference_identity(task, arch, seed))
+
+    def _reference_identity(self, task: str, arch: str, seed: int) -> JobIdentity:
+        from quantbench.models.pretrained import preprocessing
+
+        settings = self.train_settings(task, arch)
+        where = f"config.recipes.{task}.{arch}" if arch in self.raw["recipes"].get(task, {}) else "config.reference"
+        return JobIdentity(kind="reference", task=task, task_params=self.raw["task_params"].get(task, {}), arch=arch,
+                           arch_params=self.raw["arch_params"].get(arch, {}), seed=seed,
+                           train=dataclasses.asdict(settings),
+                           eval_transform=preprocessing(settings.pretrained, where))
 
     def cell_identity(self, cell: Cell) -> JobIdentity:
         """What the job of ``cell`` computes."""
@@ -397,6 +443,9 @@ def load_config(source: str | Path | dict) -> Config:
             where = f"config.recipes.{task}.{arch}" if arch in raw["recipes"].get(task, {}) else "config.reference"
             shape, classes = TASK_SHAPES[task]
             check_fits(settings.pretrained, arch, shape, classes, raw["arch_params"].get(arch, {}), where)
+    for arch in raw["resources"].get("archs", {}):  # archs outside the grid are allowed (a narrowed grid), typos not
+        if arch not in available_models():
+            raise ConfigError(f"config.resources.archs.{arch}: unknown arch; allowed values: {available_models()}")
     for arch in ["", *raw["resources"].get("archs", {})]:  # processes against gpu and threads, per job kind
         for kind in ("reference", "cell"):
             res = cfg.resources(kind, arch)

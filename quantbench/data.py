@@ -11,7 +11,9 @@ and where to put them.
 * ``mnist_t10k``: the official MNIST *test* set only (``<root>/mnist-t10k/``, md5-checked), split
   8,000 / 2,000 (stratified, ``split_seed``); a small real data set, not the MNIST protocol.
 * ``imagenet``: ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*.JPEG``; random-resized
-  crop 224 + flip for training, resize 256 + centre crop 224 for evaluation.
+  crop 224 + flip for training, resize 256 + centre crop 224 (bilinear) for evaluation. Published
+  torchvision/timm weights replace the evaluation transform with their own in the reference's and
+  its cells' jobs (:meth:`Task.use_eval_transform`, :mod:`quantbench.models.pretrained`).
 * ``wikitext2``, ``wikitext103``: the tokenised ``wiki.{train,valid,test}.tokens``; word-level
   vocabulary from train (by frequency), one ``<eos>`` per line as fairseq does.
 * ``tinyshakespeare``: ``<root>/tinyshakespeare/input.txt`` (md5-checked), character level, the
@@ -29,6 +31,7 @@ import gzip
 import hashlib
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,6 +146,15 @@ class Task:
         loader = self._loaders[key]
         (loader.batch_sampler if shard[1] > 1 else loader.sampler).epoch(seed)
         return loader
+
+    def use_eval_transform(self, transform: Callable, what: str) -> None:
+        """Preprocess the test split with ``transform`` instead of the task's own (``what`` names
+        whose it is: a pretrained reference's, :mod:`quantbench.models.pretrained`); train is unchanged."""
+        if not hasattr(self.test, "transform"):
+            raise ValueError(f"task {self.name}: its test split ({type(self.test).__name__}) takes no image "
+                             f"transform, so it cannot be preprocessed as {what} declare")
+        self.test.transform = transform
+        self._loaders = {key: loader for key, loader in self._loaders.items() if key[0] != "test"}
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy; class scores on the last axis (any leading shape)."""

@@ -22,6 +22,7 @@ pruning mask is 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import struct
@@ -71,37 +72,86 @@ def _radix_group(levels: int) -> int:
     return g
 
 
+RADIX_CHUNK_WORDS = 1 << 16  # words per vectorised step of base-K packing
+
+
 def _radix_widths(n: int, levels: int) -> np.ndarray:
+    """The bit width of every word holding ``n`` base-``levels`` codes (the last may hold fewer)."""
     g = _radix_group(levels)
     full, rest = divmod(n, g)
-    widths = [(levels**g - 1).bit_length()] * full + ([(levels**rest - 1).bit_length()] if rest else [])
-    return np.array(widths, dtype=np.int64)
+    widths = np.full(full + bool(rest), (levels**g - 1).bit_length(), dtype=np.int64)
+    if rest:
+        widths[-1] = (levels**rest - 1).bit_length()
+    return widths
+
+
+def _radix_bits(n: int, levels: int) -> int:
+    """``_radix_widths(n, levels).sum()`` without building the array."""
+    g = _radix_group(levels)
+    full, rest = divmod(n, g)
+    return full * (levels**g - 1).bit_length() + (levels**rest - 1).bit_length()
 
 
 def _radix_pack(codes: np.ndarray, levels: int) -> np.ndarray:
     """Code i of a word is its base-``levels`` digit i: word = sum_i code_i * levels**i."""
     g = _radix_group(levels)
-    padded = np.zeros(-(-codes.size // g) * g, dtype=np.uint64)
-    padded[: codes.size] = codes
-    digits = padded.reshape(-1, g)
-    words = np.zeros(digits.shape[0], dtype=np.uint64)
-    for col in range(g - 1, -1, -1):
-        words = words * np.uint64(levels) + digits[:, col]
+    words = np.empty(-(-codes.size // g), dtype=np.uint64)
+    for first in range(0, words.size, RADIX_CHUNK_WORDS):
+        chunk = codes[first * g:(first + RADIX_CHUNK_WORDS) * g]
+        digits = np.zeros(-(-chunk.size // g) * g, dtype=np.uint64)
+        digits[: chunk.size] = chunk
+        digits = digits.reshape(-1, g)
+        acc = np.zeros(digits.shape[0], dtype=np.uint64)
+        for col in range(g - 1, -1, -1):
+            acc = acc * np.uint64(levels) + digits[:, col]
+        words[first:first + acc.size] = acc
     return words
 
 
-def _radix_unpack(words: np.ndarray, n: int, levels: int) -> np.ndarray:
+def _radix_unpack(words: np.ndarray, n: int, levels: int, dtype: np.typing.DTypeLike) -> np.ndarray:
     g = _radix_group(levels)
-    digits = np.empty((words.size, g), dtype=np.uint64)
-    rest = words.astype(np.uint64)
-    for col in range(g):
-        digits[:, col] = rest % np.uint64(levels)
-        rest = rest // np.uint64(levels)
-    return digits.reshape(-1)[:n]
+    codes = np.empty(words.size * g, dtype=dtype)
+    for first in range(0, words.size, RADIX_CHUNK_WORDS):
+        rest = words[first:first + RADIX_CHUNK_WORDS].astype(np.uint64)
+        digits = np.empty((rest.size, g), dtype=np.uint64)
+        for col in range(g):
+            digits[:, col] = rest % np.uint64(levels)
+            rest = rest // np.uint64(levels)
+        codes[first * g:(first + rest.size) * g] = digits.reshape(-1)
+    return codes[:n]
 
 
 def _position_bits(numel: int) -> int:
-    return max(1, math.ceil(math.log2(numel))) if numel > 1 else 1
+    return max(1, (numel - 1).bit_length())
+
+
+MAX_ELEMENTS_PER_MASK_BIT = 1 << 20  # a position-coded mask describes at most this many elements per bit it takes
+
+
+def _check_mask_expansion(numel: int, kept: int) -> None:
+    """A position-coded mask costs ``COUNT_BITS + kept * log2(numel)`` bits whatever ``numel`` is: bound
+    the elements it may describe, so that no small file expands into an arbitrarily large tensor."""
+    paid = COUNT_BITS + kept * _position_bits(numel)
+    if numel > MAX_ELEMENTS_PER_MASK_BIT * paid:
+        raise FormatError(f"a mask keeping {kept} of {numel} elements describes more than "
+                          f"{MAX_ELEMENTS_PER_MASK_BIT} elements per bit it takes ({paid} bits)")
+
+
+def _group_widths(group_bits: np.ndarray, group_size: int, numel: int, mask: np.ndarray | None) -> np.ndarray:
+    """Every kept code's width (uint8): its group's, for consecutive groups of ``group_size``."""
+    if mask is None:
+        sizes = np.full(group_bits.size, group_size, dtype=np.int64)
+        if sizes.size:
+            sizes[-1] = numel - group_size * (sizes.size - 1)
+    else:
+        sizes = np.add.reduceat(mask, np.arange(0, numel, group_size), dtype=np.int64) if numel \
+            else np.zeros(0, dtype=np.int64)
+    return np.repeat(group_bits.astype(np.uint8), sizes)
+
+
+def _code_dtype(width: int) -> type:
+    """The unsigned dtype codes of at most ``width`` (<= MAX_CODE_BITS) bits are kept in."""
+    return np.uint8 if width <= 8 else np.uint16
 
 
 def code_width(levels: int) -> dict[str, int]:
@@ -112,6 +162,7 @@ def code_width(levels: int) -> dict[str, int]:
     return {"bits": levels.bit_length() - 1} if levels & (levels - 1) == 0 else {"levels": levels}
 
 
+DEQUANTIZE_CHUNK = 1 << 16  # elements per step of QuantizedTensor.dequantize
 CODE_COST_SLACK = 0.02  # bits per code a record may pay above log2(levels its codes can address)
 
 
@@ -285,8 +336,7 @@ class DenseTensor:
     def read(cls, reader: BitReader, meta: dict) -> DenseTensor:
         _, raw = DENSE_DTYPES[meta["dtype"]]
         shape = tuple(meta["shape"])
-        n = int(np.prod(shape, dtype=np.int64))
-        vals = reader.read(n, 8 * raw().itemsize).astype(raw).view(np.dtype(meta["dtype"]))
+        vals = reader.read(math.prod(shape), 8 * raw().itemsize, dtype=raw).view(np.dtype(meta["dtype"]))
         return cls(vals.reshape(shape), meta["dtype"], meta["role"])
 
     def dequantize(self) -> torch.Tensor:
@@ -317,7 +367,9 @@ class QuantizedTensor:
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
-        self.codes = np.asarray(self.codes).reshape(-1).astype(np.uint64)
+        if min(self.shape, default=0) < 0:
+            raise FormatError(f"shape {list(self.shape)} has a negative size")
+        codes = np.asarray(self.codes).reshape(-1)
         if self.float_dtype not in FLOAT_BITS:
             raise FormatError(f"float_dtype must be one of {sorted(FLOAT_BITS)}, got {self.float_dtype!r}")
         if sum(x is not None for x in (self.bits, self.group_bits, self.levels)) != 1:
@@ -328,35 +380,45 @@ class QuantizedTensor:
             self.group_bits = np.asarray(self.group_bits, dtype=np.int64).reshape(-1)
             if self.group_size < 1:
                 raise FormatError("QuantizedTensor: per-group widths need group_size >= 1")
-            if self.group_bits.size != math.ceil(self.numel / self.group_size):
-                raise FormatError(
-                    f"QuantizedTensor: {self.group_bits.size} group widths for "
-                    f"{math.ceil(self.numel / self.group_size)} groups of {self.group_size}"
-                )
+            n_groups = -(-self.numel // self.group_size)
+            if self.group_bits.size != n_groups:
+                raise FormatError(f"QuantizedTensor: {self.group_bits.size} group widths for "
+                                  f"{n_groups} groups of {self.group_size}")
         widths = np.atleast_1d(self.group_bits if self.group_bits is not None else self.bits or 1)
-        if widths.min() < 1 or widths.max() > MAX_CODE_BITS:
+        if widths.size and (widths.min() < 1 or widths.max() > MAX_CODE_BITS):
             raise FormatError(f"code widths must lie in 1..{MAX_CODE_BITS}, got {widths.min()}..{widths.max()}")
         if self.mask is not None:
             self.mask = np.asarray(self.mask, dtype=bool).reshape(-1)
             if self.mask.size != self.numel:
                 raise FormatError(f"mask has {self.mask.size} entries for a tensor of {self.numel}")
-        if self.codes.size != self.kept:
-            raise FormatError(f"{self.codes.size} codes for {self.kept} kept elements")
+        kept = self.kept
+        if codes.size != kept:
+            raise FormatError(f"{codes.size} codes for {kept} kept elements")
+        if self._mask_encoding() == "positions":
+            _check_mask_expansion(self.numel, kept)
         if self.channel_scale is not None:
             self.channel_scale = np.asarray(self.channel_scale, dtype=np.float64).reshape(-1)
         for name, n in (("codebook", getattr(self.codebook, "channels", 1)),
                         ("channel_scale", 1 if self.channel_scale is None else self.channel_scale.size)):
-            if n > 1 and n != self.shape[0]:
-                raise FormatError(f"{name} has {n} channels, the tensor's axis 0 has {self.shape[0]}")
-        if self.codes.size:
-            w = self.code_widths()
+            if n > 1 and self.shape[:1] != (n,):
+                raise FormatError(f"{name} has {n} channels, the tensor's axis 0 has {self.shape[:1]}")
+        width = self._width()
+        if codes.size:
+            if codes.dtype.kind == "i" and codes.min() < 0:
+                raise FormatError(f"code {int(codes.min())} is negative")
             limit = np.array([self.codebook.max_codes(int(b)) for b in range(MAX_CODE_BITS + 1)])
             if self.levels is not None:
                 limit = np.minimum(limit, self.levels)
-            bad = self.codes >= limit[w]
+            if isinstance(width, int):
+                bad = np.zeros(0, dtype=bool) if codes.max() < limit[width] else codes >= limit[width]
+            else:
+                bad = codes >= limit[width]
             if np.any(bad):
                 i = int(np.argmax(bad))
-                raise FormatError(f"code {int(self.codes[i])} is outside the {int(limit[w[i]])}-entry codebook")
+                w = width if isinstance(width, int) else int(width[i])
+                raise FormatError(f"code {int(codes[i])} is outside the {int(limit[w])}-entry codebook")
+        top = width if isinstance(width, int) else int(width.max(initial=1))
+        self.codes = codes.astype(_code_dtype(top))
         # side information is evaluated at the precision it is stored with
         self.codebook.round_to_storage(self.float_dtype)
         if self.channel_scale is not None:
@@ -364,20 +426,25 @@ class QuantizedTensor:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     @property
     def kept(self) -> int:
         return self.numel if self.mask is None else int(self.mask.sum())
 
-    def code_widths(self) -> np.ndarray:
-        """The bit width of every code (for base-K codes: the width that holds K levels)."""
+    def _width(self) -> int | np.ndarray:
+        """The bit width of the codes: one int when all share it (for base-K codes: the width that
+        holds K levels), else every code's (uint8, from its group's width)."""
         if self.levels is not None:
-            return np.full(self.kept, max(1, math.ceil(math.log2(self.levels))), dtype=np.int64)
+            return max(1, (self.levels - 1).bit_length())
         if self.group_bits is None:
-            return np.full(self.kept, self.bits, dtype=np.int64)
-        w = np.repeat(self.group_bits, self.group_size)[: self.numel]
-        return w if self.mask is None else w[self.mask]
+            return self.bits
+        return _group_widths(self.group_bits, self.group_size, self.numel, self.mask)
+
+    def code_widths(self) -> np.ndarray:
+        """The bit width of every code."""
+        width = self._width()
+        return np.full(self.kept, width, dtype=np.int64) if isinstance(width, int) else width.astype(np.int64)
 
     def _mask_encoding(self) -> str:
         """Bitmap (numel bits) or kept positions (count + positions), whichever is smaller."""
@@ -390,7 +457,7 @@ class QuantizedTensor:
         out: list[Field] = []
         enc = self._mask_encoding()
         if enc == "bitmap":
-            out.append(("mask", self.mask.astype(np.uint64), 1))
+            out.append(("mask", self.mask, 1))
         elif enc == "positions":
             out.append(("mask_count", np.array([self.kept]), COUNT_BITS))
             out.append(("mask_positions", np.flatnonzero(self.mask), _position_bits(self.numel)))
@@ -402,7 +469,7 @@ class QuantizedTensor:
         if self.levels is not None:
             out.append(("codes", _radix_pack(self.codes, self.levels), _radix_widths(self.kept, self.levels)))
         else:
-            out.append(("codes", self.codes, self.code_widths()))
+            out.append(("codes", self.codes, self._width()))
         return out
 
     def size_bits(self) -> int:
@@ -421,7 +488,7 @@ class QuantizedTensor:
             if paid <= self.kept * (needed + slack) + 1:
                 return None
             return f"{paid / self.kept:.3f} bits per base-{self.levels} code, needs {needed:.3f}"
-        for w in np.unique(self.code_widths()):
+        for w in np.unique(self._width()):
             addressable = self.codebook.max_codes(int(w))
             needed = math.log2(addressable) if addressable > 1 else 0.0
             if w > needed + slack:
@@ -440,53 +507,64 @@ class QuantizedTensor:
 
     @classmethod
     def read(cls, reader: BitReader, meta: dict) -> QuantizedTensor:
+        """The record ``meta`` (a validated header entry) describes, from ``reader``; every array is
+        allocated only after the payload is known to hold it."""
         shape = tuple(meta["shape"])
-        numel = int(np.prod(shape, dtype=np.int64))
+        numel = math.prod(shape)
         fd = meta["float_dtype"]
         mask = None
         if meta["mask"] == "bitmap":
-            mask = reader.read(numel, 1).astype(bool)
+            mask = reader.read(numel, 1, dtype=bool)
         elif meta["mask"] == "positions":
             count = int(reader.read(1, COUNT_BITS)[0])
             if count > numel:
                 raise FormatError(f"mask keeps {count} of {numel} elements")
-            mask = np.zeros(numel, dtype=bool)
-            pos = reader.read(count, _position_bits(numel)).astype(np.int64)
+            _check_mask_expansion(numel, count)
+            pos = reader.read(count, _position_bits(numel), dtype=np.int64)
             if pos.size and pos.max() >= numel:
                 raise FormatError("mask position beyond the tensor")
+            mask = np.zeros(numel, dtype=bool)
             mask[pos] = True
         group_bits = None
         if meta["grouped"]:
-            n_groups = math.ceil(numel / meta["group_size"])
-            group_bits = reader.read(n_groups, GROUP_WIDTH_BITS).astype(np.int64) + 1
+            group_bits = reader.read(-(-numel // meta["group_size"]), GROUP_WIDTH_BITS, dtype=np.int64) + 1
         codebook = CODEBOOKS[meta["codebook"]["kind"]].read(reader, meta["codebook"], fd)
         channel_scale = None if meta["channel_scale"] is None else _read_floats(reader, meta["channel_scale"], fd)
         n = numel if mask is None else int(mask.sum())
         levels = meta["levels"]
         if levels is not None:
+            reader.need(_radix_bits(n, levels), f"{n} base-{levels} codes")
+            width = max(1, (levels - 1).bit_length())
             widths = _radix_widths(n, levels)
-            codes = _radix_unpack(reader.read(widths.size, widths), n, levels)
+            codes = _radix_unpack(reader.read(widths.size, widths), n, levels, _code_dtype(width))
+        elif group_bits is None:
+            codes = reader.read(n, meta["bits"], dtype=_code_dtype(meta["bits"]))
         else:
-            if group_bits is None:
-                widths = meta["bits"]
-            else:
-                w = np.repeat(group_bits, meta["group_size"])[:numel]
-                widths = w if mask is None else w[mask]
-            codes = reader.read(n, widths)
+            reader.need(n, f"{n} codes")  # at least one bit each, before their widths are spelled out
+            widths = _group_widths(group_bits, meta["group_size"], numel, mask)
+            codes = reader.read(n, widths, dtype=_code_dtype(int(group_bits.max(initial=1))))
         return cls(shape, codes, codebook, bits=meta["bits"], group_size=meta["group_size"], group_bits=group_bits,
                    levels=levels, mask=mask, channel_scale=channel_scale, float_dtype=fd)
 
     def dequantize(self) -> torch.Tensor:
-        """The dense float32 tensor these codes stand for."""
-        kept_index = np.arange(self.numel) if self.mask is None else np.flatnonzero(self.mask)
-        per_channel = self.numel // self.shape[0] if self.shape else 1
-        channel = kept_index // per_channel
-        vals = self.codebook.dequantize(self.codes, self.code_widths(), channel)
-        if self.channel_scale is not None:
-            vals = vals * (self.channel_scale[channel] if self.channel_scale.size > 1 else self.channel_scale[0])
-        dense = np.zeros(self.numel, dtype=np.float64)
-        dense[kept_index] = vals
-        return torch.from_numpy(dense.astype(np.float32).reshape(self.shape))
+        """The dense float32 tensor these codes stand for, computed in float64 chunks of
+        ``DEQUANTIZE_CHUNK`` elements straight into the float32 result."""
+        out = np.zeros(self.numel, dtype=np.float32)
+        per_channel = self.numel // self.shape[0] if self.shape and self.shape[0] else 1
+        width = self._width()
+        done = 0  # codes consumed (the kept elements before this chunk)
+        for start in range(0, self.numel, DEQUANTIZE_CHUNK):
+            stop = min(self.numel, start + DEQUANTIZE_CHUNK)
+            index = np.arange(start, stop) if self.mask is None else np.flatnonzero(self.mask[start:stop]) + start
+            codes = self.codes[done:done + index.size]
+            widths = width if isinstance(width, int) else width[done:done + index.size]
+            done += index.size
+            channel = index // per_channel
+            vals = self.codebook.dequantize(codes, widths, channel)
+            if self.channel_scale is not None:
+                vals = vals * (self.channel_scale[channel] if self.channel_scale.size > 1 else self.channel_scale[0])
+            out[index] = vals
+        return torch.from_numpy(out.reshape(self.shape))
 
 
 Record = QuantizedTensor | DenseTensor
@@ -498,6 +576,83 @@ def _fields_bits(fields: list[Field]) -> int:
     for _, values, widths in fields:
         total += int(np.sum(widths)) if np.ndim(widths) else int(widths) * int(np.size(values))
     return total
+
+
+# --------------------------------------------------------------------------- the header
+def _int(minimum: int, maximum: int | None = None) -> dict:
+    return {"type": "integer", "minimum": minimum, **({} if maximum is None else {"maximum": maximum})}
+
+
+_CODEBOOK_SCHEMA = {
+    "type": "object", "required": ["kind"],
+    "properties": {"kind": {"enum": sorted(CODEBOOKS)}},
+    "allOf": [
+        {"if": {"required": ["kind"], "properties": {"kind": {"const": "affine"}}},
+         "then": {"required": ["channels"], "properties": {"channels": _int(1)}}},
+        {"if": {"required": ["kind"], "properties": {"kind": {"const": "codebook"}}},
+         "then": {"required": ["size"], "properties": {"size": _int(1)}}},
+    ],
+}
+_TENSOR_SCHEMA = {
+    "type": "object", "required": ["name", "type", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"enum": sorted(RECORDS)},
+        "shape": {"type": "array", "items": _int(0)},
+    },
+    "allOf": [
+        {"if": {"required": ["type"], "properties": {"type": {"const": "dense"}}},
+         "then": {"required": ["dtype", "role"],
+                  "properties": {"dtype": {"enum": sorted(DENSE_DTYPES)}, "role": {"enum": ["param", "buffer"]}}}},
+        {"if": {"required": ["type"], "properties": {"type": {"const": "quantized"}}},
+         "then": {"required": ["bits", "levels", "group_size", "grouped", "mask", "codebook", "channel_scale",
+                               "float_dtype"],
+                  "properties": {
+                      "bits": {"anyOf": [{"type": "null"}, _int(1, MAX_CODE_BITS)]},
+                      "levels": {"anyOf": [{"type": "null"}, _int(2, 2**MAX_CODE_BITS)]},
+                      "group_size": _int(0), "grouped": {"type": "boolean"},
+                      "mask": {"enum": ["none", "bitmap", "positions"]},
+                      "codebook": _CODEBOOK_SCHEMA,
+                      "channel_scale": {"anyOf": [{"type": "null"}, _int(1)]},
+                      "float_dtype": {"enum": sorted(FLOAT_BITS)}}}},
+        {"if": {"required": ["grouped"], "properties": {"grouped": {"const": True}}},
+         "then": {"properties": {"group_size": _int(1)}}},
+    ],
+}
+HEADER_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object", "required": ["arch", "arch_kwargs", "payload_bits", "tensors"],
+    "properties": {
+        "arch": {"type": "string"}, "arch_kwargs": {"type": "object"},
+        "payload_bits": _int(0), "tensors": {"type": "array", "items": _TENSOR_SCHEMA},
+    },
+}
+
+
+@functools.cache
+def _header_validator():
+    import jsonschema
+
+    strict = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(  # 1.0 and true are not integers here
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=strict)(HEADER_SCHEMA)
+
+
+def read_header(raw: bytes, source: str) -> dict:
+    """The JSON header of a packed file, checked against :data:`HEADER_SCHEMA` (types, required keys,
+    record and codebook kinds, dtype names, non-negative shapes) before any payload is read: a
+    :class:`FormatError` names ``source`` and the first key that breaks it."""
+    import jsonschema
+
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FormatError(f"{source}: the header is not JSON ({err})") from err
+    error = jsonschema.exceptions.best_match(_header_validator().iter_errors(header))
+    if error is not None:
+        message = error.message if len(error.message) <= 200 else error.message[:200] + " ..."
+        raise FormatError(f"{source}: malformed header at {error.json_path}: {message}")
+    return header
 
 
 # --------------------------------------------------------------------------- the model
@@ -551,18 +706,20 @@ class CompressedModel:
         for record in self.records.values():
             for _, values, widths in record.fields():
                 writer.write(values, widths)
-        payload = writer.getvalue()
+        payload, payload_bits = writer.getvalue(), writer.nbits
+        del writer
         header = json.dumps({
-            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "payload_bits": writer.nbits,
+            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "payload_bits": payload_bits,
             "tensors": [{"name": n, **r.meta()} for n, r in self.records.items()],
         }, sort_keys=True).encode()
-        crc = zlib.crc32(header + payload)
-        return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc) + header + payload
+        crc = zlib.crc32(payload, zlib.crc32(header))
+        return b"".join((_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), crc), header, payload))
 
     @classmethod
     def unpack(cls, data: bytes, source: str = "<bytes>") -> CompressedModel:
         if len(data) < _PREFIX.size:
             raise FormatError(f"{source}: truncated: {len(data)} bytes, shorter than the {_PREFIX.size}-byte prefix")
+        data = memoryview(data)
         magic, version, header_len, crc = _PREFIX.unpack_from(data)
         if magic != MAGIC:
             raise FormatError(f"{source}: not a quantbench compressed model (magic {magic!r}, expected {MAGIC!r})")
@@ -574,15 +731,21 @@ class CompressedModel:
         if zlib.crc32(body) != crc:
             raise FormatError(f"{source}: corrupted: checksum mismatch (crc32 {zlib.crc32(body):#010x}, "
                               f"header says {crc:#010x})")
-        header = json.loads(body[:header_len])
+        header = read_header(bytes(body[:header_len]), source)
         payload = body[header_len:]
-        if len(payload) != math.ceil(header["payload_bits"] / 8):
+        if len(payload) != -(-header["payload_bits"] // 8):
             raise FormatError(f"{source}: payload is {len(payload)} bytes, header says "
-                              f"{math.ceil(header['payload_bits'] / 8)}")
+                              f"{-(-header['payload_bits'] // 8)} (payload_bits {header['payload_bits']})")
         reader = BitReader(payload)
         records: dict[str, Record] = {}
-        for meta in header["tensors"]:
-            records[meta["name"]] = RECORDS[meta["type"]].read(reader, meta)
+        for i, meta in enumerate(header["tensors"]):
+            where = f"{source}: tensors[{i}] ({meta['name']!r})"
+            if meta["name"] in records:
+                raise FormatError(f"{where}: a second tensor of that name")
+            try:
+                records[meta["name"]] = RECORDS[meta["type"]].read(reader, meta)
+            except (FormatError, EOFError, ValueError, OverflowError) as err:
+                raise FormatError(f"{where}: {err}") from err
         if reader.pos != header["payload_bits"]:
             raise FormatError(f"{source}: records read {reader.pos} bits, header says {header['payload_bits']}")
         return cls(header["arch"], header["arch_kwargs"], records)

@@ -48,7 +48,7 @@ from quantbench.format import CompressedModel
 from quantbench.method import Budget, ConfigError, JobFailed, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
-from quantbench.models.pretrained import load_pretrained
+from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
 from quantbench.spec import JobSpec, content_hash
 from quantbench.stats import EXAMPLES_FILE, Examples
 from quantbench.tracking import Tracker, environment_tags, flatten, method_tags, resolve_tracking_uri
@@ -96,8 +96,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def _setup(spec: JobSpec, threads: int) -> tuple:
-    """The task, the builder kwargs and this process's device; joins the process group in a job
-    of several processes (whose ``threads`` are shared by the processes on a node)."""
+    """The task (its test split preprocessed as the reference's published weights declare, for the
+    reference and its cells alike), the builder kwargs and this process's device; joins the process
+    group in a job of several processes (whose ``threads`` are shared by the processes on a node)."""
     job, where = spec.identity, spec.context
     device = distributed.init(pick_device(where.device))
     threads = max(1, threads // distributed.local_processes())
@@ -105,6 +106,15 @@ def _setup(spec: JobSpec, threads: int) -> tuple:
     seed_everything(job.seed)
     task = build_task(job.task, root=where.data_root, download=where.download, **job.task_params)
     task.pipeline = Pipeline(**{"workers": max(0, threads - 1), **where.loaders.get(job.task, {})})
+    source = job.train.get("pretrained", "")
+    declared = preprocessing(source, "--spec.train")
+    if declared != job.eval_transform:  # a plan made before, or by hand: its numbers would not be what it says
+        raise ConfigError(f"--spec.eval_transform: {job.eval_transform} is not the preprocessing the weights "
+                          f"{source or '(none: trained)'} declare, {declared}; plan the job again")
+    if declared is not None:
+        task.use_eval_transform(eval_transform(source, task.input_shape[-2:]), f"the weights {source}")
+        log.info("%s: test split preprocessed as the weights %s declare: %s", job.cell_id, source,
+                 json.dumps(declared, sort_keys=True))
     arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **job.arch_params}
     return task, arch_kwargs, device
 

@@ -1,7 +1,8 @@
 """A job's spec in two parts: its identity (what it computes) and its context (where it runs).
 
-* :class:`JobIdentity`: task, arch, seed, their builder parameters, the reference recipe, and for
-  a cell the method, its resolved parameters and the budget. This is the rule's ``params`` that
+* :class:`JobIdentity`: task, arch, seed, their builder parameters, the reference recipe (and the
+  evaluation preprocessing its pretrained weights declare, ``eval_transform``), and for a cell the
+  method, its resolved parameters and the budget. This is the rule's ``params`` that
   Snakemake compares to decide what to rerun, and its hash is the run's ``config_hash``.
 * :class:`JobContext`: the experiment, where things live (results, data, tracking URI), what the
   job may do (download), the device, and the grid's published figures. It reaches the job on its
@@ -66,6 +67,9 @@ class JobIdentity:
     method: str | None = None
     method_params: dict | None = None
     budget: float | None = None
+    # the test preprocessing of torchvision/timm weights (models.pretrained.preprocessing); None (left
+    # out of the dict and the hash): the task's own transform
+    eval_transform: dict | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("reference", "cell"):

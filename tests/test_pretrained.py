@@ -54,8 +54,9 @@ def torchvision_file(torch_home: Path, source: str) -> Path:
     return torch_home / "hub" / "checkpoints" / Path(weights.url).name
 
 
-def grid(tmp_path: Path, data: Path, recipe: dict, task: str = "imagenet", arch: str = "resnet18", **extra) -> dict:
-    task_params = {"imagenet": {"image_size": 64}} if task == "imagenet" else {}
+def grid(tmp_path: Path, data: Path, recipe: dict, task: str = "imagenet", arch: str = "resnet18",
+         image_size: int = 64, **extra) -> dict:
+    task_params = {"imagenet": {"image_size": image_size}} if task == "imagenet" else {}
     return {"name": "pt", "results_dir": str(tmp_path / "results"), "data_root": str(data), "tasks": [task],
             "archs": [arch], "budgets": [2], "task_params": task_params,
             "recipes": {task: {arch: recipe}}, **extra}
@@ -69,14 +70,16 @@ def test_torchvision_weights_from_the_torch_hub_cache_are_loaded_evaluated_and_r
     path.parent.mkdir(parents=True)
     torch.save(published.state_dict(), path)
 
-    cfg = load_config(grid(tmp_path, imagenet_root, {"pretrained": RESNET18}))
+    cfg = load_config(grid(tmp_path, imagenet_root, {"pretrained": RESNET18}, image_size=224))
     out = tmp_path / "ref" / "metrics.json"
     result = run_reference(cfg.reference_spec("imagenet", "resnet18", 0), out, show_progress=False)
 
     assert result["pretrained"]["sha256"] == file_sha256(path) and result["pretrained"]["published"] == 69.758
     assert not result["cached"] and json.loads(out.read_text())["pretrained"]["file"] == str(path)
     # the measured metric is torchvision's own network with that file, evaluated on the same split
-    task = build_task("imagenet", root=str(imagenet_root), image_size=64)
+    # preprocessed by the weights' own transforms()
+    task = build_task("imagenet", root=str(imagenet_root))
+    task.test.transform = torchvision.models.get_weight(RESNET18.partition(":")[2]).transforms()
     published.load_state_dict(torch.load(path, weights_only=True))
     assert result["metrics"] == task.evaluate(published)
     cached = torch.load(result["checkpoint"], weights_only=True)
@@ -85,6 +88,7 @@ def test_torchvision_weights_from_the_torch_hub_cache_are_loaded_evaluated_and_r
     run = Tracker(cfg.tracking_uri()).runs("pt").iloc[0]
     assert run["tags.pretrained"] == RESNET18 and run["tags.pretrained_sha256"] == file_sha256(path)
     assert run["tags.paper_value"] == "69.758" and "ImageNet-1K acc@1" in run["tags.paper_source"]
+    assert (run["params.eval_transform.resize_size"], run["params.eval_transform.crop_size"]) == ("256", "224")
 
 
 def test_the_grid_s_own_figure_wins_over_the_published_metadata(tmp_path, torch_home, imagenet_root):
@@ -294,3 +298,97 @@ def test_weights_of_another_architecture_are_refused_at_planning(arch, arch_para
     with pytest.raises(ConfigError, match=message):
         load_config({"name": "x", "tasks": ["imagenet"], "archs": [arch], "arch_params": {arch: arch_params},
                      "recipes": {"imagenet": {arch: {"pretrained": source}}}})
+
+
+# ---- each reference with its own preprocessing ---------------------------------------------------
+
+def _parts(transform) -> list:
+    """What a test transform does, step by step: (name, size, interpolation, mean, std)."""
+    steps = getattr(transform, "transforms", [transform])
+    return [(type(t).__name__, getattr(t, "size", getattr(t, "crop_size", None)),
+             str(getattr(t, "interpolation", getattr(t, "resize_size", None))),
+             [float(v) for v in getattr(t, "mean", [])], [float(v) for v in getattr(t, "std", [])]) for t in steps]
+
+
+@pytest.mark.parametrize("tag,resize,mean", [
+    ("deit_base_patch16_224.fb_in1k", 248, [0.485, 0.456, 0.406]),  # crop_pct 0.9
+    ("mobilenetv1_100.ra4_e3600_r224_in1k", 256, [0.5, 0.5, 0.5]),  # crop_pct 0.875, its own mean/std
+])
+def test_a_timm_reference_evaluates_with_timm_s_own_transform_for_its_tag(tag, resize, mean):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from quantbench.models.pretrained import eval_transform, preprocessing
+
+    with torch.device("meta"):  # the tag's pretrained_cfg, without weights or the network
+        model = timm.create_model(tag, pretrained=False)
+    theirs = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    ours = eval_transform(f"timm:{tag}", (224, 224))
+    assert repr(ours) == repr(theirs) and _parts(ours) == _parts(theirs)
+    resize_step, crop_step, _, norm = ours.transforms
+    assert (resize_step.size, resize_step.interpolation.value, crop_step.size) == (resize, "bicubic", (224, 224))
+    assert norm.mean.tolist() == pytest.approx(mean)
+    assert preprocessing(f"timm:{tag}")["crop_pct"] == model.pretrained_cfg["crop_pct"]
+
+
+@pytest.mark.parametrize("name", ["ResNet18_Weights.IMAGENET1K_V1", "ResNet50_Weights.IMAGENET1K_V2",
+                                  "ViT_B_16_Weights.IMAGENET1K_V1"])
+def test_a_torchvision_reference_evaluates_with_its_weights_transforms(name):
+    from quantbench.models.pretrained import eval_transform
+
+    weights = torchvision.models.get_weight(name)
+    theirs, ours = weights.transforms(), eval_transform(f"torchvision:{name}", (224, 224))
+    fields = ("crop_size", "resize_size", "interpolation", "mean", "std", "antialias")
+    assert type(ours) is type(theirs) and repr(ours) == repr(theirs)
+    assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+
+
+def test_the_test_split_of_a_reference_and_its_cells_is_preprocessed_as_its_weights_declare(tmp_path, imagenet_root):
+    """The tensors the reference job and a cell job evaluate are the library's transform applied to
+    the val images; a path keeps the task's own; train is never touched; identities say which."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from quantbench.config import Cell
+    from quantbench.models.pretrained import preprocessing
+    from quantbench.runner import _setup
+
+    lenet = tmp_path / "w.pt"
+    lenet.write_bytes(b"not read at planning")
+    deit = "timm:deit_tiny_patch16_224.fb_in1k"
+    with torch.device("meta"):
+        model = timm.create_model(deit[5:], pretrained=False)
+    timm_tf = create_transform(**resolve_data_config({}, model=model), is_training=False)
+    task_tf = build_task("imagenet", root=str(imagenet_root)).test.transform
+    resnet50 = "torchvision:ResNet50_Weights.IMAGENET1K_V2"  # resize 232 (the task's: 256)
+    cases = [("resnet50", {}, resnet50, torchvision.models.get_weight(resnet50[12:]).transforms()),
+             ("vit", {"model": "deit_tiny_patch16_224"}, deit, timm_tf),
+             ("alexnet", {}, str(lenet), task_tf)]
+    val = imagenet_root / "imagenet" / "val"
+    for arch, arch_params, source, expected_tf in cases:
+        recipe = {"pretrained": source, **({"pretrained_sha256": "0" * 64} if source == str(lenet) else {})}
+        cfg = load_config(grid(tmp_path, imagenet_root, recipe, arch=arch, image_size=224,
+                               arch_params={arch: arch_params}, methods=["rtn"], budgets=[4]))
+        expected = torch.stack([x for x, _ in torchvision.datasets.ImageFolder(str(val), transform=expected_tf)])
+        ref, cell = cfg.reference_spec("imagenet", arch, 0), cfg.cell_spec(Cell("imagenet", arch, "rtn", "4", 0))
+        assert ref.identity.eval_transform == cell.identity.eval_transform == preprocessing(source)
+        assert ("eval_transform" in ref.identity.as_dict()) == (source != str(lenet))
+        for spec in (ref, cell):
+            task = _setup(spec, 1)[0]
+            got = torch.cat([x for x, _ in task.loader("test", 5)])
+            assert torch.equal(got, expected), (arch, spec.identity.kind)
+            assert task.train.transform is not task.test.transform  # training keeps the task's transform
+    # a spec whose eval_transform is not what its weights declare is refused before anything runs
+    stale = ref.replace(eval_transform={**preprocessing(RESNET18), "crop_size": 192}, train={
+        **ref.identity.train, "pretrained": RESNET18, "pretrained_sha256": ""})
+    with pytest.raises(ConfigError, match=r"--spec.eval_transform: .* is not the preprocessing the weights "
+                                          r"torchvision:ResNet18_Weights.IMAGENET1K_V1 declare, .*plan the job again"):
+        _setup(stale, 1)
+
+
+def test_trained_references_keep_their_identities():
+    """No eval_transform where no pretrained weights declare one: the default grid's identities
+    (and so every recorded run of it) are unchanged."""
+    cfg = load_config(REPO / "workflows" / "config" / "default.yaml")
+    jobs = [cfg.reference_identity(*key) for key in cfg.references()] + [cfg.cell_identity(c) for c in cfg.cells]
+    assert jobs and all(job.eval_transform is None and "eval_transform" not in job.as_dict() for job in jobs)

@@ -4,8 +4,10 @@
 # figures; params.context, which it does not compare), so changing where things live reruns nothing.
 import json
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.method import ConfigError
@@ -18,9 +20,32 @@ def _config_source():
     return (", ".join(files) or "no config file") + overrides
 
 
+def cluster_executor():
+    """The executor's name when this run submits its jobs to a cluster (a non-local executor, such
+    as the SLURM profile's), else None. Snakemake 9 picks the executor (--executor, or a profile's
+    ``executor:``) before it reads this file but gives it to the workflow only when the DAG runs,
+    and a dry run (-n) then runs Snakemake's local 'dryrun' executor instead; so the executor asked
+    for is read from the command line as Snakemake parsed it (``args`` of snakemake.cli.args_to_api,
+    which calls us). A job running on a cluster node (exec mode remote) and Snakemake's Python API
+    (no command line) count as local."""
+    if not workflow.is_main_process:
+        return None
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "args_to_api"
+                                     and frame.f_globals.get("__name__") == "snakemake.cli"):
+        frame = frame.f_back
+    name = getattr(frame.f_locals.get("args"), "executor", None) if frame is not None else None
+    if name is None or ExecutorPluginRegistry().get_plugin(name).common_settings.local_exec:
+        return None
+    return name
+
+
 try:
     # the grid: its file (or the default's), with the --config overrides read as YAML would
     CFG = load_config(merged_config(config, typed_overrides(workflow.config_settings.config)))
+    # on a cluster, paper-scale training on CPUs is refused unless the grid says allow_cpu
+    if executor := cluster_executor():
+        CFG.check_cluster_gpus(executor)
 except ConfigError as e:
     raise WorkflowError(f"{_config_source()}: {e}") from None
 
