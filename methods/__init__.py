@@ -4,7 +4,7 @@ entry-point group ``quantbench.methods`` (:mod:`quantbench.registry`)."""
 from __future__ import annotations
 
 from quantbench.method import Method
-from quantbench.methods import diffq, gpfq, lc, opq, rtn  # noqa: F401
+from quantbench.methods import diffq, gpfq, gptq, lc, opq, qat, rtn  # noqa: F401
 from quantbench.registry import METHODS
 
 

@@ -1,5 +1,6 @@
 """DiffQ (Défossez, Adi & Synnaeve): differentiable quantization with pseudo-quantization noise
-and learned per-group bit widths, with a budget controller; and the paper's baselines QAT and LSQ.
+and learned per-group bit widths, with a budget controller. (The paper's baselines QAT and LSQ:
+:mod:`quantbench.methods.qat`.)
 
 Each quantized tensor w is split into groups of g consecutive weights (g = 0: one group); group
 j has a bit width b_j = b_min + σ(ℓ_j)(b_max − b_min), logits ℓ initialised at ``init_bits``.
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from quantbench.format import GROUP_WIDTH_BITS, AffineGrid, CompressedModel, QuantizedTensor, RangeGrid
+from quantbench.format import GROUP_WIDTH_BITS, CompressedModel, QuantizedTensor, RangeGrid
 from quantbench.method import (
     DATA_ORDER,
     GENERATOR,
@@ -50,10 +51,8 @@ from quantbench.method import (
     compressible,
     derive_seed,
 )
-from quantbench.models import build_model
 from quantbench.registry import register_method
-from quantbench.train import make_optimizer, straight_through, train_epoch, train_quantized
-from quantbench.uniform import fake_quantize_uniform, quantize_uniform, round_to_grid
+from quantbench.train import make_optimizer, straight_through, train_epoch
 
 RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
 
@@ -217,7 +216,6 @@ class DiffQParams:
     init_bits: float = 8.0
     noise: Literal["uniform", "gaussian"] = "uniform"  # the paper: uniform; authors' code: gaussian
     min_size: float = 0.0  # MB: smaller weights stay dense (fp32)
-    mode: Literal["finetune", "scratch"] = "finetune"  # start from the reference, or from a fresh init
     epochs: int = 20
     optimizer: Literal["sgd", "adam"] = "adam"
     lr: float = 1e-3
@@ -289,7 +287,7 @@ class DiffQ(Method):
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
-        model = copy.deepcopy(ref) if p.mode == "finetune" else build_model(ctx.arch, **ctx.arch_kwargs)
+        model = copy.deepcopy(ref)
         model.to(ctx.device).train()  # registering a parametrization runs it: in training mode, whatever ref's mode
         names = _view(model, p)
         dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
@@ -367,117 +365,3 @@ class DiffQFixed(DiffQ):
         lam = next(v for b, v in self.params.penalties.items() if abs(float(b) - budget.bits) < 1e-9)
         self.params = dataclasses.replace(self.params, size_penalty=float(lam), budget_control=False)
         return super().compress(ref, budget, ctx)
-
-
-# --------------------------------------------------------------------------- baselines
-@dataclass
-class QATParams:
-    epochs: int = 10
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    batch_size: int = 64
-    per_channel: bool = False
-
-
-def _train_quantized(model: nn.Module, ctx: RunContext, p, forward_weights, extra_params=()) -> None:
-    train_quantized(model, ctx.task, forward_weights, compressible(model), epochs=p.epochs, optimizer=p.optimizer,
-                    lr=p.lr, momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
-                    extra_params=extra_params, progress=lambda it: ctx.progress(it, desc="QAT epochs"),
-                    log=lambda loss, epoch: ctx.log_metric("qat/train_loss", loss, epoch))
-
-
-def _int_budget(budget: Budget, low: int = 2) -> bool:
-    return budget.int_bits is not None and low <= budget.int_bits <= 16
-
-
-@register_method("qat")
-class QAT(Method):
-    """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
-
-    family = "DiffQ"
-    trains = True
-    starts_from = "rtn"
-    Params = QATParams
-
-    @classmethod
-    def serves(cls, budget: Budget, params: QATParams) -> bool:
-        return _int_budget(budget, 1)
-
-    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        p, bits = self.params, budget.int_bits
-        model = copy.deepcopy(ref).to(ctx.device)
-
-        def fake(name: str, w: torch.Tensor) -> torch.Tensor:
-            return straight_through(w, fake_quantize_uniform(w, 2**bits, "minmax", p.per_channel))
-
-        _train_quantized(model, ctx, p, fake)
-        state = model.state_dict()
-        return ctx.assemble(model, {n: quantize_uniform(state[n].cpu(), 2**bits, "minmax", p.per_channel)
-                                    for n in compressible(model)})
-
-
-@dataclass
-class LSQParams(QATParams):
-    step_lr_scale: float = 1.0  # extra factor on the step-size gradient scale g
-
-
-class _LSQ(torch.autograd.Function):
-    """``ŵ = round(clamp(w/s, −Q_N, Q_P)) · s`` with LSQ's gradients (Esser et al., eq. 3 and the STE):
-    ∂/∂w = 1 inside [−Q_N, Q_P], 0 outside; ∂/∂s = g · (round(v) − v inside, the clamped bound outside),
-    v = w/s. Written out so a step costs a few passes over the weights instead of autograd's chain."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, s: torch.Tensor, qn: int, qp: int, grad_scale: float) -> torch.Tensor:
-        v = w / s
-        ctx.save_for_backward(v, s)
-        ctx.qn, ctx.qp, ctx.grad_scale = qn, qp, grad_scale
-        return v.clamp(-qn, qp).round_().mul_(s)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        v, s = ctx.saved_tensors
-        clamped = v.clamp(-ctx.qn, ctx.qp)
-        inside = clamped == v
-        rounded = clamped.round()
-        d_s = torch.where(inside, rounded - v, rounded)
-        grad_s = (grad.reshape(-1) @ d_s.reshape(-1)) * ctx.grad_scale
-        return torch.where(inside, grad, 0), grad_s.reshape(s.shape), None, None, None
-
-
-def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float) -> torch.Tensor:
-    """LSQ (Esser et al.): ŵ = round(clamp(w/s, −Q_N, Q_P)) · s with the step's gradient scaled by
-    g = 1/sqrt(numel · Q_P); Q_N = 2^(b−1), Q_P = 2^(b−1) − 1."""
-    return _LSQ.apply(w, s, 2 ** (bits - 1), 2 ** (bits - 1) - 1, grad_scale)
-
-
-@register_method("lsq")
-class LSQ(Method):
-    """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
-
-    family = "DiffQ"
-    trains = True
-    starts_from = "rtn"
-    Params = LSQParams
-
-    @classmethod
-    def serves(cls, budget: Budget, params: LSQParams) -> bool:
-        return _int_budget(budget, 2)
-
-    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        p, bits = self.params, budget.int_bits
-        model = copy.deepcopy(ref).to(ctx.device)
-        names = compressible(model)
-        params = dict(model.named_parameters())
-        qp = 2 ** (bits - 1) - 1
-        steps = {n: nn.Parameter(2 * params[n].detach().abs().mean() / math.sqrt(qp)) for n in names}
-        scales = {n: p.step_lr_scale / math.sqrt(params[n].numel() * qp) for n in names}
-        _train_quantized(model, ctx, p, lambda n, w: lsq_quantize(w, steps[n], bits, scales[n]),
-                         extra_params=steps.values())
-        records = {}
-        for n in names:  # codes round(clamp(w/s, −Q_N, Q_P)) + Q_N on the grid s · (code − Q_N)
-            grid = AffineGrid([float(steps[n].detach())], [2 ** (bits - 1)])
-            grid.round_to_storage("float32")
-            records[n] = QuantizedTensor(tuple(params[n].shape), round_to_grid(params[n].cpu(), grid, 2**bits - 1),
-                                         grid, bits=bits)
-        return ctx.assemble(model, records)

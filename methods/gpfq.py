@@ -21,18 +21,16 @@ remaining rows get one matrix product, r[rest] += G[rest, blk] W[:, blk]ᵀ − 
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor, code_width
 from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.methods import ptq
 from quantbench.registry import register_method
 from quantbench.uniform import round_to_grid
 
@@ -44,7 +42,6 @@ class GPFQParams:
     rounding: Literal["nearest", "stochastic"] = "nearest"  # stochastic: SPFQ
     calib_samples: int = 1024  # rows of the training split used for calibration (seeded sample)
     calib_batch: int = 256
-    patch_rate: float = 1.0  # conv layers: fraction of unfolded patches kept (seeded)
     block: int = 128  # columns per lazy update of r
 
 
@@ -102,55 +99,6 @@ def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGr
     return codes.T.contiguous()
 
 
-# --------------------------------------------------------------------------- layer inputs
-def layer_rows(module: nn.Module, x: torch.Tensor, group: int, patch_rate: float,
-               gen: torch.Generator) -> torch.Tensor:
-    """The rows X that multiply the neurons of ``module`` (for conv: unfolded patches of one group)."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d):
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise ValueError(f"GPFQ needs numeric zero padding, got padding={module.padding!r} "
-                             f"mode={module.padding_mode!r}")
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
-                        stride=module.stride)  # (B, C_in·kh·kw, L), channel-major like the weight
-        per_group = cols.shape[1] // module.groups
-        rows = cols[:, group * per_group:(group + 1) * per_group].transpose(1, 2).reshape(-1, per_group)
-        if patch_rate < 1.0:
-            keep = (torch.rand(rows.shape[0], generator=gen) < patch_rate).to(rows.device)
-            rows = rows[keep]
-        return rows
-    raise ValueError(f"GPFQ quantizes Linear and Conv2d layers, not {type(module).__name__}")
-
-
-def _inputs(model: nn.Module, module: nn.Module, batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """The input of ``module`` for every calibration batch (a forward hook)."""
-    seen: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                yield seen.pop()
-    finally:
-        handle.remove()
-
-
-ROWS_BUDGET = 2**27  # float64 elements of one block of layer rows (1 GiB)
-
-
-def _chunks(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``x`` split along the batch so that one block of its rows stays under ``ROWS_BUDGET``
-    elements (G and H are sums over rows, so the split changes nothing but memory: unfolded
-    224×224 ImageNet patches of a 128-sample batch would take ~30 GB each for VGG16's conv1_2)."""
-    per_sample = x[0].numel() * (math.prod(module.kernel_size) if isinstance(module, nn.Conv2d) else 1)
-    return torch.split(x, max(1, ROWS_BUDGET // max(1, per_sample)))
-
-
-def _groups(module: nn.Module) -> int:
-    return module.groups if isinstance(module, nn.Conv2d) else 1
-
-
 @torch.no_grad()
 def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext, memoryless: bool
                      ) -> dict[str, QuantizedTensor]:
@@ -158,11 +106,9 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
     original = copy.deepcopy(ref).eval()
     quant = copy.deepcopy(ref).eval()
     modules = dict(quant.named_modules())
-    owners = [n.rpartition(".")[0] for n in compressible(quant)]
-    # a weight is quantized where a Linear/Conv2d owns it (one tied to an embedding stays dense)
-    order = _forward_order(quant, [m for m in owners if isinstance(modules[m], (nn.Linear, nn.Conv2d))], ctx, p)
+    order = ptq.forward_order(quant, ptq.quantizable_layers(quant, compressible(quant)), ctx)
     gen = ctx.generator(1)
-    batches = _calibration(ctx, p)
+    batches = ptq.calibration_batches(ctx, p.calib_samples, p.calib_batch)
     records = {}
     for mod_name in ctx.progress(order, desc="GPFQ layers" if not memoryless else "MSQ layers"):
         module = modules[mod_name]
@@ -171,7 +117,7 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
         if memoryless:
             codes = round_to_grid(w, grid, qmax)
         else:
-            groups = _groups(module)
+            groups = ptq.groups(module)
             out_per_group = w.shape[0] // groups
             flat = w.reshape(w.shape[0], -1)
             codes = torch.zeros_like(flat, dtype=torch.long)
@@ -179,13 +125,13 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
             n = flat.shape[1]
             g_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)  # one pass serves every group
             h_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)
-            for x, xt in zip(_inputs(original, orig_module, batches), _inputs(quant, module, batches), strict=True):
-                for xs, xts in zip(_chunks(module, x), _chunks(module, xt), strict=True):
+            inputs = zip(ptq.layer_inputs(original, orig_module, batches), ptq.layer_inputs(quant, module, batches),
+                         strict=True)
+            for x, xt in inputs:
+                for xs, xts in zip(ptq.row_blocks(module, x), ptq.row_blocks(module, xt), strict=True):
                     for gi in range(groups):
-                        state = gen.get_state()
-                        rows = layer_rows(module, xs.double(), gi, p.patch_rate, gen)
-                        gen.set_state(state)  # the same patches of X and X̃
-                        rows_t = layer_rows(module, xts.double(), gi, p.patch_rate, gen)
+                        rows = ptq.layer_rows(module, xs.double(), gi)
+                        rows_t = ptq.layer_rows(module, xts.double(), gi)
                         g_mats[gi] += rows_t.T @ rows
                         h_mats[gi] += rows_t.T @ rows_t
             for gi in range(groups):
@@ -199,32 +145,8 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
     return records
 
 
-def _calibration(ctx: RunContext, p: GPFQParams) -> list[torch.Tensor]:
-    """A seeded sample of ``calib_samples`` training inputs, in batches of ``calib_batch``."""
-    data = ctx.task.train
-    n = min(p.calib_samples, len(data))
-    idx = torch.randperm(len(data), generator=ctx.generator(0))[:n]
-    x = torch.stack([data[int(i)][0] for i in idx])
-    return [x[i:i + p.calib_batch].to(ctx.device) for i in range(0, n, p.calib_batch)]
-
-
-def _forward_order(model: nn.Module, mod_names: list[str], ctx: RunContext, p: GPFQParams) -> list[str]:
-    """Compressible modules in the order a forward pass calls them."""
-    called: list[str] = []
-    modules = dict(model.named_modules())
-    handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: called.append(n)) for n in mod_names]
-    try:
-        with torch.no_grad():
-            model(_calibration(ctx, GPFQParams(calib_samples=1, calib_batch=1))[0])
-    finally:
-        for hd in handles:
-            hd.remove()
-    seen = list(dict.fromkeys(called))
-    return seen + [n for n in mod_names if n not in seen]
-
-
 class _Alphabet(Method):
-    family = "GPFQ"
+    family = "post-training"
     Params = GPFQParams
 
     @classmethod
@@ -238,6 +160,7 @@ class GPFQ(_Alphabet):
     """Greedy path-following quantization; ``rounding: stochastic`` gives SPFQ."""
 
     starts_from = "msq"  # the same alphabet, each weight rounded on its own
+    calibrated = True
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=False))

@@ -22,4 +22,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
     return fn(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
 
 
-from quantbench.models import lenet, resnet, transformer_lm, vgg, vit  # noqa: E402,F401
+from quantbench.models import lenet, mobilenet, resnet, transformer_lm, vgg, vit  # noqa: E402,F401

@@ -144,7 +144,7 @@ def timm_config(name: str, where: str = "pretrained"):
     except RuntimeError:  # timm: "Invalid pretrained tag"
         cfg = None
     if cfg is None:
-        tags = timm.list_pretrained(f"{model}.*") if model in timm.list_models() else []
+        tags = timm.list_pretrained(f"{model}.*") if timm.is_model(model) else []
         hint = f"pretrained tags of {model}: {tags}" if tags else f"timm has no pretrained {model!r}"
         raise ConfigError(f"{where}.pretrained: timm:{name} is not a timm model.tag with weights; {hint}")
     return cfg

@@ -1,4 +1,4 @@
-"""Vision transformers and MobileNet-V1 from timm (never a pretrained download).
+"""Vision transformers from timm (never a pretrained download).
 
 ``vit``: any timm ``vit_*`` / ``deit_*`` model at the task's image size and channels, with the
 patch size and the size knobs overridable (the toy member: patch 2, 2 blocks of width 32 on
@@ -12,14 +12,6 @@ from torch import nn
 from quantbench.registry import register_model
 
 
-def _timm_model(name: str, **kwargs) -> nn.Module:
-    import timm
-
-    if name not in timm.list_models():
-        raise ValueError(f"timm has no model {name!r} (timm {timm.__version__})")
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
 @register_model
 def vit(input_shape: tuple[int, ...], num_classes: int, model: str = "vit_tiny_patch16_224",
         patch_size: int | None = None, embed_dim: int | None = None, depth: int | None = None,
@@ -27,13 +19,12 @@ def vit(input_shape: tuple[int, ...], num_classes: int, model: str = "vit_tiny_p
     """timm ``model`` built for ``input_shape`` = (C, H, W); ``None`` keeps the model's own value."""
     if not (model.startswith("vit_") or model.startswith("deit_")):
         raise ValueError(f"vit: model must be a timm vit_* or deit_* name, got {model!r}")
+    import timm
+
+    if not timm.is_model(model):
+        raise ValueError(f"timm has no model {model!r} (timm {timm.__version__})")
     sizes = {"patch_size": patch_size, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
              "mlp_ratio": mlp_ratio}
-    return _timm_model(model, img_size=tuple(input_shape[1:]), in_chans=input_shape[0], num_classes=num_classes,
-                       drop_path_rate=drop_path_rate, **{k: v for k, v in sizes.items() if v is not None})
-
-
-@register_model
-def mobilenet_v1(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """MobileNet-V1 1.0 (Howard et al.; OPQ's ImageNet MobileNet, 4.2M parameters) from timm."""
-    return _timm_model("mobilenetv1_100", in_chans=input_shape[0], num_classes=num_classes)
+    return timm.create_model(model, pretrained=False, img_size=tuple(input_shape[1:]), in_chans=input_shape[0],
+                             num_classes=num_classes, drop_path_rate=drop_path_rate,
+                             **{k: v for k, v in sizes.items() if v is not None})

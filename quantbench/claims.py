@@ -10,13 +10,16 @@ A claim compares two methods with the paired test of :mod:`quantbench.significan
         source: "Carreira-Perpiñán & Idelbayev 2017, Fig. 5"
       - claim: diffq >= qat            # A >= B: A not significantly worse
         margin: 0.5                    # ... or, with a margin m, A − B above −m (interval)
+      - claim: gpfq vs gptq            # A vs B: a comparison reported, not assumed (two-sided)
       - claim: starting point          # every method >= the method it starts from, where that is in the grid
 
 With ``g`` = A − B signed so that positive is better (the task's metric) and its (1 − α)
 interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``hi >= 0``
 (not significantly worse), or with a margin ``lo > −m``. It **fails** when A is significantly
 worse: ``g < 0`` with a Holm-adjusted p-value below α, Holm over the claim's cases. Otherwise it
-is **inconclusive**; a case whose cells have no finished run is **not run**, one that cannot be
+is **inconclusive**. ``A vs B`` states no direction: each case reports "A better" or "B better"
+(Holm-adjusted p below α, over the claim's cases) or "no detectable difference", and the claim is
+**reported** with those counts. A case whose cells have no finished run is **not run**, one that cannot be
 tested (cells evaluated on different examples, or recorded without per-example results) is
 **refused** with the reason. A claim is refused when any case is (``quantbench claims`` exits
 with the reasons; the tables rule writes them into the claims file), else holds when every case
@@ -39,13 +42,14 @@ from quantbench.significance import CellRecord, compare, present_cells, read_rec
 from quantbench.stats import ALPHA, format_p, holm
 
 STARTING_POINT = "starting point"
-_CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>)\s*([A-Za-z0-9_@]+)\s*$")
+_CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>|\svs\s)\s*([A-Za-z0-9_@]+)\s*$")
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN, REFUSED = "holds", "fails", "inconclusive", "not run", "refused"
+REPORTED, NO_DIFFERENCE = "reported", "no detectable difference"
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One comparison: ``better relation than`` (``relation`` ">" or ">="), restricted to
+    """One comparison: ``better relation than`` (``relation`` ">", ">=" or "vs"), restricted to
     ``budgets``/``archs``/``tasks`` where given; ``better`` is "*" for the starting-point rule."""
 
     text: str
@@ -77,8 +81,9 @@ def parse_claims(raw: list[dict], known_methods: list[str] | None = None) -> lis
             continue
         match = _CLAIM.match(text)
         if not match:
-            raise ConfigError(f"{where}: expected 'A > B', 'A >= B' (method labels) or {STARTING_POINT!r}")
+            raise ConfigError(f"{where}: expected 'A > B', 'A >= B', 'A vs B' (method labels) or {STARTING_POINT!r}")
         a, relation, b = match.groups()
+        relation = relation.strip()
         if a == b:
             raise ConfigError(f"{where}: compares {a} with itself")
         if scope["margin"] is not None and relation != ">=":
@@ -161,7 +166,9 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
             g, lo, hi = sign * r["difference"], min(sign * r["low"], sign * r["high"]), max(sign * r["low"],
                                                                                             sign * r["high"])
             r["p_holm"] = p_adj
-            if g < 0 and p_adj < alpha:
+            if claim.relation == "vs":
+                r["verdict"] = NO_DIFFERENCE if p_adj >= alpha else f"{r['A'] if g > 0 else r['B']} better"
+            elif g < 0 and p_adj < alpha:
                 r["verdict"] = FAILS
             elif claim.relation == ">" and lo > 0:
                 r["verdict"] = HOLDS
@@ -174,6 +181,10 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
             verdict = "no case in this record"
         elif counts[REFUSED]:
             verdict = REFUSED
+        elif claim.relation == "vs":
+            found = {v: sum(r["verdict"] == v for r in rows)
+                     for v in (f"{claim.better} better", f"{claim.than} better", NO_DIFFERENCE)}
+            verdict = f"{REPORTED}: " + ", ".join(f"{v} {n}" for v, n in found.items())
         elif counts[FAILS]:
             verdict = FAILS
         elif counts[HOLDS] == len(rows):
@@ -196,7 +207,8 @@ def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, t
              f"interval. 'A > B' holds where the interval is above 0; 'A >= B' where A is not significantly "
              f"worse (or, with a margin, the interval is above −margin). A case fails where A is significantly "
              f"worse (Holm over the claim's cases, α = {alpha:g}); a claim holds when all its cases hold and "
-             f"fails when any fails.", ""]
+             f"fails when any fails. 'A vs B' assumes no direction: each case is reported as A or B better "
+             f"(Holm-adjusted p below α) or no detectable difference.", ""]
     if verdicts.empty:
         return "\n".join(lines + ["No claims are stated for this grid (config `claims`).", ""])
     table = verdicts.rename(columns={"not run": "not_run"})

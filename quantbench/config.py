@@ -26,6 +26,11 @@ SCHEMA = "schemas/config.schema.yaml"  # package data of quantbench.workflows (t
 # Tasks whose training is GPU work at paper size: under a cluster executor a job that trains on one
 # of them with gpu 0 is refused at planning unless the grid says allow_cpu (Config.cpu_training_jobs).
 PAPER_SCALE_TASKS = ("cifar10", "cifar100", "imagenet", "wikitext103")
+# Training examples of each image task's train split at most (digits and mnist_t10k are split from
+# 1,797 and 10,000 examples by task_params: their whole set is the bound), for config.calibration.
+TRAIN_SIZES = {"digits": 1797, "mnist_t10k": 10000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000,
+               "cifar100": 50000, "imagenet": 1281167}
+CALIBRATION_SOURCES = {"train"}  # the splits a calibration sample may come from (tasks have train and test)
 
 
 def _with_defaults(validator_cls):
@@ -57,8 +62,6 @@ def _explain(error: jsonschema.ValidationError) -> str:
         return f"{where}: unknown key(s) {extra}; allowed keys: {allowed}"
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not allowed; allowed values: {error.validator_value}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
     return f"{where}: {error.message}"
 
 
@@ -183,9 +186,13 @@ class Config:
 
     @property
     def labels(self) -> list[str]:
-        """The grid's method labels: each method, then its variants ``method@variant``."""
-        variants = self.raw["variants"]
-        return [label for m in self.raw["methods"] for label in [m] + [f"{m}@{v}" for v in variants.get(m, {})]]
+        """The grid's method labels: each method, then its variants ``method@variant`` (a method that
+        calibrates runs only its variants under a ``calibration`` axis, :func:`calibration_variants`)."""
+        from quantbench.methods import get_method
+
+        variants, axis = self.raw["variants"], bool(self.raw["calibration"].get("samples"))
+        return [label for m in self.raw["methods"] for label in
+                ([] if axis and get_method(m).calibrated else [m]) + [f"{m}@{v}" for v in variants.get(m, {})]]
 
     def tracking_uri(self) -> str:
         from quantbench.tracking import resolve_tracking_uri
@@ -381,6 +388,35 @@ def _check_pretrained(settings: TrainSettings, where: str) -> None:
         raise ConfigError(f"{where}.pretrained_sha256: given without pretrained")
 
 
+def calibration_variants(raw: dict) -> None:
+    """The ``calibration`` axis as variants (in ``raw["variants"]``, in place): ``<method>@n<samples>``
+    with ``calib_samples: samples`` for every method of the grid that calibrates (``Method.calibrated``);
+    a source no task has, or a size above a task's training examples (:data:`TRAIN_SIZES`), is refused."""
+    from quantbench.methods import get_method
+
+    axis = raw["calibration"]
+    if not axis.get("samples"):  # no axis (the schema fills in the source alone)
+        return
+    source = axis.get("source", "train")
+    if source not in CALIBRATION_SOURCES:
+        raise ConfigError(f"config.calibration.source: {source!r}: tasks {raw['tasks']} have no {source} split "
+                          f"(quantbench's tasks have train and test, and calibrating on test would leak into the "
+                          f"evaluation); allowed values: {sorted(CALIBRATION_SOURCES)}")
+    for i, n in enumerate(axis["samples"]):
+        for task in raw["tasks"]:
+            if n > TRAIN_SIZES.get(task, n):
+                raise ConfigError(f"config.calibration.samples[{i}]: {n} is more than the {TRAIN_SIZES[task]} "
+                                  f"training examples task {task} has")
+    for method in raw["methods"]:
+        if get_method(method).calibrated:
+            own = raw["variants"].setdefault(method, {})
+            for n in axis["samples"]:
+                if f"n{n}" in own:
+                    raise ConfigError(f"config.variants.{method}.n{n}: that name is config.calibration's variant "
+                                      f"of {n} samples; name the variant otherwise")
+                own[f"n{n}"] = {"calib_samples": n}
+
+
 def load_config(source: str | Path | dict) -> Config:
     """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
@@ -457,6 +493,7 @@ def load_config(source: str | Path | dict) -> Config:
     for base in raw["variants"]:
         if base not in raw["methods"]:
             raise ConfigError(f"config.variants.{base}: {base!r} is not in config.methods {raw['methods']}")
+    calibration_variants(raw)
     labels = cfg.labels
     from quantbench.claims import parse_claims
 

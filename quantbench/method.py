@@ -1,10 +1,12 @@
-"""The method contract (DESIGN §3): what a compression method receives and must return.
+"""The method contract: what a compression method receives and must return (docs/architecture.md,
+"The method contract").
 
 A method is a class registered with :func:`quantbench.registry.register_method`. It declares
 
 * ``Params``  a dataclass of typed, defaulted hyper-parameters (config: ``method_params.<name>``),
-* ``family``  the table group its rows belong to: which paper's table (``baseline``, ``LC``, ``GPFQ``,
-              ``OPQ``, ``DiffQ``; anything else is a group of its own, after those),
+* ``family``  the table group its rows belong to: which paper's table (``baseline``, ``LC``,
+              ``post-training`` (GPFQ, MSQ, GPTQ), ``OPQ``, ``DiffQ``; anything else is a group of
+              its own, after those),
 * ``step_curves`` the per-step metrics it logs that are worth a plot (:class:`StepCurve`),
 * ``serves``  which budgets it can meet (cells it cannot serve are skipped at planning),
 * ``starts_from`` the registered method whose result it starts from (LC → DC, GPFQ → MSQ, QAT → RTN):
@@ -128,7 +130,7 @@ class StepCurve:
 
 
 # The table groups of the seed papers, in the tables' order; a method of another family forms a group after them.
-PAPER_FAMILIES = ("baseline", "LC", "GPFQ", "OPQ", "DiffQ")
+PAPER_FAMILIES = ("baseline", "LC", "post-training", "OPQ", "DiffQ")
 
 
 class Method:
@@ -142,6 +144,9 @@ class Method:
     # every rank; otherwise it runs on rank 0 alone, as in a one-process job (a plugin that trains
     # declares it to use the other processes)
     trains: ClassVar[bool] = False
+    # draws a calibration sample of the training split (``Params.calib_samples``): the grid's
+    # ``calibration`` axis runs it once per sample size (post-training methods that use data)
+    calibrated: ClassVar[bool] = False
     # the registered method this one starts from (LC from DC, GPFQ from MSQ, ...): the tables mark a cell
     # that ends worse than that method's cell on the same reference and budget (a sanity claim)
     starts_from: ClassVar[str | None] = None
@@ -192,13 +197,12 @@ def _check_type(value: Any, hint: Any, where: str) -> None:
             raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {list(choices)}")
         return
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for arg in typing.get_args(hint):
             try:
                 _check_type(value, arg, where)
                 return
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: {value!r} matches none of {hint}")
     if hint is type(None):
         if value is not None:

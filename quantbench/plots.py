@@ -2,7 +2,7 @@
 
 * ``<task>_size``: the task metric against achieved bits per weight (side information included),
   one subplot per arch over the quantized points' range, one line per method through its budgets
-  (mean over seeds), coloured by paper family (LC blues, GPFQ greens, OPQ oranges, DiffQ purples,
+  (mean over seeds), coloured by paper family (LC blues, post-training greens, OPQ oranges, DiffQ purples,
   baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
   budget) points — no other point is about as small (sizes within the tables' ``size_tolerance``
   count as equal, :func:`pareto_front`) and significantly better (the tables' paired test) — as
@@ -10,10 +10,15 @@
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
+* ``<task>_calibration`` (grids with a ``calibration`` axis): the task metric against the size of
+  the calibration set, a panel per (arch, budget), a line per method that calibrates through its
+  ``<method>@n<samples>`` cells with their 95 % intervals, the methods that use no calibration
+  (RTN, MSQ) and the fp32 reference as horizontal lines.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -153,6 +158,58 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return _save(fig, plt, out_dir, f"{task}_size")
+
+
+CALIBRATION_LABEL = re.compile(r"^(?P<method>[A-Za-z0-9_]+)@n(?P<samples>[0-9]+)$")  # config.calibration's variants
+
+
+def calibration_rows(part: pd.DataFrame) -> pd.DataFrame:
+    """The finished cells of a calibration axis (labels ``<method>@n<samples>``), with ``base`` and ``samples``."""
+    found = part["method"].str.extract(CALIBRATION_LABEL)
+    rows = part[found["method"].notna() & (part["status"] == "ok") & part["mean"].notna()].copy()
+    rows["base"] = found.loc[rows.index, "method"]
+    rows["samples"] = found.loc[rows.index, "samples"].astype(int)
+    return rows
+
+
+def calibration_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
+    """Metric vs calibration set size for one task (``part``: rows of :func:`quantbench.tables.summarize`):
+    a panel per (arch, budget) that has calibration cells, a line per method that calibrates, with
+    each point's 95 % interval; the other methods of that column and the reference as horizontal lines."""
+    metric = part["metric"].iloc[0]
+    cal = calibration_rows(part)
+    panels = list(dict.fromkeys(zip(cal["arch"], cal["budget"], strict=True)))
+    fig, axes, plt = _figure(max(1, len(panels)))
+    if not panels:
+        axes[0].text(0.5, 0.5, f"{task}: no finished calibration cells", ha="center", va="center")
+        axes[0].set_axis_off()
+        return _save(fig, plt, out_dir, f"{task}_calibration")
+    done = part[(part["status"] == "ok") & part["mean"].notna()]
+    flat = done[~done.index.isin(cal.index) & (done["method"] != "reference")]
+    colours = method_colours(pd.concat([cal.assign(method=cal["base"]), flat]))
+    for ax, (arch, budget) in zip(axes, panels, strict=True):
+        for base, g in cal[(cal["arch"] == arch) & (cal["budget"] == budget)].groupby("base", sort=True):
+            g = g.sort_values("samples")
+            errors = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]])
+            ax.errorbar(g["samples"], g["mean"], yerr=errors, marker="o", ms=3.5, lw=1.2, elinewidth=0.8,
+                        capsize=2, color=colours[base], label=base)
+        for _, r in flat[(flat["arch"] == arch) & (flat["budget"] == budget)].iterrows():
+            ax.axhline(r["mean"], color=colours[r["method"]], ls=":", lw=1.2, label=f"{r['method']} (no calibration)")
+        for _, r in done[(done["arch"] == arch) & (done["method"] == "reference")].iterrows():
+            ax.axhline(r["mean"], color="k", ls="--", lw=1, label="reference (fp32)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{task} / {arch} / {budget:g} bits")
+        ax.set_xlabel("calibration samples")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(True, alpha=0.3)
+    handles, labels = [], []
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
+    return _save(fig, plt, out_dir, f"{task}_calibration")
 
 
 def steps_plot(histories: pd.DataFrame, task: str, metric: str, curves: list, out_dir: Path) -> list[Path]:

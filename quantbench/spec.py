@@ -95,7 +95,8 @@ class JobIdentity:
         return _from_json(cls, text, option)
 
     def digest(self) -> str:
-        """The identity's hash: the run's ``config_hash`` (first 16 hex digits)."""
+        """The identity's hash: sha256 of its canonical JSON, 64 hex digits (the run's ``config_hash``
+        tag is the first 16)."""
         return content_hash(self.as_dict())
 
     def replace(self, **changes: Any) -> JobIdentity:

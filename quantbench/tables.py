@@ -39,7 +39,6 @@ from quantbench.tracking import Tracker
 UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
 MISSING = "not run"  # the method serves this budget, but the record has no run of the cell
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
-LOWER_IS_BETTER = ("error", "loss", "perplexity", "bits_per_token")
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
 SIZE_TOLERANCE_RANGE = (0.0, 0.5)  # allowed: above the first, at most the second (as the config schema)
 OVER, BELOW = "†", "‡"  # the marks of an over-budget cell and of one worse than its starting point
@@ -101,7 +100,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     for (task, arch, method, budget), g in runs.groupby(["tags.task", "tags.arch", "method", "budget"], dropna=False):
         metric = g["tags.metric"].iloc[0]
         ok = g[g["tags.status"] == "ok"]
-        higher = _tag(g, "higher_is_better", str(metric not in LOWER_IS_BETTER).lower()) == "true"
+        higher = _tag(g, "higher_is_better", "true") == "true"  # every job tags its task's direction
         values = ok.get(f"metrics.{metric}", pd.Series(dtype=float)).astype(float)
         failed = g[g["tags.status"] != "ok"]
         rows.append({
@@ -132,7 +131,10 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     out = significance_marks(out, records, alpha)
     families = ("reference", *PAPER_FAMILIES)
     out["order"] = [families.index(f) if f in families else len(families) for f in out["family"]]
-    return out.sort_values(["task", "arch", "order", "method", "budget"]).drop(columns="order").reset_index(drop=True)
+    # numbers in labels sort by value: gpfq@n32 before gpfq@n128 (a calibration axis)
+    natural = out["method"].str.replace(r"\d+", lambda m: m.group().zfill(12), regex=True)
+    out = out.assign(natural=natural).sort_values(["task", "arch", "order", "natural", "budget"])
+    return out.drop(columns=["order", "natural"]).reset_index(drop=True)
 
 
 def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
@@ -347,12 +349,13 @@ def step_curves(method: str) -> tuple:
 def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
                 tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE,
                 records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA) -> list[Path]:
-    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task; the size plot's
+    """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task, and
+    ``<task>_calibration.{png,pdf}`` where its cells include a calibration axis; the size plot's
     Pareto front counts sizes within ``size_tolerance`` as equal (as the tables do) and a point as
     dominated only by one significantly better at level ``alpha`` (paired test on ``records``;
     where a pair cannot be tested, the means decide); the steps plot has a panel per curve the
     task's methods declare (in table order)."""
-    from quantbench.plots import size_plot, steps_plot
+    from quantbench.plots import CALIBRATION_LABEL, calibration_plot, size_plot, steps_plot
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +367,8 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
                              None if records is None else _separable(records, size_tolerance, alpha))
         written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
                               part["metric"].iloc[0], curves, out_dir)
+        if part["method"].str.match(CALIBRATION_LABEL).any():  # a grid with a calibration axis
+            written += calibration_plot(part, task, out_dir)
     return written
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import random
 import subprocess
 import time
 import uuid
@@ -32,6 +31,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
+
+import tenacity
 
 T = TypeVar("T")
 TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
@@ -93,16 +94,20 @@ def resolve_tracking_uri(configured: str | None, results_dir: str | Path) -> str
     return f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
 
 
+def _busy(e: BaseException) -> bool:
+    """A store-busy error (MLflow wraps sqlite's in MlflowException: matched by message)."""
+    return any(t in str(e).lower() for t in TRANSIENT)
+
+
 def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: Any) -> T:
-    """Call ``fn``, retrying with jittered exponential backoff while the store is busy."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:  # MLflow wraps sqlite errors in MlflowException
-            if attempt == attempts - 1 or not any(t in str(e).lower() for t in TRANSIENT):
-                raise
-            time.sleep(min(10.0, 0.1 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    """Call ``fn``, retrying while the store is busy: up to ``attempts`` calls, the k-th wait (k = 0, 1, …)
+    x/2 + U[0, x] s with x = min(10, 0.1 · 2^k), jittered exponential backoff; any other error, or the
+    last busy one, is raised as it is."""
+    wait = (tenacity.wait_exponential(multiplier=0.05, max=5.0)
+            + tenacity.wait_random_exponential(multiplier=0.1, max=10.0))
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_busy), stop=tenacity.stop_after_attempt(attempts),
+                                 wait=wait, reraise=True)
+    return retrying(fn, *args, **kwargs)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -244,14 +249,6 @@ class Tracker:
             if Path(path).is_file():
                 with_retry(self.client.log_artifact, run_id, str(path))
         with_retry(self.client.set_terminated, run_id, status=status)
-
-    def record_run(self, experiment_id: str, run_name: str, params: dict[str, str], metrics: dict[str, float],
-                   step_metrics: list[tuple[str, float, int]], tags: dict[str, str], artifacts: list[Path],
-                   status: str = "FINISHED") -> str:
-        """Write one complete run at once; returns its id."""
-        run_id = self.start_run(experiment_id, run_name, params, tags)
-        self.finish_run(run_id, metrics, step_metrics, {}, artifacts, status)
-        return run_id
 
     def is_running(self, run_id: str) -> bool:
         """Whether the run is still open (RUNNING)."""

@@ -286,11 +286,8 @@ def reference_key(task: str, task_params: dict, arch: str, arch_params: dict, se
 
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes (checkpoint and artifact integrity)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

@@ -44,3 +44,11 @@ def compress_digits(name: str, bits: float, digits_reference, **params):
     packed = cls(make_params(cls.Params, params, name)).compress(ref, Budget(bits), ctx).pack()
     cm = CompressedModel.unpack(packed)
     return cm, task.evaluate(cm.to_dense(build_model("lenet300", **kwargs))), ctx
+
+
+def write_run(tracker, experiment_id: str, run_name: str, metrics: dict[str, float], tags: dict[str, str],
+              artifacts: list[Path] = (), status: str = "FINISHED") -> str:
+    """A complete run written as a job writes it: opened with its tags, closed with its outcome."""
+    run_id = tracker.start_run(experiment_id, run_name, {}, tags)
+    tracker.finish_run(run_id, metrics, [], {}, list(artifacts), status)
+    return run_id

@@ -71,6 +71,19 @@ def test_a_claim_holds_fails_or_is_inconclusive_by_the_paired_test(record):
     assert sorted(ge["verdict"]) == [HOLDS, INCONCLUSIVE]
 
 
+def test_a_comparison_reports_either_side_or_no_difference(record):
+    """'A vs B' assumes no direction: the side that is significantly better (either way), or none."""
+    out = record.tmp / "tables"
+    claims = parse_claims([{"claim": "dc vs lc_adaptive", "at": [2]}, {"claim": "lc_adaptive vs dc", "at": [2]},
+                           {"claim": "opq vs prune_quant_uniform"}])
+    tables_from_mlflow(record.uri, record.name, out, claims=claims)
+    cases = pd.read_csv(out / "digits_claims.csv")
+    assert list(cases["verdict"]) == ["lc_adaptive better", "lc_adaptive better", "no detectable difference"]
+    md = (out / "digits_claims.md").read_text()
+    assert "reported: dc better 0, lc_adaptive better 1, no detectable difference 0" in md
+    assert "reported: opq better 0, prune_quant_uniform better 0, no detectable difference 1" in md
+
+
 def test_a_claim_at_a_budget_without_runs_of_one_side_is_not_run(record):
     cases, md = verdicts(record)
     one_bit = cases[(cases["claim"] == "lc_adaptive > dc") & (cases["budget"] == 1)].iloc[0]
@@ -97,7 +110,8 @@ def test_claims_print_from_the_grid_and_refuse_what_the_grid_does_not_have(recor
 
 
 @pytest.mark.parametrize("claim, message", [
-    ({"claim": "lc_adaptive >> dc"}, "expected 'A > B', 'A >= B'"),
+    ({"claim": "lc_adaptive >> dc"}, "expected 'A > B', 'A >= B', 'A vs B'"),
+    ({"claim": "lc_adaptive vsdc"}, "expected 'A > B', 'A >= B', 'A vs B'"),
     ({"claim": "lc_adaptve > dc"}, "unknown method 'lc_adaptve'"),
     ({"claim": "dc > dc"}, "compares dc with itself"),
     ({"claim": "lc_adaptive > dc", "margin": 1}, "a margin belongs to '>='"),

@@ -3,7 +3,6 @@ token files, the missing-file errors, and the split and metric definitions."""
 
 from __future__ import annotations
 
-import gzip
 import math
 import shutil
 from pathlib import Path
@@ -51,20 +50,24 @@ def test_stratified_split_keeps_class_shares_and_is_seeded():
 
 
 @needs_mnist
-def test_mnist_t10k_reads_the_real_files(tmp_path):
-    from torchvision.datasets.mnist import read_image_file, read_label_file
+def test_mnist_t10k_reads_the_real_files():
+    """The official test set as published (its first labels and class counts), normalised and
+    split 8,000 / 2,000 by class."""
+    from quantbench.data import MNIST_MEAN, MNIST_STD
 
     task = build_task("mnist_t10k", root=str(SHARED))
     assert len(task.train) == 8000 and len(task.test) == 2000 and task.input_shape == (1, 28, 28)
-    # our IDX reader against torchvision's, on the decompressed file
-    raw = tmp_path / "images"
-    raw.write_bytes(gzip.decompress((SHARED / "mnist-t10k" / "t10k-images-idx3-ubyte.gz").read_bytes()))
-    assert np.array_equal(read_idx(SHARED / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"), read_image_file(str(raw)))
-    labels = tmp_path / "labels"
-    labels.write_bytes(gzip.decompress((SHARED / "mnist-t10k" / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    counts = np.bincount(read_label_file(str(labels)).numpy())
-    test_counts = np.bincount(task.test.tensors[1].numpy())
-    assert np.all(np.abs(test_counts - counts * 0.2) <= 1)  # stratified
+    images = read_idx(SHARED / "mnist-t10k" / "t10k-images-idx3-ubyte.gz")
+    labels = read_idx(SHARED / "mnist-t10k" / "t10k-labels-idx1-ubyte.gz")
+    assert images.shape == (10000, 28, 28) and images.dtype == np.uint8 and images.max() == 255
+    assert labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    train, test, *_ = _stratified_split(np.arange(10000), labels, 2000, split_seed=0)
+    x = ((images.astype(np.float32) / 255.0 - MNIST_MEAN) / MNIST_STD)[:, None]
+    assert np.array_equal(task.train.tensors[0].numpy(), x[train])
+    assert np.array_equal(task.test.tensors[0].numpy(), x[test])
+    assert np.array_equal(task.test.tensors[1].numpy(), labels[test])
+    assert np.all(np.abs(np.bincount(labels[test]) - np.bincount(labels) * 0.2) <= 1)  # stratified
 
 
 @needs_mnist

@@ -74,7 +74,7 @@ def test_every_method_compresses_every_family(family, method):
     packed.verify_on_codebook(model)
     quantized = {n for n, r in packed.records.items() if isinstance(r, QuantizedTensor)}
     linear_like = set(compressible(ref))
-    if method in ("gpfq", "msq"):  # GPFQ quantizes where a Linear/Conv2d owns the weight
+    if method in ("gpfq", "msq", "gptq"):  # post-training methods quantize where a Linear/Conv2d owns the weight
         linear_like = {n for n in linear_like if "embed" not in n}
     assert linear_like <= quantized
     stats = packed.stats()

@@ -12,7 +12,8 @@ from quantbench.data import Task
 from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
-from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, layer_rows, quantize_network
+from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, quantize_network
+from quantbench.methods.ptq import layer_rows
 from quantbench.uniform import round_to_grid
 
 
@@ -116,10 +117,10 @@ def test_conv_rows_match_an_explicit_unfold():
     conv = nn.Conv2d(6, 4, kernel_size=3, stride=2, padding=1, dilation=1, groups=2)
     x = torch.randn(2, 6, 7, 9, dtype=torch.float64)
     for group in range(2):
-        got = layer_rows(conv, x, group, 1.0, torch.Generator())
+        got = layer_rows(conv, x, group)
         assert torch.equal(got, explicit_patches(x, conv, group))
     dil = nn.Conv2d(3, 2, kernel_size=(2, 3), stride=(2, 1), padding=(1, 2), dilation=2)
-    assert torch.equal(layer_rows(dil, x[:, :3], 0, 1.0, torch.Generator()), explicit_patches(x[:, :3], dil, 0))
+    assert torch.equal(layer_rows(dil, x[:, :3], 0), explicit_patches(x[:, :3], dil, 0))
 
 
 class _Data(torch.utils.data.Dataset):
@@ -159,7 +160,7 @@ def test_conv_network_quantized_like_the_explicit_computation():
 def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     """G and H summed over small blocks of calibration samples (the memory bound for paper-size
     inputs) give the codes of the one-block computation, conv and linear layers alike."""
-    import quantbench.methods.gpfq as gpfq
+    import quantbench.methods.ptq as ptq
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
@@ -167,8 +168,8 @@ def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     task = Task("toy", _Data(x), _Data(x[:4]), (3, 6, 6), 5)
     params = GPFQParams(calib_samples=20, calib_batch=20)
     whole = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
-    monkeypatch.setattr(gpfq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20
-    assert len(gpfq._chunks(model[0], x)) == 7
+    monkeypatch.setattr(ptq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20
+    assert len(ptq.row_blocks(model[0], x)) == 7
     blocks = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
     for name in whole:
         assert np.array_equal(whole[name].codes, blocks[name].codes), name

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import write_run
 from PIL import Image
 
 from quantbench.config import load_config
@@ -268,8 +269,7 @@ def test_the_published_figures_reach_the_paper_columns_of_the_gpfq_table(tmp_pat
     jobs = [cfg.reference_spec(*key) for key in cfg.references()] + [cfg.cell_spec(c) for c in cfg.cells]
     for spec in jobs:
         tags = {**runner._tags(spec, torch.device("cpu"), task), "status": "ok"}
-        tracker.record_run(exp, spec.identity.cell_id, {}, {"accuracy": 50.0, "bpw": 4.0, "compression_ratio": 8.0},
-                           [], tags, [])
+        write_run(tracker, exp, spec.identity.cell_id, {"accuracy": 50.0, "bpw": 4.0, "compression_ratio": 8.0}, tags)
     tables_from_mlflow(tracker.uri, "paper-gpfq", tmp_path / "tables")
     md = (tmp_path / "tables" / "imagenet.md").read_text()
     header = [c.strip() for c in next(line for line in md.splitlines() if line.startswith("| arch")).split("|")]

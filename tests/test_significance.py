@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_run
 
 from quantbench.cli import main
 from quantbench.stats import CI_EXAMPLES, CI_SEEDS, EXAMPLES_FILE, Examples, paired_difference
@@ -52,7 +53,7 @@ class Record:
             files.append(path)
         metrics = {"accuracy": 100 * right.mean(), "bpw": bpw if method else 32.0,
                    "compression_ratio": 32.0 / bpw if method else 1.0}
-        self.tracker.record_run(self.exp, cell, {}, metrics, [], tags, files)
+        write_run(self.tracker, self.exp, cell, metrics, tags, files)
 
     def tables(self, alpha: float = 0.05) -> tuple[pd.DataFrame, str]:
         out = self.tmp / "tables"

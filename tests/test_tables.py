@@ -7,6 +7,7 @@ import statistics
 
 import pandas as pd
 import pytest
+from conftest import write_run
 
 from quantbench.cli import main
 from quantbench.tables import best_rows, summarize, tables_from_mlflow, write_tables
@@ -26,7 +27,7 @@ def record(tmp_path):
         if method:
             tags.update(method=method, budget=str(budget))
         metrics = {"accuracy": acc, "bpw": bpw, "compression_ratio": ratio} if status == "ok" else {}
-        tracker.record_run(exp, cell, {}, metrics, [], tags, [], "FINISHED" if status == "ok" else "FAILED")
+        write_run(tracker, exp, cell, metrics, tags, status="FINISHED" if status == "ok" else "FAILED")
 
     run("reference", 0, 96.0)
     run("reference", 1, 98.0)
@@ -74,16 +75,14 @@ def test_published_figures_get_a_paper_column(tmp_path):
     tracker = Tracker(uri)
     exp = tracker.ensure_experiment("p", tmp_path / "artifacts")
     base = {"task": "mnist", "arch": "lenet300", "seed": "0", "metric": "accuracy", "status": "ok"}
-    tracker.record_run(exp, "r", {}, {"accuracy": 98.0, "bpw": 32.0, "compression_ratio": 1.0}, [],
-                       {**base, "kind": "reference", "cell_id": "mnist/lenet300/reference/s0", "paper_value": "97.87"},
-                       [])
+    write_run(tracker, exp, "r", {"accuracy": 98.0, "bpw": 32.0, "compression_ratio": 1.0},
+              {**base, "kind": "reference", "cell_id": "mnist/lenet300/reference/s0", "paper_value": "97.87"})
     for budget, acc, paper in ((1, 97.0, "97.44"), (2, 97.5, None)):
         tags = {**base, "kind": "cell", "cell_id": f"mnist/lenet300/lc/b{budget}/s0", "method": "lc",
                 "budget": str(budget)}
         if paper:
             tags["paper_value"] = paper
-        tracker.record_run(exp, "c", {}, {"accuracy": acc, "bpw": float(budget), "compression_ratio": 32.0 / budget},
-                           [], tags, [])
+        write_run(tracker, exp, "c", {"accuracy": acc, "bpw": float(budget), "compression_ratio": 32.0 / budget}, tags)
     tables_from_mlflow(uri, "p", tmp_path / "tables")
     md = (tmp_path / "tables" / "mnist.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| arch"))
@@ -111,8 +110,7 @@ def test_a_planned_cell_without_a_run_reads_apart_from_an_unserved_budget(tmp_pa
     for method, budget, params in runs:
         tags = {**base, "cell_id": f"digits/mlp/{method}/b{budget}/s0", "method": method, "budget": str(budget),
                 "method_params": json.dumps(params)}
-        tracker.record_run(exp, "c", {}, {"accuracy": 90.0, "bpw": float(budget), "compression_ratio": 10.0}, [],
-                           tags, [])
+        write_run(tracker, exp, "c", {"accuracy": 90.0, "bpw": float(budget), "compression_ratio": 10.0}, tags)
     tables_from_mlflow(uri, "m", tmp_path / "tables")
     md = (tmp_path / "tables" / "digits.md").read_text()
     rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]]
@@ -131,8 +129,8 @@ def record_cells(tmp_path, cells, metric="accuracy", higher=True, name="e"):
     tracker = Tracker(uri)
     exp = tracker.ensure_experiment(name, tmp_path / "artifacts")
     base = {"task": "digits", "arch": "mlp", "seed": "0", "metric": metric, "higher_is_better": str(higher).lower()}
-    tracker.record_run(exp, "r", {}, {metric: 50.0, "bpw": 32.0, "compression_ratio": 1.0}, [],
-                       {**base, "kind": "reference", "cell_id": "digits/mlp/reference/s0", "status": "ok"}, [])
+    write_run(tracker, exp, "r", {metric: 50.0, "bpw": 32.0, "compression_ratio": 1.0},
+              {**base, "kind": "reference", "cell_id": "digits/mlp/reference/s0", "status": "ok"})
     for method, budget, value, bpw, start, *status in cells:
         status = status[0] if status else "ok"
         tags = {**base, "kind": "cell", "cell_id": f"digits/mlp/{method}/b{budget:g}/s0", "method": method,
@@ -140,7 +138,7 @@ def record_cells(tmp_path, cells, metric="accuracy", higher=True, name="e"):
         if start:
             tags["starts_from"] = start
         metrics = {metric: value, "bpw": bpw, "compression_ratio": 32.0 / bpw} if status == "ok" else {}
-        tracker.record_run(exp, method, {}, metrics, [], tags, [], "FINISHED" if status == "ok" else "FAILED")
+        write_run(tracker, exp, method, metrics, tags, status="FINISHED" if status == "ok" else "FAILED")
     return tracker.runs(name)
 
 

@@ -14,9 +14,9 @@ WRITER = textwrap.dedent("""
     uri, exp_id, worker, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     tracker = Tracker(uri)
     for i in range(n):
-        tracker.record_run(exp_id, f"w{worker}-{i}", {"worker": str(worker), "i": str(i)},
-                           {"value": worker * 100 + i}, [("step", float(s), s) for s in range(20)],
-                           {"cell_id": f"w{worker}/{i}"}, [])
+        run_id = tracker.start_run(exp_id, f"w{worker}-{i}", {"worker": str(worker), "i": str(i)},
+                                   {"cell_id": f"w{worker}/{i}"})  # as a job: opened at its start, closed at its end
+        tracker.finish_run(run_id, {"value": worker * 100 + i}, [("step", float(s), s) for s in range(20)], {}, [])
 """)
 
 

@@ -1,3 +1,3 @@
 """LC quantization (Carreira-Perpiñán & Idelbayev) with adaptive and fixed codebooks; DC and iDC."""
 
-from quantbench.methods.lc import plugins  # noqa: F401  (registers lc_*, dc, idc)
+from quantbench.methods.lc import methods  # noqa: F401  (registers lc_*, dc, idc)

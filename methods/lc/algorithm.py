@@ -31,13 +31,9 @@ from quantbench.train import make_optimizer, train_epoch
 class ParamView:
     """Which tensors are compressed, and which share a codebook (one group = one C step)."""
 
-    def __init__(self, model: nn.Module, shared_codebook: bool = False, compress_biases: bool = False) -> None:
-        names = compressible(model)
-        if compress_biases:
-            params = dict(model.named_parameters())
-            names += [n[: -len("weight")] + "bias" for n in names if n[: -len("weight")] + "bias" in params]
-        self.names = names
-        self.groups = [names] if shared_codebook else [[n] for n in names]
+    def __init__(self, model: nn.Module, shared_codebook: bool = False) -> None:
+        self.names = compressible(model)
+        self.groups = [self.names] if shared_codebook else [[n] for n in self.names]
 
     def flat(self, tensors: dict[str, torch.Tensor], group: list[str]) -> np.ndarray:
         return np.concatenate([tensors[n].detach().cpu().double().reshape(-1).numpy() for n in group])

@@ -96,7 +96,8 @@ def claims_files(ext):
 
 
 def plot_files(ext):
-    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=["size", "steps"])
+    plots = ["size", "steps"] + (["calibration"] if CFG["calibration"].get("samples") else [])
+    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=plots)
 
 
 def batch_files(batch, name):

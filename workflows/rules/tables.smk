@@ -11,6 +11,8 @@ rule tables:
               if f.endswith("_size.png")],
         steps=[report(f, caption="../report/steps_plot.rst", category="Plots") for f in plot_files("png")
                if f.endswith("_steps.png")],
+        calibration=[report(f, caption="../report/calibration_plot.rst", category="Plots") for f in plot_files("png")
+                     if f.endswith("_calibration.png")],
         pdf=plot_files("pdf"),
         claims=[report(f, caption="../report/claims.rst", category="Claims") for f in claims_files("md")],
         claims_csv=claims_files("csv"),

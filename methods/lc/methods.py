@@ -65,7 +65,6 @@ def make_cstep(kind: str, budget: Budget, kmeans: str = "auto", unit_codebook: l
 @dataclass
 class ViewParams:
     shared_codebook: bool = False  # one codebook for all compressed layers (default: one per layer)
-    compress_biases: bool = False  # quantize biases too (default: they stay fp32)
     kmeans: Literal["auto", "exact", "lloyd"] = "auto"  # adaptive codebook: exact DP, Lloyd warm-started, or by size
 
 
@@ -118,7 +117,7 @@ class _CodebookMethod(Method):
     def setup(self, ref: nn.Module, budget: Budget) -> tuple[nn.Module, ParamView, list[CStep]]:
         p = self.params
         model = _copy(ref)
-        view = ParamView(model, p.shared_codebook, p.compress_biases)
+        view = ParamView(model, p.shared_codebook)
         csteps = [make_cstep(self.kind(p), budget, p.kmeans, getattr(p, "unit_codebook", None)) for _ in view.groups]
         return model, view, csteps
 
