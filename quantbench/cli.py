@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("method_a", metavar="METHOD_A", help="a method label of the grid, or 'reference'")
     p.add_argument("method_b", metavar="METHOD_B")
 
+    p = sub.add_parser("docs-tables", help="rewrite the docs' tables from the table CSVs they name "
+                                           "(<!-- table: CSV archs=... methods=... --> blocks)")
+    p.add_argument("docs", type=Path, nargs="*", help="default: README.md and docs/methods/*.md")
+    p.add_argument("--check", action="store_true", help="only list the tables that differ (exit 1 if any)")
+
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
@@ -386,6 +391,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from quantbench.significance import compare_command
 
         print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b))
+    elif args.command == "docs-tables":
+        from quantbench.doctables import stale, update
+
+        docs = args.docs or [Path("README.md"), *sorted(Path("docs/methods").glob("*.md"))]
+        if args.check:
+            found = [line for doc in docs for line in stale(doc, Path("."))]
+            print("\n".join(found) or "every table is its CSV's")
+            return 1 if found else 0
+        for doc in docs:
+            if update(doc, Path(".")):
+                print(f"rewrote {doc}")
     return 0
 
 

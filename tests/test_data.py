@@ -14,11 +14,11 @@ import torch
 from quantbench.data import (
     SPECIAL_SYMBOLS,
     UNK,
-    _stratified_split,
     blocks,
     build_task,
     read_idx,
 )
+from quantbench.data.datasets import _stratified_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_mnist = pytest.mark.skipif(not (SHARED / "mnist-t10k").is_dir(), reason=f"{SHARED}/mnist-t10k is not here")

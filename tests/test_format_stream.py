@@ -24,7 +24,9 @@ import torch
 
 import quantbench.bitpack as bitpack
 import quantbench.format as fmt
+import quantbench.format.records as records
 from quantbench.format import AffineGrid, Codebook, CompressedModel, DenseTensor, QuantizedTensor, RangeGrid
+from quantbench.format.container import _PREFIX
 
 
 def all_kinds(seed: int) -> dict:
@@ -82,8 +84,8 @@ def equations(record: QuantizedTensor) -> np.ndarray:
 def chunks(request, monkeypatch):
     if request.param == "tiny chunks":  # every field spans many chunks, at unaligned bit offsets
         monkeypatch.setattr(bitpack, "CHUNK_BITS", 64)
-        monkeypatch.setattr(fmt, "DEQUANTIZE_CHUNK", 37)
-        monkeypatch.setattr(fmt, "RADIX_CHUNK_WORDS", 3)
+        monkeypatch.setattr(records, "DEQUANTIZE_CHUNK", 37)
+        monkeypatch.setattr(records, "RADIX_CHUNK_WORDS", 3)
     return request.param
 
 
@@ -158,7 +160,7 @@ FUZZ = textwrap.dedent('''
 def packed(header: dict | list | bytes, payload: bytes = b"\x00" * 8) -> bytes:
     """A file with this header and payload and a correct CRC: only the header can be at fault."""
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return fmt._PREFIX.pack(fmt.MAGIC, fmt.FORMAT_VERSION, len(raw), zlib.crc32(raw + payload)) + raw + payload
+    return _PREFIX.pack(fmt.MAGIC, fmt.FORMAT_VERSION, len(raw), zlib.crc32(raw + payload)) + raw + payload
 
 
 QUANT = {"name": "w", "type": "quantized", "shape": [4, 4], "bits": 4, "levels": None, "group_size": 0,
@@ -215,9 +217,9 @@ CRAFTED = {
 def flipped_headers(count: int, seed: int = 0) -> dict[str, bytes]:
     """A valid file of every record kind with 1-3 random bytes of its header replaced, CRC recomputed."""
     data = CompressedModel("arch", {"width": 2}, all_kinds(0)).pack()
-    _, _, header_len, _ = fmt._PREFIX.unpack_from(data)
-    raw = data[fmt._PREFIX.size:fmt._PREFIX.size + header_len]
-    payload = data[fmt._PREFIX.size + header_len:]
+    _, _, header_len, _ = _PREFIX.unpack_from(data)
+    raw = data[_PREFIX.size:_PREFIX.size + header_len]
+    payload = data[_PREFIX.size + header_len:]
     rng = np.random.default_rng(seed)
     cases = {}
     for i in range(count):

@@ -30,7 +30,8 @@ def test_the_wheel_installs_alone_validates_and_runs_a_cell_outside_the_checkout
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"quantbench", wheel.name.split("-py")[0] + ".dist-info"}
     for data in ("quantbench/workflows/schemas/config.schema.yaml", "quantbench/workflows/config/default.yaml",
-                 "quantbench/methods/lc/methods.py", "quantbench/models/mobilenet.py", "quantbench/py.typed"):
+                 "quantbench/methods/lc/methods.py", "quantbench/models/mobilenet.py", "quantbench/py.typed",
+                 "quantbench/format/container.py", "quantbench/data/datasets.py"):
         assert data in names, data
 
     # a fresh venv with the wheel; its dependencies come from this environment (a path, not its .pth files)

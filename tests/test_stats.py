@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantbench.data import _lm_task, build_task
+from quantbench.data import build_task
+from quantbench.data.text import _lm_task
 from quantbench.models import build_model
 from quantbench.stats import (
     CI_EXAMPLES,
