@@ -36,7 +36,7 @@ def one(n_out: int, n: int, m: int) -> dict:
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(n_out, n, generator=gen, dtype=torch.float64)
-    grid, qmax = alphabet(w, 4, 1.0, False, True)
+    grid, qmax = alphabet(w, 4, 1.0, False)
     start = rss_mb()
     t0 = time.perf_counter()
     g = torch.zeros(n, n, dtype=torch.float64)
