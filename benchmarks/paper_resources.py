@@ -34,7 +34,7 @@ import math
 import sys
 from pathlib import Path
 
-from quantbench.config import Config, load_config, task_archs
+from quantbench.config import TRAIN_SIZES, Config, load_config, task_archs
 from quantbench.methods import get_method
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"
@@ -43,7 +43,6 @@ MARGIN = 2.0  # safety factor on every estimate: the rates below are assumptions
 STEP_MIN = 30  # runtimes are rounded up to this many minutes (and are at least this)
 METHOD_FACTOR = 1.5  # a training method's step against the plain recipe's step
 WIKITEXT103_TOKENS = 105_000_000  # wiki.train.tokens: ~103.2 M words plus one </s> per line (~1.8 M lines)
-TRAIN_SAMPLES = {"mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 FIXED_MIN = {"mnist": 5, "cifar10": 5, "cifar100": 5, "imagenet": 20, "wikitext103": 15}
 
 # Training samples/s on one H100 (bf16 autocast) with the job's loader workers (threads - 1); MNIST:
@@ -98,7 +97,7 @@ class Estimate:
 def samples(cfg: Config, task: str) -> int:
     if task == "wikitext103":
         return WIKITEXT103_TOKENS // cfg["task_params"].get(task, {}).get("tokens_per_sample", 512)
-    return TRAIN_SAMPLES[task]
+    return TRAIN_SIZES[task]
 
 
 def epochs_of(method: str, params: dict) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor, code_width
+from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.methods import ptq
 from quantbench.registry import register_method
@@ -105,7 +105,7 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
     """GPFQ (or MSQ when ``memoryless``) of every linear/conv weight of ``ref``, in forward order."""
     original = copy.deepcopy(ref).eval()
     quant = copy.deepcopy(ref).eval()
-    modules = dict(quant.named_modules())
+    modules, orig_modules = dict(quant.named_modules()), dict(original.named_modules())
     order = ptq.forward_order(quant, ptq.quantizable_layers(quant, compressible(quant)), ctx)
     gen = ctx.generator(1)
     batches = ptq.calibration_batches(ctx, p.calib_samples, p.calib_batch)
@@ -118,15 +118,13 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
             codes = round_to_grid(w, grid, qmax)
         else:
             groups = ptq.groups(module)
-            out_per_group = w.shape[0] // groups
             flat = w.reshape(w.shape[0], -1)
             codes = torch.zeros_like(flat, dtype=torch.long)
-            orig_module = dict(original.named_modules())[mod_name]
             n = flat.shape[1]
             g_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)  # one pass serves every group
             h_mats = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)
-            inputs = zip(ptq.layer_inputs(original, orig_module, batches), ptq.layer_inputs(quant, module, batches),
-                         strict=True)
+            inputs = zip(ptq.layer_inputs(original, orig_modules[mod_name], batches),
+                         ptq.layer_inputs(quant, module, batches), strict=True)
             for x, xt in inputs:
                 for xs, xts in zip(ptq.row_blocks(module, x), ptq.row_blocks(module, xt), strict=True):
                     for gi in range(groups):
@@ -134,14 +132,9 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
                         rows_t = ptq.layer_rows(module, xts.double(), gi)
                         g_mats[gi] += rows_t.T @ rows
                         h_mats[gi] += rows_t.T @ rows_t
-            for gi in range(groups):
-                sl = slice(gi * out_per_group, (gi + 1) * out_per_group)
-                sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
+            for gi, sl, sub in ptq.group_grids(grid, groups, w.shape[0]):
                 codes[sl] = gpfq_layer(flat[sl], g_mats[gi], h_mats[gi], sub, qmax, p.rounding, gen, p.block)
-            codes = codes.reshape(w.shape)
-        record = QuantizedTensor(tuple(w.shape), codes.cpu().numpy(), grid, **code_width(levels))
-        module.weight.copy_(record.dequantize())
-        records[f"{mod_name}.weight" if mod_name else "weight"] = record
+        records[f"{mod_name}.weight" if mod_name else "weight"] = ptq.quantized_weight(module, codes, grid, levels)
     return records
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor, code_width
+from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, RunContext, compressible
 from quantbench.methods import ptq
 from quantbench.methods.rtn import RTN
@@ -105,7 +105,6 @@ def quantize_network(ref: nn.Module, levels: int, p: GPTQParams, ctx: RunContext
         w = module.weight.detach().double()
         grid = uniform_grid(w, levels, p.scheme, p.per_channel)
         groups = ptq.groups(module)
-        out_per_group = w.shape[0] // groups
         flat = w.reshape(w.shape[0], -1)
         n = flat.shape[1]
         hessians = torch.zeros(groups, n, n, dtype=torch.float64, device=w.device)
@@ -115,14 +114,10 @@ def quantize_network(ref: nn.Module, levels: int, p: GPTQParams, ctx: RunContext
                     rows = ptq.layer_rows(module, xs.double(), gi)
                     hessians[gi].addmm_(rows.T, rows, alpha=2.0)
         codes = torch.zeros_like(flat, dtype=torch.long)
-        for gi in range(groups):
-            sl = slice(gi * out_per_group, (gi + 1) * out_per_group)
-            sub = grid if grid.channels == 1 else AffineGrid(grid.scale[sl], grid.zero[sl])
+        for gi, sl, sub in ptq.group_grids(grid, groups, w.shape[0]):
             where = mod_name if groups == 1 else f"{mod_name} (group {gi})"
             codes[sl] = gptq_layer(flat[sl], hessians[gi], sub, levels - 1, p.damp, p.block, p.act_order, where)
-        record = QuantizedTensor(tuple(w.shape), codes.reshape(w.shape).cpu().numpy(), grid, **code_width(levels))
-        module.weight.copy_(record.dequantize())
-        records[f"{mod_name}.weight" if mod_name else "weight"] = record
+        records[f"{mod_name}.weight" if mod_name else "weight"] = ptq.quantized_weight(module, codes, grid, levels)
     return records
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantbench.format import AffineGrid, QuantizedTensor, code_width
 from quantbench.method import RunContext
 
 ROWS_BUDGET = 2**27  # float64 elements of one block of layer rows (1 GiB)
@@ -90,3 +91,21 @@ def row_blocks(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
 def groups(module: nn.Module) -> int:
     """Convolution groups of ``module`` (1 for a linear layer): each has its own rows and neurons."""
     return module.groups if isinstance(module, nn.Conv2d) else 1
+
+
+def group_grids(grid: AffineGrid, n_groups: int, n_out: int) -> Iterator[tuple[int, slice, AffineGrid]]:
+    """``(group, its rows of the weight, its part of grid)`` for each of ``n_groups`` groups of the
+    ``n_out`` neurons (a per-tensor grid serves every group whole)."""
+    per_group = n_out // n_groups
+    for gi in range(n_groups):
+        rows = slice(gi * per_group, (gi + 1) * per_group)
+        yield gi, rows, grid if grid.channels == 1 else AffineGrid(grid.scale[rows], grid.zero[rows])
+
+
+def quantized_weight(module: nn.Module, codes: torch.Tensor, grid: AffineGrid, levels: int) -> QuantizedTensor:
+    """The record of ``module``'s weight as ``codes`` on ``grid``; the module's weight becomes its
+    dequantized values, so that the layers after it see the quantized prefix."""
+    record = QuantizedTensor(tuple(module.weight.shape), codes.reshape(module.weight.shape).cpu().numpy(), grid,
+                             **code_width(levels))
+    module.weight.copy_(record.dequantize())
+    return record

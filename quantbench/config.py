@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from quantbench.method import Budget, ConfigError, make_params
+from quantbench.method import Budget, ConfigError, calibration_variant, make_params
 from quantbench.spec import JobContext, JobIdentity, JobSpec, format_budget
 from quantbench.train import TrainSettings
 
@@ -411,10 +411,11 @@ def calibration_variants(raw: dict) -> None:
         if get_method(method).calibrated:
             own = raw["variants"].setdefault(method, {})
             for n in axis["samples"]:
-                if f"n{n}" in own:
-                    raise ConfigError(f"config.variants.{method}.n{n}: that name is config.calibration's variant "
+                name = calibration_variant(n)
+                if name in own:
+                    raise ConfigError(f"config.variants.{method}.{name}: that name is config.calibration's variant "
                                       f"of {n} samples; name the variant otherwise")
-                own[f"n{n}"] = {"calib_samples": n}
+                own[name] = {"calib_samples": n}
 
 
 def load_config(source: str | Path | dict) -> Config:

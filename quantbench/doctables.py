@@ -61,7 +61,8 @@ def render(csv: Path, archs: list[str] | None = None, methods: list[str] | None 
 def update(doc: Path, root: Path) -> bool:
     """Rewrite ``doc``'s table blocks from their CSVs; whether anything changed."""
     text = doc.read_text()
-    new = BLOCK.sub(lambda m: m.group(0).replace(m["body"], render_block(m, doc, root)), text)
+    new = BLOCK.sub(lambda m: f"<!-- table: {m['csv']}{m['filters']} -->\n{render_block(m, doc, root)}<!-- /table -->",
+                    text)
     if new != text:
         write_text_atomic(doc, new)
     return new != text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Iterator
@@ -131,6 +132,16 @@ class StepCurve:
 
 # The table groups of the seed papers, in the tables' order; a method of another family forms a group after them.
 PAPER_FAMILIES = ("baseline", "LC", "post-training", "OPQ", "DiffQ")
+
+
+# A grid's calibration axis (config ``calibration``) runs a method that calibrates once per sample size,
+# as the variant ``<method>@n<samples>``: the one spelling of that label, for planning and the plots.
+CALIBRATION_LABEL = re.compile(r"^(?P<method>[A-Za-z0-9_]+)@n(?P<samples>[0-9]+)$")
+
+
+def calibration_variant(samples: int) -> str:
+    """The variant name of a calibration set of ``samples`` (:data:`CALIBRATION_LABEL`)."""
+    return f"n{samples}"
 
 
 class Method:

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from quantbench.files import write_atomic
-from quantbench.method import PAPER_FAMILIES
+from quantbench.method import CALIBRATION_LABEL, PAPER_FAMILIES
 
 
 def pareto_front(size: np.ndarray, metric: np.ndarray, higher_is_better: bool, tolerance: float,
@@ -158,9 +157,6 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return _save(fig, plt, out_dir, f"{task}_size")
-
-
-CALIBRATION_LABEL = re.compile(r"^(?P<method>[A-Za-z0-9_]+)@n(?P<samples>[0-9]+)$")  # config.calibration's variants
 
 
 def calibration_rows(part: pd.DataFrame) -> pd.DataFrame:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from quantbench.files import write_text_atomic
-from quantbench.method import PAPER_FAMILIES, Budget
+from quantbench.method import CALIBRATION_LABEL, PAPER_FAMILIES, Budget
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
 from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, ExamplesError, cell_interval, holm
 from quantbench.tracking import Tracker
@@ -355,7 +355,7 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
     dominated only by one significantly better at level ``alpha`` (paired test on ``records``;
     where a pair cannot be tested, the means decide); the steps plot has a panel per curve the
     task's methods declare (in table order)."""
-    from quantbench.plots import CALIBRATION_LABEL, calibration_plot, size_plot, steps_plot
+    from quantbench.plots import calibration_plot, size_plot, steps_plot
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

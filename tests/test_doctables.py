@@ -40,6 +40,9 @@ def test_a_table_that_drifts_from_its_csv_is_found_and_rewritten(tmp_path, monke
     text = doc.read_text()
     assert text.startswith("text\n") and text.endswith("<!-- /table -->\nmore\n")
     assert f"{long.loc[row, 'mean']:.2f}" in text
+    empty = tmp_path / "new.md"  # a block just written, not yet filled
+    empty.write_text("<!-- table: digits.csv archs=lenet5 methods=rtn,gptq -->\n<!-- /table -->\n")
+    assert update(empty, tmp_path) and empty.read_text() == text[len("text\n"):-len("more\n")]
 
 
 def test_a_block_naming_a_missing_csv_or_an_unknown_filter_is_refused(tmp_path):

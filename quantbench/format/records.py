@@ -97,8 +97,10 @@ def _radix_unpack(words: np.ndarray, n: int, levels: int, dtype: np.typing.DType
     return codes[:n]
 
 
-def _position_bits(numel: int) -> int:
-    return max(1, (numel - 1).bit_length())
+def _index_bits(n: int) -> int:
+    """Bits that hold every index 0..n−1 (at least 1): a mask position in a tensor of n elements,
+    a code of a K-level alphabet."""
+    return max(1, (n - 1).bit_length())
 
 
 MAX_ELEMENTS_PER_MASK_BIT = 1 << 20  # a position-coded mask describes at most this many elements per bit it takes
@@ -107,7 +109,7 @@ MAX_ELEMENTS_PER_MASK_BIT = 1 << 20  # a position-coded mask describes at most t
 def _check_mask_expansion(numel: int, kept: int) -> None:
     """A position-coded mask costs ``COUNT_BITS + kept * log2(numel)`` bits whatever ``numel`` is: bound
     the elements it may describe, so that no small file expands into an arbitrarily large tensor."""
-    paid = COUNT_BITS + kept * _position_bits(numel)
+    paid = COUNT_BITS + kept * _index_bits(numel)
     if numel > MAX_ELEMENTS_PER_MASK_BIT * paid:
         raise FormatError(f"a mask keeping {kept} of {numel} elements describes more than "
                           f"{MAX_ELEMENTS_PER_MASK_BIT} elements per bit it takes ({paid} bits)")
@@ -305,7 +307,7 @@ class QuantizedTensor:
         """The bit width of the codes: one int when all share it (for base-K codes: the width that
         holds K levels), else every code's (uint8, from its group's width)."""
         if self.levels is not None:
-            return max(1, (self.levels - 1).bit_length())
+            return _index_bits(self.levels)
         if self.group_bits is None:
             return self.bits
         return _group_widths(self.group_bits, self.group_size, self.numel, self.mask)
@@ -319,7 +321,7 @@ class QuantizedTensor:
         """Bitmap (numel bits) or kept positions (count + positions), whichever is smaller."""
         if self.mask is None:
             return "none"
-        positions = COUNT_BITS + self.kept * _position_bits(self.numel)
+        positions = COUNT_BITS + self.kept * _index_bits(self.numel)
         return "positions" if positions < self.numel else "bitmap"
 
     def fields(self) -> list[Field]:
@@ -329,7 +331,7 @@ class QuantizedTensor:
             out.append(("mask", self.mask, 1))
         elif enc == "positions":
             out.append(("mask_count", np.array([self.kept]), COUNT_BITS))
-            out.append(("mask_positions", np.flatnonzero(self.mask), _position_bits(self.numel)))
+            out.append(("mask_positions", np.flatnonzero(self.mask), _index_bits(self.numel)))
         if self.group_bits is not None:
             out.append(("group_bits", self.group_bits - 1, GROUP_WIDTH_BITS))
         out += self.codebook.fields(self.float_dtype)
@@ -389,7 +391,7 @@ class QuantizedTensor:
             if count > numel:
                 raise FormatError(f"mask keeps {count} of {numel} elements")
             _check_mask_expansion(numel, count)
-            pos = reader.read(count, _position_bits(numel), dtype=np.int64)
+            pos = reader.read(count, _index_bits(numel), dtype=np.int64)
             if pos.size and pos.max() >= numel:
                 raise FormatError("mask position beyond the tensor")
             mask = np.zeros(numel, dtype=bool)
@@ -403,7 +405,7 @@ class QuantizedTensor:
         levels = meta["levels"]
         if levels is not None:
             reader.need(_radix_bits(n, levels), f"{n} base-{levels} codes")
-            width = max(1, (levels - 1).bit_length())
+            width = _index_bits(levels)
             widths = _radix_widths(n, levels)
             codes = _radix_unpack(reader.read(widths.size, widths), n, levels, _code_dtype(width))
         elif group_bits is None:
