@@ -15,7 +15,6 @@ if not workflow.overwrite_configfiles:
 
 
 include: "workflows/rules/common.smk"
-include: "workflows/rules/tracking.smk"
 include: "workflows/rules/reference.smk"
 include: "workflows/rules/cell.smk"
 include: "workflows/rules/tables.smk"
@@ -23,7 +22,6 @@ include: "workflows/rules/tables.smk"
 
 localrules:
     all,
-    tracking,
     tables,
 
 
@@ -36,6 +34,12 @@ rule all:
         table_files(),
         claims_files("md"),
         plot_files("png"),
+
+
+onstart:
+    # before any job runs (never in a dry run): the plan every job reads its identity from, and its
+    # record in the MLflow experiment (which this creates once, before any job writes to the store)
+    write_plan()
 
 
 onerror:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -41,7 +42,7 @@ FORMS = {"controller": {"final_fraction": 0.0}, "+ final noise": {"final_forward
 def compress(method: str, overrides: dict, budget: float, ref, task, arch: str, kwargs: dict, seed: int,
              cfg) -> tuple[float, float]:
     cls = get_method(method)
-    params = make_params(cls.Params, {**cfg.method_params(method), **overrides}, method)
+    params = make_params(cls.Params, {**dataclasses.asdict(cfg.params[method]), **overrides}, method)
     seed_everything(seed)
     ctx = RunContext(task, arch, kwargs, seed, show_progress=False)
     packed = CompressedModel.unpack(cls(params).compress(copy.deepcopy(ref), Budget(budget), ctx).pack())

@@ -118,7 +118,7 @@ def estimates(cfg: Config, task: str, arch: str) -> list[Estimate]:
                        FIXED_MIN[task] + settings.epochs * epoch_min)
     cells: dict[tuple[str, float], list[str]] = {}  # (schedule, minutes) -> the methods that run it
     for method in cfg["methods"]:
-        params = cfg.method_params(method)
+        params = dataclasses.asdict(cfg.params[method])
         epochs = epochs_of(method, params)
         if epochs:
             key = (f"{epochs} epochs", FIXED_MIN[task] + epochs * epoch_min * METHOD_FACTOR)

@@ -38,6 +38,7 @@ from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
+from quantbench.plan import plan_grid, reference_id
 from quantbench.train import TrainSettings, seed_everything, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"
@@ -116,7 +117,7 @@ def main() -> None:
                 rows.append({"grid": grid, "task": task_name, "arch": arch, "method": "-",
                              "error": "fairseq (the lm extra) is not installed"})
                 continue
-            job = cfg.reference_identity(task_name, arch, 0)
+            job = plan_grid(cfg).identity(reference_id(task_name, arch, 0))
             task = synthetic_task(task_name, args.samples)
             arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes,
                            **job.arch_params}
@@ -135,7 +136,7 @@ def main() -> None:
                 try:
                     cls = get_method(method)
                     fields = {f.name for f in dataclasses.fields(cls.Params)}
-                    cell_params = cfg.method_params(method) if method in cfg["methods"] else {}
+                    cell_params = dataclasses.asdict(cfg.params[method]) if method in cfg["methods"] else {}
                     params = make_params(cls.Params, short_schedule(cell_params, fields, args.epochs, args.steps),
                                          f"method_params.{method}")
                     ctx = RunContext(task, a, arch_kwargs, 0, device, show_progress=False)

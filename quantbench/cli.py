@@ -12,18 +12,22 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from quantbench.errors import ConfigError, ExamplesError, JobFailed
+from quantbench.errors import ConfigError, ExamplesError, JobFailed, TrackingError
 
 
 def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
     several = {"nargs": "+"} if cells else {}
-    p.add_argument("--spec", required=True,
-                   help="what the job computes: its identity, as JSON (quantbench.spec)" + (
-                       "; a JSON list of identities for a batch job (config batch), whose --out, --artifact "
-                       "and --log then take one path per cell, in the same order" if cells else ""))
-    p.add_argument("--context", required=True,
-                   help="where it runs: experiment, results dir, data root, tracking URI, download, device, "
-                        "published figures, as JSON (not part of the identity)")
+    p.add_argument("--plan", required=True, type=Path,
+                   help="the grid's plan.json (rule plan writes it): every job's identity, and the grid's context "
+                        "(experiment, results dir, data root, tracking URI, download, device, published figures)")
+    p.add_argument("--job", required=True, help="the job's id in the plan (task/arch/method/b<budget>/s<seed>, or "
+                                                "task/arch/reference/s<seed>)" + (
+                       "; several ids for a batch job (config batch: the cells of one reference), whose --out, "
+                       "--artifact and --log then take one path per cell, in the same order" if cells else ""),
+                   **several)
+    p.add_argument("--digest", nargs="+", default=None,
+                   help="the digest (16 hex digits at least) Snakemake planned for each --job, in order: the job "
+                        "refuses a plan whose identity differs")
     p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)", **several)
     p.add_argument("--log", type=Path, default=None,
                    help="this job's log file: all its output goes there (attached to the MLflow run)", **several)
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate a config and print the grid it plans")
     p.add_argument("config", type=Path)
     p.add_argument("--json", action="store_true",
-                   help="print every job's spec (identity) and the grid's context as JSON, as Snakemake runs them")
+                   help="print the grid's plan as rule plan writes it (plan.json): every job's identity, the "
+                        "skipped cells, the grid's context and the resources")
 
     p = sub.add_parser("methods", help="list the registered methods (built-in and plugins)")
 
@@ -104,11 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                        "libraries' caches (TORCH_HOME, HF_HOME), for offline compute nodes")
     p.add_argument("config", type=Path)
 
-    p = sub.add_parser("tracking", help="create the MLflow store and experiment once, before the grid")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--tracking-uri", default=None)
-    p.add_argument("--out", type=Path, default=None, help="marker file to write when done")
+    p = sub.add_parser("plan", help="record a grid's plan.json in its MLflow experiment (creating the store and the "
+                                    "experiment once, before the grid's jobs write to them)")
+    p.add_argument("plan", type=Path)
 
     p = sub.add_parser("reference", help="train (or reuse) a reference model: one Snakemake job")
     _common_job(p)
@@ -163,16 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
+    if args.command in ("reference", "cell"):
+        jobs = args.job if args.command == "cell" else [args.job]
+        if args.digest is not None and len(args.digest) != len(jobs):
+            parser.error(f"--digest: one per --job, in the same order; got {len(args.digest)} for {len(jobs)} job(s)")
+        args.digest = args.digest or [None] * len(jobs)
     if args.command == "cell":
-        args.batch = args.spec.lstrip().startswith("[")
+        args.batch = len(args.job) > 1
         if not args.batch:  # one cell: one path each
+            args.job = args.job[0]
             for name in ("out", "log", "artifact"):
                 paths = getattr(args, name)
                 if paths is not None and len(paths) != 1:
                     parser.error(f"--{name}: one cell takes one path, got {len(paths)}")
                 setattr(args, name, paths[0] if paths else None)
         elif args.nproc_per_node * args.nnodes > 1:
-            parser.error("a batch of cells (--spec a JSON list) runs in one process: --nproc-per-node and --nnodes "
+            parser.error("a batch of cells (several --job) runs in one process: --nproc-per-node and --nnodes "
                          "must be 1 (config batch: cell for jobs of several processes)")
         else:
             return _run(args)  # each cell's output goes to its own --log (runner.run_cells)
@@ -195,6 +204,9 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, ExamplesError, LookupError, FileNotFoundError) as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrackingError as e:  # the store is unreachable or refused us: nothing was computed
+        print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
+        return 3
     except JobFailed as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -236,13 +248,14 @@ def run_logged(job: Callable[[], int], path: Path, tail: int = 30) -> int:
 def _launch(args: argparse.Namespace, spec) -> int:
     """The launcher of a job of several processes: run this command's ranks under torchrun; when
     one fails (torchrun then stops the others) or this process is signalled, close the run rank 0
-    left RUNNING as FAILED or KILLED (:func:`quantbench.runner.close_left_running`)."""
+    left RUNNING as FAILED or KILLED (:func:`quantbench.tracking.runs.close_left_running`)."""
     import tempfile
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from quantbench import distributed, runner
+    from quantbench import distributed
+    from quantbench.tracking.runs import close_left_running
 
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise ConfigError(f"--nproc-per-node {args.nproc_per_node} --nnodes {args.nnodes}: both must be >= 1")
@@ -254,11 +267,11 @@ def _launch(args: argparse.Namespace, spec) -> int:
             distributed.launch(args.launch_argv, args.nproc_per_node, args.nnodes, args.rdzv_endpoint)
         except ChildFailedError as e:
             reason = distributed.first_failure(e)
-            run_id = runner.close_left_running(spec, run_id_file, "FAILED", reason)
+            run_id = close_left_running(spec, run_id_file, "FAILED", reason)
             raise JobFailed(f"{cell_id}: {reason}" + (f"; run {run_id} closed as FAILED" if run_id else "")) from None
         except SignalException as e:
             reason = f"terminated by {signal.Signals(e.sigval).name}"
-            run_id = runner.close_left_running(spec, run_id_file, "KILLED", reason)
+            run_id = close_left_running(spec, run_id_file, "KILLED", reason)
             print(f"quantbench {args.command}: {cell_id} {reason}" + (f"; run {run_id} closed as KILLED" if run_id
                                                                       else ""), file=sys.stderr)
             raise SystemExit(128 + e.sigval) from None
@@ -268,19 +281,16 @@ def _launch(args: argparse.Namespace, spec) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    """``quantbench cell`` with a list of identities: the cells of one reference in this process
+    """``quantbench cell`` with several ``--job``: the cells of one reference in this process
     (:func:`quantbench.runner.run_cells`), each one's output in its own ``--log``."""
     from quantbench import runner
-    from quantbench.spec import JobContext, JobIdentity, JobSpec
+    from quantbench.plan import Plan
 
-    try:
-        identities = json.loads(args.spec)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--spec is not valid JSON: {e}") from e
-    context = JobContext.from_json(args.context)
-    specs = [JobSpec(JobIdentity.from_json(json.dumps(i), f"--spec[{n}]"), context) for n, i in enumerate(identities)]
-    if not specs or any(s.identity.kind != "cell" for s in specs):
-        raise ConfigError("--spec: a batch is a non-empty JSON list of cell identities")
+    plan = Plan.load(args.plan)
+    specs = [plan.spec(job_id, digest) for job_id, digest in zip(args.job, args.digest, strict=True)]
+    references = [s.identity.cell_id for s in specs if s.identity.kind != "cell"]
+    if references:
+        raise ConfigError(f"--job: a batch is of cells; {references} are references")
     n = len(specs)
     artifacts = args.artifact or [out.parent / "model.qbc" for out in args.out]
     logs = args.log or [None] * n
@@ -311,7 +321,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
         cfg.check_claims()
         if args.json:
-            print(json.dumps(cfg.plan(), indent=1, sort_keys=True))
+            from quantbench.plan import plan_grid
+
+            print(plan_grid(cfg).to_json(), end="")
         else:
             print(cfg.describe())
     elif args.command == "fetch-weights":
@@ -334,24 +346,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name in available_methods():
             cls = get_method(name)
             print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
-    elif args.command == "tracking":
+    elif args.command == "plan":
+        from quantbench.plan import Plan
         from quantbench.tracking import Tracker, resolve_tracking_uri
 
-        uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
-        exp_id = Tracker(uri).ensure_experiment(args.experiment, args.results_dir / "mlartifacts")
-        print(f"MLflow experiment {args.experiment!r} (id {exp_id}) at {uri}")
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"tracking_uri": uri, "experiment_id": exp_id}) + "\n")
+        plan = Plan.load(args.plan)
+        where = plan.context
+        uri = resolve_tracking_uri(where.tracking_uri, where.results_dir)
+        tracker = Tracker(uri)
+        exp_id = tracker.ensure_experiment(where.experiment, Path(where.results_dir) / "mlartifacts")
+        run_id, new = tracker.record_plan(exp_id, args.plan, plan.sha256())
+        print(f"MLflow experiment {where.experiment!r} (id {exp_id}) at {uri}: plan of {len(plan.cells)} cells, "
+              f"{len(plan.references)} references and {len(plan.skipped)} skipped cells "
+              f"{'recorded as' if new else 'already recorded in'} run {run_id}")
     elif args.command in ("reference", "cell"):
         from quantbench import distributed, runner
-        from quantbench.spec import JobContext, JobIdentity, JobSpec
+        from quantbench.plan import Plan
 
         if getattr(args, "batch", False):
             return _run_batch(args)
-        spec = JobSpec(JobIdentity.from_json(args.spec), JobContext.from_json(args.context))
+        spec = Plan.load(args.plan).spec(args.job, args.digest[0])
         if spec.identity.kind != args.command:
-            raise ConfigError(f"--spec is a {spec.identity.kind} job; quantbench {args.command} runs a {args.command}")
+            raise ConfigError(f"--job {args.job} is a {spec.identity.kind} job; quantbench {args.command} runs a "
+                              f"{args.command}")
         if getattr(args, "launch_argv", None) is not None:
             return _launch(args, spec)
         common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)

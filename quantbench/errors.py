@@ -1,5 +1,5 @@
 """The harness's error types, apart from the method contract so that the commands that need
-neither torch nor a method (``quantbench tracking``, ``validate``'s parsing) do not import torch."""
+neither torch nor a method (``quantbench plan``, ``validate``'s parsing) do not import torch."""
 
 
 class ConfigError(ValueError):
@@ -12,3 +12,7 @@ class JobFailed(RuntimeError):
 
 class ExamplesError(ValueError):
     """Per-example results that cannot be used: unreadable, or not paired with another's."""
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used: unreachable, or it refused this writer."""

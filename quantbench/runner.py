@@ -7,17 +7,14 @@ rebuild a fresh network **from that file**, check every weight is on its codeboo
 close the run, and finally write ``metrics.json`` atomically (the Snakemake output; it appears
 only when everything before it succeeded).
 
-Outcomes: FINISHED (``status=ok``) and ``metrics.json``; a diverged training (non-finite loss or
-metrics) or any error: the run is closed FAILED with ``status=diverged|failed`` and the reason,
-and the job exits non-zero; SIGTERM/SIGINT (a cancelled or timed-out job): KILLED
-(``status=killed``), exit 128 + signal. A run left RUNNING by a job that could not close it
-(SIGKILL) is marked KILLED when its cell runs again.
+Outcomes (the run's lifecycle: :mod:`quantbench.tracking.runs`): FINISHED (``status=ok``) and
+``metrics.json``; a diverged training (non-finite loss or metrics) or any error: the run is
+closed FAILED with ``status=diverged|failed`` and the reason, and the job exits non-zero;
+SIGTERM/SIGINT (a cancelled or timed-out job): KILLED (``status=killed``), exit 128 + signal.
 
 A job of several processes (torchrun, :mod:`quantbench.distributed`): every rank trains; rank 0
 alone opens and closes the run and writes the outputs; a post-training method runs on rank 0
-alone. Rank 0 closes the run itself when its own code fails; when it is stopped by a signal
-(torchrun stops the survivors of a failed rank, SLURM cancels the job) it leaves the run to the
-launcher, which knows which it was (:func:`close_left_running`).
+alone.
 """
 
 from __future__ import annotations
@@ -28,15 +25,12 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -50,8 +44,15 @@ from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
 from quantbench.spec import JobSpec, content_hash
-from quantbench.stats import EXAMPLES_FILE, Examples
-from quantbench.tracking import Tracker, environment_tags, flatten, method_tags, resolve_tracking_uri
+from quantbench.tracking import Tracker
+from quantbench.tracking.runs import (
+    environment_tags,
+    finish,
+    method_tags,
+    open_run,
+    recorded,
+    tracker_of,
+)
 from quantbench.train import (
     TrainSettings,
     file_sha256,
@@ -63,28 +64,6 @@ from quantbench.train import (
 )
 
 log = logging.getLogger("quantbench")
-
-
-class Terminated(BaseException):
-    """SIGTERM/SIGINT arrived: the run is closed KILLED and the job exits 128 + signal."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
-
-
-@contextmanager
-def signals_as_exceptions() -> Iterator[None]:
-    """Turn SIGTERM/SIGINT into :class:`Terminated` (SLURM sends SIGTERM on cancel/timeout)."""
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def pick_device(name: str) -> torch.device:
@@ -107,9 +86,9 @@ def _setup(spec: JobSpec, threads: int) -> tuple:
     task = build_task(job.task, root=where.data_root, download=where.download, **job.task_params)
     task.pipeline = Pipeline(**{"workers": max(0, threads - 1), **where.loaders.get(job.task, {})})
     source = job.train.get("pretrained", "")
-    declared = preprocessing(source, "--spec.train")
+    declared = preprocessing(source, f"{job.cell_id}: train")
     if declared != job.eval_transform:  # a plan made before, or by hand: its numbers would not be what it says
-        raise ConfigError(f"--spec.eval_transform: {job.eval_transform} is not the preprocessing the weights "
+        raise ConfigError(f"{job.cell_id}: eval_transform {job.eval_transform} is not the preprocessing the weights "
                           f"{source or '(none: trained)'} declare, {declared}; plan the job again")
     if declared is not None:
         task.use_eval_transform(eval_transform(source, task.input_shape[-2:]), f"the weights {source}")
@@ -117,12 +96,6 @@ def _setup(spec: JobSpec, threads: int) -> tuple:
                  json.dumps(declared, sort_keys=True))
     arch_kwargs = {"input_shape": list(task.input_shape), "num_classes": task.num_classes, **job.arch_params}
     return task, arch_kwargs, device
-
-
-def _tracker(spec: JobSpec) -> tuple[Tracker, str]:
-    results = Path(spec.context.results_dir)
-    tracker = Tracker(resolve_tracking_uri(spec.context.tracking_uri, results))
-    return tracker, tracker.ensure_experiment(spec.context.experiment, results / "mlartifacts")
 
 
 @functools.cache
@@ -192,10 +165,15 @@ def _tags(spec: JobSpec, device: torch.device, task) -> dict:
     return tags
 
 
+def train_settings(spec: JobSpec) -> TrainSettings:
+    """The reference recipe of the job's identity, checked as planning checked it."""
+    return make_params(TrainSettings, spec.identity.train, f"{spec.identity.cell_id}: train")
+
+
 def checkpoint_path(spec: JobSpec) -> tuple[Path, str]:
     """Content-addressed location of the reference checkpoint for ``spec``."""
     job = spec.identity
-    key = reference_key(job.task, job.task_params, job.arch, job.arch_params, job.seed, TrainSettings(**job.train))
+    key = reference_key(job.task, job.task_params, job.arch, job.arch_params, job.seed, train_settings(spec))
     digest = content_hash(key)
     return Path(spec.context.results_dir) / "cache" / "references" / f"{digest}.pt", digest
 
@@ -207,15 +185,15 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
     either way, and cells read it from there."""
     task, arch_kwargs, device = _setup(spec, threads)
     job = spec.identity
-    settings = TrainSettings(**job.train)
+    settings = train_settings(spec)
     model = build_model(job.arch, **arch_kwargs)
     ckpt, digest = checkpoint_path(spec)
     cell_id = job.cell_id
-    run = _open_run(spec, device, task)
+    run = open_run(spec, _tags(spec, device, task))
     history: list[float] = []
     weights = None
     t0 = time.perf_counter()
-    with _recorded(run, log_file, lambda: []):
+    with recorded(run, log_file, lambda: []):
         sidecar = ckpt.with_name(ckpt.name + ".sha256")
         sha = file_sha256(ckpt) if ckpt.is_file() and sidecar.is_file() else None
         cached = distributed.on_main(lambda: sha is not None and sidecar.read_text().strip() == sha)
@@ -255,7 +233,7 @@ def run_reference(spec: JobSpec, out: Path, log_file: Path | None = None, thread
             tags.update(paper_value=f"{weights.published:g}", paper_source=weights.published_source)
     run_metrics = {**metrics, "n_params": n_params, "size_bits": 32 * n_params, "bpw": 32.0,
                    "compression_ratio": 1.0, "time_train_s": t_train}
-    return _finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file],
+    return finish(run, result, out, run_metrics, [("train_loss", v, i) for i, v in enumerate(history)], [log_file],
                    tags, examples)
 
 
@@ -266,7 +244,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
     the task, builder kwargs, device and tracker of a batch job (:func:`run_cells`), set up once."""
     if prepared is None:
         task, arch_kwargs, device = _setup(spec, threads)
-        tracker = _tracker(spec) if distributed.is_main() else None
+        tracker = tracker_of(spec) if distributed.is_main() else None
     else:
         (task, arch_kwargs, device), tracker = prepared
         seed_everything(spec.identity.seed)  # as a fresh job would start: a cell's result is its own
@@ -282,17 +260,17 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         restored = _restore(*tracker, spec, match, out, artifact)
         if restored is not None:
             return restored
-    run = _open_run(spec, device, task, tracker, made_by)
+    run = open_run(spec, {**_tags(spec, device, task), **made_by}, tracker)
     ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device,
                      show_progress=show_progress and distributed.is_main())
     times = {}
-    with _recorded(run, log_file, lambda: ctx.step_metrics):
+    with recorded(run, log_file, lambda: ctx.step_metrics):
         ckpt = Path(ref_info["checkpoint"])
         if not ckpt.is_file() or file_sha256(ckpt) != ref_info["checkpoint_sha256"]:
             raise ValueError(f"reference checkpoint {ckpt} is missing or does not match the sha256 its reference "
                              f"recorded (damaged or replaced); rebuild it: snakemake --forcerun reference")
         ref = load_checkpoint(ckpt, build_model(job.arch, **arch_kwargs))
-        params = make_params(method_cls.Params, job.method_params, f"method_params.{job.method}")
+        params = make_params(method_cls.Params, job.method_params, f"{job.cell_id}: method_params")
         t0 = time.perf_counter()
         with nullcontext() if method_cls.trains else distributed.alone():
             compressed = method_cls(params).compress(ref.to(device), Budget(job.budget), ctx)
@@ -319,7 +297,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
               "reference_metrics": ref_info["metrics"], "stats": stats, **times, "budget": job.budget,
               "method": job.method, "artifact_sha256": file_sha256(artifact)}
     run_metrics = {**metrics, **stats, **times, f"reference_{task.metric}": ref_metric}
-    return _finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file], examples=examples)
+    return finish(run, result, out, run_metrics, ctx.step_metrics, [artifact, log_file], examples=examples)
 
 
 def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts: list[Path],
@@ -343,7 +321,7 @@ def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts
                               f"{first.identity.task}/{first.identity.arch}/s{first.identity.seed}")
     if distributed.world_size() > 1 or distributed.launched_by_torchrun():
         raise ConfigError("a batch job runs in one process; a job of several processes runs one cell (batch: cell)")
-    prepared = _setup(first, threads), _tracker(first)
+    prepared = _setup(first, threads), tracker_of(first)
     logged = logged or (lambda job, log_file: job())
     results, failed = [], []
     for spec, out, artifact, log_file in zip(specs, outs, artifacts, log_files, strict=True):
@@ -363,99 +341,3 @@ def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts
 def _check_finite(metrics: dict) -> None:
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"non-finite test metrics {metrics}")
-
-
-def _open_run(spec: JobSpec, device: torch.device, task, tracker: tuple[Tracker, str] | None = None,
-              extra_tags: dict | None = None) -> tuple | None:
-    """Close runs of this cell left RUNNING by a dead job, then open this job's run. Its params
-    are the identity, flattened; the context goes into tags (where it ran, not what it is).
-    Rank 0 only (``None`` on the other ranks); under a launcher it also writes the run's id to
-    the file the launcher named (:data:`~quantbench.distributed.RUN_ID_FILE_ENV`)."""
-    if not distributed.is_main():
-        return None
-    tracker, exp_id = tracker or _tracker(spec)
-    cell_id = spec.identity.cell_id
-    stale = tracker.close_abandoned(exp_id, cell_id)
-    if stale:
-        log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
-    tags = {**_tags(spec, device, task), **(extra_tags or {}), "results_dir": spec.context.results_dir,
-            "data_root": spec.context.data_root}
-    if distributed.world_size() > 1:
-        tags["processes"] = str(distributed.world_size())
-    run_id = tracker.start_run(exp_id, cell_id, flatten(spec.identity.as_dict()), tags)
-    if os.environ.get(distributed.RUN_ID_FILE_ENV):
-        Path(os.environ[distributed.RUN_ID_FILE_ENV]).write_text(run_id)
-    return tracker, run_id, cell_id
-
-
-def close_left_running(spec: JobSpec, run_id_file: Path, status: str, reason: str) -> str | None:
-    """The launcher's part: close the run rank 0 opened (its id in ``run_id_file``) as ``status``
-    (FAILED: ``status=failed``; KILLED: ``status=killed``) with ``reason``, when rank 0 left it
-    RUNNING; returns its id, or None when there is nothing to close (rank 0 closed it, or never
-    opened one)."""
-    if not run_id_file.is_file():
-        return None
-    run_id = run_id_file.read_text().strip()
-    tracker, _ = _tracker(spec)
-    if not tracker.is_running(run_id):
-        return None
-    tags = {"status": {"FAILED": "failed", "KILLED": "killed"}[status], "failure_reason": reason}
-    tracker.finish_run(run_id, {}, [], tags, [], status)
-    return run_id
-
-
-@contextmanager
-def _recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
-    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete. Without a
-    run (a rank other than 0) the body's errors pass through unrecorded."""
-    if run is None:
-        try:
-            with signals_as_exceptions():
-                yield
-        except FloatingPointError as e:
-            if getattr(e, "all_ranks", False):  # rank 0 records it first: torchrun would stop it when this one exits
-                distributed.barrier()
-            raise
-        except Terminated as e:
-            raise SystemExit(128 + e.signum) from None
-        return
-    tracker, run_id, cell_id = run
-    logs = [log_file] if log_file else []
-    try:
-        with signals_as_exceptions():
-            yield
-    except FloatingPointError as e:
-        tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
-                           "FAILED")
-        if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
-            distributed.barrier()
-        raise JobFailed(f"{cell_id} diverged: {e}") from None
-    except Terminated as e:
-        if distributed.launched_by_torchrun():  # a failed rank or a cancel: the launcher knows which
-            log.error("%s: %s; run %s left to the launcher to close", cell_id, e, run_id)
-            raise SystemExit(128 + e.signum) from None
-        tracker.finish_run(run_id, {}, step_metrics(), {"status": "killed", "failure_reason": str(e)}, logs, "KILLED")
-        log.error("%s: %s; run %s closed as KILLED", cell_id, e, run_id)
-        raise SystemExit(128 + e.signum) from None
-    except Exception as e:
-        tracker.finish_run(run_id, {}, step_metrics(), {"status": "failed",
-                                                        "failure_reason": f"{type(e).__name__}: {e}"}, logs, "FAILED")
-        log.error("%s failed:\n%s", cell_id, traceback.format_exc())
-        raise
-
-
-def _finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
-            artifacts: list[Path | None], tags: dict | None = None, examples: Examples | None = None) -> dict:
-    """Close the run FINISHED (with ``metrics.json`` and the evaluation's per-example results,
-    ``examples.npz``, among its artifacts, ``tags`` added), then publish ``out``."""
-    tracker, run_id, _ = run
-    result["run_id"] = run_id
-    with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
-        attached = [write_json_atomic(result, Path(staging) / out.name)]
-        if examples is not None:
-            attached.append(examples.save(Path(staging) / EXAMPLES_FILE))
-            tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"]}
-        tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
-                           attached + [a for a in artifacts if a])
-    write_json_atomic(result, out)
-    return result

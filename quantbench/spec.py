@@ -2,14 +2,14 @@
 
 * :class:`JobIdentity`: task, arch, seed, their builder parameters, the reference recipe (and the
   evaluation preprocessing its pretrained weights declare, ``eval_transform``), and for a cell the
-  method, its resolved parameters and the budget. This is the rule's ``params`` that
-  Snakemake compares to decide what to rerun, and its hash is the run's ``config_hash``.
+  method, its resolved parameters and the budget. Its digest is the rule's ``params`` that
+  Snakemake compares to decide what to rerun, and the run's ``config_hash``.
 * :class:`JobContext`: the experiment, where things live (results, data, tracking URI), what the
-  job may do (download), the device, and the grid's published figures. It reaches the job on its
-  own command-line option, outside ``params``: moving the data, allowing downloads or pointing at
-  another tracking server reruns nothing and changes no hash.
+  job may do (download), the device, and the grid's published figures. It is the plan's, outside
+  every identity: moving the data, allowing downloads or pointing at another tracking server
+  reruns nothing and changes no hash.
 
-Both travel as canonical JSON (sorted keys), so the same grid always gives the same strings.
+Both reach a job in the grid's plan (:mod:`quantbench.plan`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from quantbench.method import ConfigError
+from quantbench.errors import ConfigError
 
 JobKind = Literal["reference", "cell"]
 
@@ -35,22 +35,18 @@ def format_budget(bits: float) -> str:
     return f"{float(bits):g}"
 
 
-def _from_json(cls, text: str, option: str):
-    """``cls`` from a JSON object whose keys are exactly ``cls``'s fields (missing ones defaulted)."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{option} is not valid JSON: {e}") from e
+def _from_dict(cls, data: object, where: str):
+    """``cls`` from a mapping whose keys are ``cls``'s fields (missing ones defaulted)."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{option} must be a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{option}: unknown key(s) {unknown}; allowed keys: {names}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {names}")
     try:
         return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{option}: {e}; keys: {names}") from e
+    except (TypeError, ConfigError) as e:
+        raise ConfigError(f"{where}: {e}; keys: {names}") from e
 
 
 @dataclass(frozen=True)
@@ -73,9 +69,9 @@ class JobIdentity:
 
     def __post_init__(self) -> None:
         if self.kind not in ("reference", "cell"):
-            raise ConfigError(f"--spec.kind: {self.kind!r} is not allowed; allowed values: ['reference', 'cell']")
+            raise ConfigError(f"kind: {self.kind!r} is not allowed; allowed values: ['reference', 'cell']")
         if self.kind == "cell" and (self.method is None or self.budget is None):
-            raise ConfigError("--spec: a cell needs 'method', 'method_params' and 'budget'")
+            raise ConfigError("a cell needs 'method', 'method_params' and 'budget'")
 
     @property
     def cell_id(self) -> str:
@@ -87,12 +83,9 @@ class JobIdentity:
     def as_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict(), sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str, option: str = "--spec") -> JobIdentity:
-        return _from_json(cls, text, option)
+    def from_dict(cls, data: object, where: str) -> JobIdentity:
+        return _from_dict(cls, data, where)
 
     def digest(self) -> str:
         """The identity's hash: sha256 of its canonical JSON, 64 hex digits (the run's ``config_hash``
@@ -117,12 +110,9 @@ class JobContext:
     paper_figures: dict = field(default_factory=dict)
     loaders: dict = field(default_factory=dict)  # per task: quantbench.data.Pipeline fields
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
     @classmethod
-    def from_json(cls, text: str) -> JobContext:
-        return _from_json(cls, text, "--context")
+    def from_dict(cls, data: object, where: str) -> JobContext:
+        return _from_dict(cls, data, where)
 
     def paper_value(self, identity: JobIdentity) -> float | None:
         """The published figure for this job's (task, arch, method[, budget]), if the grid has one."""

@@ -16,7 +16,10 @@ competing cell not significantly worse than it (:func:`significance_marks`). A c
 ends worse than the mean of the method it starts from (``Method.starts_from``, the run tag
 ``starts_from``) on the same arch and budget gets a ``‡`` and a footnote (a sanity claim: none
 when that method has no successful cell there). A failed, diverged or killed run reads as such,
-never as a number. When a cell was run more than once, its latest run counts. Written as
+never as a number. When a cell was run more than once, its latest run counts. Which cells were
+planned is read from the plans the record holds (:mod:`quantbench.plan`), not from the methods'
+code: a planned cell without a run reads ``not run``; a skipped one (its method does not serve
+the budget), or one no plan names, ``—``. Written as
 ``<task>.md`` (markdown), ``<task>.tex`` (LaTeX booktabs) and ``<task>.csv`` (long format: one
 row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench.plots`.
 """
@@ -32,12 +35,13 @@ import pandas as pd
 
 from quantbench.files import write_text_atomic
 from quantbench.method import CALIBRATION_LABEL, PAPER_FAMILIES, Budget
+from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
 from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, ExamplesError, cell_interval, holm
 from quantbench.tracking import Tracker
 
-UNSERVED = "—"  # the method does not serve this budget (or the grid has no such cell)
-MISSING = "not run"  # the method serves this budget, but the record has no run of the cell
+UNSERVED = "—"  # the method does not serve this budget (skipped at planning), or no plan has the cell
+MISSING = "not run"  # a plan of the record has the cell, the record has no run of it
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
 SIZE_TOLERANCE_RANGE = (0.0, 0.5)  # allowed: above the first, at most the second (as the config schema)
@@ -79,8 +83,10 @@ def _tag(g: pd.DataFrame, name: str, default: str) -> str:
 
 
 def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
-              records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
-    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status;
+              records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA,
+              planned: Planned | None = None) -> pd.DataFrame:
+    """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status
+    (a cell ``planned`` without a run: a row of status ``not run``, :func:`unrun_rows`);
     ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval,
     :func:`quantbench.stats.cell_interval`; ``records``: the cells' finished seeds,
     :func:`quantbench.significance.cell_records`, default: without per-example results),
@@ -119,7 +125,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
             "starts_from": "" if method == "reference" else _tag(g, "starts_from", ""),
             **_interval(records.get((task, arch, method, None if method == "reference" else budget))),
         })
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows + unrun_rows(rows, planned or Planned({}, {})))
     out["over_budget"] = over_budget(out["bpw"], out["budget"], size_tolerance)
     done = out[(out["status"] == "ok") & out["mean"].notna()]
     means = {(t, a, m, b): v for t, a, m, b, v in zip(done["task"], done["arch"], done["method"], done["budget"],
@@ -135,6 +141,26 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     natural = out["method"].str.replace(r"\d+", lambda m: m.group().zfill(12), regex=True)
     out = out.assign(natural=natural).sort_values(["task", "arch", "order", "natural", "budget"])
     return out.drop(columns=["order", "natural"]).reset_index(drop=True)
+
+
+def unrun_rows(rows: list[dict], planned: Planned) -> list[dict]:
+    """A row of status ``not run`` for each cell ``planned`` (the record's plans) that has no run,
+    in a task the record has runs of (its metric and direction); its family, starting point and
+    params are the plan's."""
+    have = {(r["task"], r["arch"], r["method"], r["budget"]) for r in rows}
+    tasks = {r["task"]: r for r in rows}
+    out = []
+    for (task, arch, label, budget), status in planned.status.items():
+        if status != "planned" or task not in tasks or (task, arch, label, budget) in have:
+            continue
+        entry = planned.methods.get(label, {})
+        out.append({"task": task, "arch": arch, "method": label, "budget": budget, "metric": tasks[task]["metric"],
+                    "seeds": 0, "ok": 0, "mean": np.nan, "std": np.nan, "bpw": np.nan, "compression_ratio": np.nan,
+                    "size_kib": np.nan, "family": entry.get("family", "other"),
+                    "higher_is_better": tasks[task]["higher_is_better"], "status": MISSING, "paper": np.nan,
+                    "method_params": json.dumps(entry.get("params", {}), sort_keys=True),
+                    "starts_from": entry.get("starts_from") or "", **_interval(None)})
+    return out
 
 
 def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
@@ -204,21 +230,6 @@ def _paper(row: pd.Series | None) -> str:
     return UNSERVED if row is None or pd.isna(row["paper"]) else f"{row['paper']:.2f}"
 
 
-def _absent(method: str, params_json: str, budget: float) -> str:
-    """What an absent (method, budget) cell reads: MISSING when the method (as the record's runs
-    configured it) serves the budget, so a planned cell never ran; UNSERVED otherwise, or when
-    the method is not installed here to ask."""
-    from quantbench.method import Budget, make_params
-    from quantbench.methods import get_method
-
-    try:
-        cls = get_method(method)
-        serves = cls.serves(Budget(float(budget)), make_params(cls.Params, json.loads(params_json or "{}"), method))
-    except (LookupError, ValueError):
-        return UNSERVED
-    return MISSING if serves else UNSERVED
-
-
 def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**", marks: dict | None = None) -> pd.DataFrame:
     """One task's table: reference row per arch, then one row per method (with its family); a
     column per budget, each followed by a "paper" column when the record carries published
@@ -236,10 +247,7 @@ def wide_table(long: pd.DataFrame, pm: str = "±", bold=lambda v: f"**{v}**", ma
         cells = []
         for b in budgets:
             i, row = (g.index[0], g.iloc[0]) if method == "reference" else by_budget.get(b, (None, None))
-            if row is None:
-                text = _absent(method, g["method_params"].iloc[0], b)
-            else:
-                text = _cell(row, pm, bold if i in best else None, marks)
+            text = UNSERVED if row is None else _cell(row, pm, bold if i in best else None, marks)
             cells += [text] + ([_paper(row)] if with_paper else [])
         rows.append([arch, g["family"].iloc[0], method] + cells)
     return pd.DataFrame(rows, columns=["arch", "family", "method"] + header)
@@ -336,33 +344,24 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
     return written
 
 
-def step_curves(method: str) -> tuple:
-    """The per-step curves ``method`` declares (``Method.step_curves``); none when it is not installed."""
-    from quantbench.methods import get_method
-
-    try:
-        return get_method(method).step_curves
-    except ValueError:  # ConfigError: a plugin's method that is not installed here
-        return ()
-
-
 def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path,
                 tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE,
-                records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA) -> list[Path]:
+                records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA,
+                planned: Planned | None = None) -> list[Path]:
     """``<task>_size.{png,pdf}`` and ``<task>_steps.{png,pdf}`` for every task, and
     ``<task>_calibration.{png,pdf}`` where its cells include a calibration axis; the size plot's
     Pareto front counts sizes within ``size_tolerance`` as equal (as the tables do) and a point as
     dominated only by one significantly better at level ``alpha`` (paired test on ``records``;
     where a pair cannot be tested, the means decide); the steps plot has a panel per curve the
-    task's methods declare (in table order)."""
+    task's methods declare (in table order; the declarations of the record's plans, ``planned``)."""
     from quantbench.plots import calibration_plot, size_plot, steps_plot
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, planned = [], planned or Planned({}, {})
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
-        curves = list(dict.fromkeys(c for m in part["method"] if m != "reference" for c in step_curves(m)))
+        curves = list(dict.fromkeys(c for m in part["method"] if m != "reference" for c in planned.step_curves(m)))
         written += size_plot(part, task, out_dir, size_tolerance,
                              None if records is None else _separable(records, size_tolerance, alpha))
         written += steps_plot(histories[histories["task"] == task] if len(histories) else histories, task,
@@ -402,12 +401,33 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     runs = tracker.runs(experiment)
     latest = latest_runs(runs)
     records = cell_records(latest, load_examples(tracker, latest[latest["tags.status"] == "ok"]))
-    long = summarize(runs, size_tolerance, records, alpha)
+    planned = recorded_plans(tracker, experiment)
+    long = summarize(runs, size_tolerance, records, alpha, planned)
     written = write_tables(runs, out_dir, tasks, size_tolerance, long, alpha)
     if claims is not None:
         written += write_claims(claims, records, present_cells(latest), out_dir,
                                 tasks or sorted(long["task"].unique()), alpha, experiment)
-    return written + write_plots(long, step_histories(tracker, runs), out_dir, tasks, size_tolerance, records, alpha)
+    return written + write_plots(long, step_histories(tracker, runs, planned), out_dir, tasks, size_tolerance,
+                                 records, alpha, planned)
+
+
+def recorded_plans(tracker: Tracker, experiment: str) -> Planned:
+    """What the plans recorded in ``experiment`` say (:class:`quantbench.plan.Planned`); a plan file
+    that cannot be read is left out with a warning naming its run."""
+    import tempfile
+    import warnings
+
+    from quantbench.errors import ConfigError
+    from quantbench.plan import Plan
+
+    plans = []
+    with tempfile.TemporaryDirectory(prefix="quantbench-plans-") as tmp:
+        for run_id, path in tracker.plans(experiment, Path(tmp)):
+            try:
+                plans.append(Plan.load(path))
+            except ConfigError as e:
+                warnings.warn(f"the plan of run {run_id} is left out: {e}", stacklevel=2)
+    return Planned.of(plans)
 
 
 def write_claims(claims: list, records: dict[tuple, CellRecord], present: set[tuple], out_dir: str | Path,
@@ -425,14 +445,14 @@ def write_claims(claims: list, records: dict[tuple, CellRecord], present: set[tu
     return written
 
 
-def step_histories(tracker: Tracker, runs: pd.DataFrame) -> pd.DataFrame:
-    """``task, cell_id, key, step, value`` of every step curve the cells' methods declare, from
-    the latest run of each cell."""
+def step_histories(tracker: Tracker, runs: pd.DataFrame, planned: Planned) -> pd.DataFrame:
+    """``task, cell_id, key, step, value`` of every step curve the cells' methods declare (in the
+    record's plans, ``planned``), from the latest run of each cell."""
     latest = latest_runs(runs)
     latest = latest[latest["tags.kind"] == "cell"]
     rows = []
     for run_id, task, cell_id, method, metric in zip(latest["run_id"], latest["tags.task"], latest["tags.cell_id"],
                                                      latest["tags.method"], latest["tags.metric"], strict=True):
-        keys = [c.key.format(metric=metric) for c in step_curves(method)]
+        keys = [c.key.format(metric=metric) for c in planned.step_curves(method)]
         rows += [(task, cell_id, key, step, value) for _, key, step, value in tracker.metric_histories([run_id], keys)]
     return pd.DataFrame(rows, columns=["task", "cell_id", "key", "step", "value"])

@@ -52,3 +52,14 @@ def write_run(tracker, experiment_id: str, run_name: str, metrics: dict[str, flo
     run_id = tracker.start_run(experiment_id, run_name, {}, tags)
     tracker.finish_run(run_id, metrics, [], {}, list(artifacts), status)
     return run_id
+
+
+def job_args(cfg, job: str, where: Path) -> list[str]:
+    """A job's command-line options as Snakemake gives them: the grid's plan written to
+    ``where/plan.json``, the job's id and its digest."""
+    from quantbench.plan import plan_grid
+
+    plan = plan_grid(cfg)
+    path = plan.write(where / "plan.json")
+    job_id = job if isinstance(job, str) else job.id
+    return ["--plan", str(path), "--job", job_id, "--digest", plan.digests[job_id][:16]]

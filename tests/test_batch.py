@@ -15,6 +15,7 @@ import yaml
 from quantbench import runner
 from quantbench.config import Cell, load_config
 from quantbench.method import ConfigError, JobFailed
+from quantbench.plan import plan_grid, reference_id
 from quantbench.runner import run_cell, run_cells, run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import file_sha256
@@ -59,13 +60,14 @@ def test_a_batch_refuses_jobs_of_several_processes(tmp_path):
 def reference(tmp_path):
     cfg = load_config(_grid(tmp_path, batch="reference"))
     ref = tmp_path / "ref" / "metrics.json"
-    run_reference(cfg.reference_spec("digits", "lenet300", 0), ref, show_progress=False)
+    run_reference(plan_grid(cfg).spec(reference_id("digits", "lenet300", 0)), ref, show_progress=False)
     return cfg, ref
 
 
 def _batch(cfg, ref: Path, tmp_path: Path, cells: list[Cell], where: str):
     outs = [tmp_path / where / c.id / "metrics.json" for c in cells]
-    return [cfg.cell_spec(c) for c in cells], ref, outs, [o.parent / "model.qbc" for o in outs], [None] * len(cells)
+    plan = plan_grid(cfg)
+    return [plan.spec(c) for c in cells], ref, outs, [o.parent / "model.qbc" for o in outs], [None] * len(cells)
 
 
 def _runs(cfg):
@@ -79,7 +81,8 @@ def test_a_batch_computes_what_separate_jobs_compute(reference, tmp_path):
     cells = [Cell("digits", "lenet300", m, b, 0) for m, b in (("qat", "2"), ("rtn", "2"), ("gpfq", "1.58"))]
     together = run_cells(*_batch(cfg, ref, tmp_path, cells, "batch"), show_progress=False)
     for cell, batched in zip(cells, together, strict=True):
-        alone = run_cell(cfg.cell_spec(cell), ref, tmp_path / "alone" / cell.id / "metrics.json", show_progress=False)
+        alone = run_cell(plan_grid(cfg).spec(cell), ref, tmp_path / "alone" / cell.id / "metrics.json",
+                         show_progress=False)
         assert batched["metrics"] == alone["metrics"] and batched["artifact_sha256"] == alone["artifact_sha256"]
         assert batched["run_id"] != alone["run_id"]  # each its own run
     assert len(_runs(cfg)) == 2 * len(cells)

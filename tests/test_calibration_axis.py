@@ -12,6 +12,7 @@ from test_significance import Record, correctness
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
 from quantbench.methods import available_methods, get_method
+from quantbench.plan import plan_grid
 from quantbench.plots import calibration_rows
 from quantbench.tables import summarize
 
@@ -24,7 +25,7 @@ def test_methods_that_calibrate_run_once_per_size_and_the_others_once():
     labels = sorted({c.method for c in cfg.cells})
     assert labels == ["gpfq@n128", "gpfq@n32", "gptq@n128", "gptq@n32", "msq", "rtn"]
     for label in ("gpfq@n32", "gptq@n128"):
-        params = cfg.cell_identity(next(c for c in cfg.cells if c.method == label)).method_params
+        params = plan_grid(cfg).identity(next(c for c in cfg.cells if c.method == label)).method_params
         assert params["calib_samples"] == int(label.rpartition("@n")[2])
     # every method with a calibration sample declares it, and only those
     for name in available_methods():

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from quantbench.config import load_config, task_archs
+from quantbench.config.resources import check_cluster_gpus, cpu_training_jobs, resources
 from quantbench.method import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def test_paper_grids_request_what_the_derivation_gives(path):
     assert all(set(rules) == {"reference", "cell"} for rules in cfg["resources"]["archs"].values())
     derived, _ = _paper_resources().grid_resources(cfg)
     assert cfg["resources"] == derived, "python benchmarks/paper_resources.py --yaml prints the block to paste"
-    assert cfg.cpu_training_jobs() == {}  # every paper-scale training job has a GPU
+    assert cpu_training_jobs(cfg) == {}  # every paper-scale training job has a GPU
 
 
 def fake_slurm(tmp_path: Path) -> dict:
@@ -120,7 +121,7 @@ def test_paper_grid_jobs_are_submitted_for_their_resources(path, tmp_path):
     archs = {a for t in cfg["tasks"] for a in task_archs(cfg.raw, t)}
     assert set(jobs) == {(rule, arch) for rule in ("reference", "cell") for arch in archs}
     for (rule, arch), job in sorted(jobs.items()):
-        want = cfg.resources(rule, arch)
+        want = resources(cfg.raw, rule, arch)
         sbatch = sbatch_options(job)
         assert f"-t {want['runtime']} " in sbatch and f"--mem {want['mem_mb']} " in sbatch, (rule, arch, sbatch)
         assert f"--cpus-per-task={want['threads']}" in sbatch and "--nodes=1" in sbatch, (rule, arch, sbatch)
@@ -176,13 +177,13 @@ def test_the_cpu_training_jobs_of_a_grid(changes, key):
     grid = {"name": "c", "tasks": ["cifar10"], "archs": ["resnet20"], "methods": ["rtn", "qat"], "budgets": [2],
             **changes}
     cfg = load_config(grid)
-    assert set(cfg.cpu_training_jobs()) == key
+    assert set(cpu_training_jobs(cfg)) == key
     if key:
         with pytest.raises(ConfigError, match=re.escape(sorted(key)[0])):
-            cfg.check_cluster_gpus("slurm")
-        load_config({**grid, "allow_cpu": True}).check_cluster_gpus("slurm")
+            check_cluster_gpus(cfg, "slurm")
+        check_cluster_gpus(load_config({**grid, "allow_cpu": True}), "slurm")
     else:
-        cfg.check_cluster_gpus("slurm")
+        check_cluster_gpus(cfg, "slurm")
 
 
 R20 = "config.resources.archs.resnet20"
@@ -208,7 +209,7 @@ def test_allow_cpu_must_be_a_boolean_and_integral_floats_become_integers():
     with pytest.raises(ConfigError, match=r"config.allow_cpu: 'yes' is not of type 'boolean'"):
         load_config({"name": "bad", "allow_cpu": "yes"})
     cfg = load_config({"name": "ok", "resources": {"cell": {"gpu": 1.0, "mem_mb": 16000.0}}})
-    res = cfg.resources("cell", "lenet300")
+    res = resources(cfg.raw, "cell", "lenet300")
     assert (res["gpu"], res["mem_mb"]) == (1, 16000) and type(res["gpu"]) is int and type(res["mem_mb"]) is int
 
 

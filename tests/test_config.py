@@ -8,6 +8,7 @@ import pytest
 
 from quantbench.config import load_config
 from quantbench.method import ConfigError
+from quantbench.plan import plan_grid
 
 
 def test_defaults_are_filled_and_grid_expanded():
@@ -62,7 +63,7 @@ def test_the_skipped_cells_of_the_default_grid_read_one_line_per_method():
 
 def test_method_params_reach_the_cell_spec():
     cfg = load_config({"name": "x", "method_params": {"rtn": {"per_channel": True}}})
-    job = cfg.cell_identity(cfg.cells[0])
+    job = plan_grid(cfg).identity(cfg.cells[0])
     assert job.method_params == {"scheme": "minmax", "per_channel": True, "float_dtype": "float32"}
     assert job.budget == 2.0 and job.kind == "cell"
 

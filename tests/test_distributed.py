@@ -17,10 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import job_args
 
 from quantbench.config import load_config
+from quantbench.config.resources import resources
 from quantbench.format import CompressedModel
 from quantbench.models import build_model
+from quantbench.plan import plan_grid, reference_id
 from quantbench.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import seed_everything
@@ -68,10 +71,11 @@ def run_bounded(cmd: list[str], env: dict | None = None, timeout: float = TIMEOU
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
-def job(kind: str, spec, out: Path, nproc: int, reference: Path | None = None, env: dict | None = None):
+def job(kind: str, cfg, job_id, out: Path, nproc: int, reference: Path | None = None, env: dict | None = None):
     """A job as Snakemake runs it: ``quantbench <kind> ... --nproc-per-node <nproc>``."""
-    cmd = [sys.executable, "-m", "quantbench.cli", kind, "--spec", spec.identity.to_json(),
-           "--context", spec.context.to_json(), "--out", str(out), "--log", str(out.with_suffix(".log")),
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "quantbench.cli", kind, *job_args(cfg, job_id, out.parent),
+           "--out", str(out), "--log", str(out.with_suffix(".log")),
            "--threads", str(nproc), "--nproc-per-node", str(nproc), "--no-progress"]
     if reference is not None:
         cmd += ["--reference", str(reference)]
@@ -173,19 +177,19 @@ def test_ddp_jobs_record_once_from_rank_0_with_the_bpw_of_one_process(tmp_path):
     one = load_config({**grid(tmp_path / "one"), "methods": methods})
     Tracker(two.tracking_uri()).ensure_experiment("ddp", tmp_path / "two" / "mlartifacts")
     ref_out = tmp_path / "two" / "ref" / "metrics.json"
-    ran = job("reference", two.reference_spec("digits", "lenet300", 0), ref_out, 2)
+    ran = job("reference", two, reference_id("digits", "lenet300", 0), ref_out, 2)
     assert ran.returncode == 0, ran.stdout[-3000:]
     one_ref = tmp_path / "one" / "ref" / "metrics.json"
-    run_reference(one.reference_spec("digits", "lenet300", 0), one_ref, show_progress=False)
+    run_reference(plan_grid(one).spec(reference_id("digits", "lenet300", 0)), one_ref, show_progress=False)
     assert set(json.loads(ref_out.read_text())["metrics"]) == {"accuracy", "error", "loss"}
     for cell in two.cells:
         out = tmp_path / "two" / cell.method / "metrics.json"
-        ran = job("cell", two.cell_spec(cell), out, 2, reference=ref_out)
+        ran = job("cell", two, cell, out, 2, reference=ref_out)
         assert ran.returncode == 0, ran.stdout[-3000:]
         result = json.loads(out.read_text())
         packed = CompressedModel.load(out.parent / "model.qbc")  # checked by its CRC
         packed.verify_on_codebook(packed.to_dense(build_model("lenet300", **packed.arch_kwargs)))
-        single = run_cell(one.cell_spec(cell), one_ref, tmp_path / "one" / cell.method / "metrics.json",
+        single = run_cell(plan_grid(one).spec(cell), one_ref, tmp_path / "one" / cell.method / "metrics.json",
                           show_progress=False)
         assert result["stats"]["bpw"] == single["stats"]["bpw"], cell.method
     runs = Tracker(two.tracking_uri()).runs("ddp")
@@ -202,7 +206,7 @@ def test_a_rank_that_dies_fails_the_job_and_its_run_reads_failed(tmp_path):
     out = tmp_path / "ref" / "metrics.json"
     fault = {"PYTHONPATH": os.pathsep.join([str(FIXTURES / "kill_rank"), os.environ.get("PYTHONPATH", "")]),
              "QUANTBENCH_TEST_KILL_RANK": "1"}
-    ran = job("reference", cfg.reference_spec("digits", "lenet300", 0), out, 2, env=fault)
+    ran = job("reference", cfg, reference_id("digits", "lenet300", 0), out, 2, env=fault)
     assert ran.returncode != 0 and not out.exists()
     runs = Tracker(cfg.tracking_uri()).runs("ddp")
     assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["failed"], ran.stdout[-3000:]
@@ -217,7 +221,7 @@ def test_a_diverged_ddp_reference_reads_diverged(tmp_path):
     cfg = load_config({**grid(tmp_path), "reference": {"epochs": 2, "lr": 1e6, "momentum": 0.99}})
     Tracker(cfg.tracking_uri()).ensure_experiment("ddp", tmp_path / "mlartifacts")
     out = tmp_path / "ref" / "metrics.json"
-    ran = job("reference", cfg.reference_spec("digits", "lenet300", 0), out, 2)
+    ran = job("reference", cfg, reference_id("digits", "lenet300", 0), out, 2)
     assert ran.returncode == 1 and not out.exists()
     runs = Tracker(cfg.tracking_uri()).runs("ddp")
     assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["diverged"], ran.stdout[-3000:]
@@ -229,11 +233,11 @@ def test_a_cancelled_ddp_job_reads_killed(tmp_path):
     launcher closes rank 0's run KILLED and exits 128 + 15, leaving no process behind."""
     cfg = load_config({**grid(tmp_path), "reference": {"epochs": 500}})
     Tracker(cfg.tracking_uri()).ensure_experiment("ddp", tmp_path / "mlartifacts")
-    spec, out = cfg.reference_spec("digits", "lenet300", 0), tmp_path / "ref" / "metrics.json"
+    out = tmp_path / "ref" / "metrics.json"
     log = out.with_suffix(".log")
-    cmd = [sys.executable, "-m", "quantbench.cli", "reference", "--spec", spec.identity.to_json(), "--context",
-           spec.context.to_json(), "--out", str(out), "--log", str(log), "--threads", "2", "--nproc-per-node", "2",
-           "--no-progress"]
+    cmd = [sys.executable, "-m", "quantbench.cli", "reference", *job_args(cfg, reference_id("digits", "lenet300", 0),
+                                                                         tmp_path), "--out", str(out), "--log",
+           str(log), "--threads", "2", "--nproc-per-node", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + TIMEOUT_S  # until rank 0 has opened its run and started training
@@ -258,7 +262,7 @@ def test_one_process_jobs_do_not_start_torchrun(tmp_path):
     cfg = load_config({**grid(tmp_path), "methods": ["rtn"]})
     Tracker(cfg.tracking_uri()).ensure_experiment("ddp", tmp_path / "mlartifacts")
     out = tmp_path / "ref" / "metrics.json"
-    ran = job("reference", cfg.reference_spec("digits", "lenet300", 0), out, 1)
+    ran = job("reference", cfg, reference_id("digits", "lenet300", 0), out, 1)
     assert ran.returncode == 0 and "torch/distributed/run.py" not in ran.stdout + out.with_suffix(".log").read_text()
     assert "tags.processes" not in Tracker(cfg.tracking_uri()).runs("ddp")
 
@@ -279,11 +283,12 @@ def test_bad_process_counts_name_the_key(resources, message):
 def test_threads_follow_the_processes_unless_given():
     cfg = load_config({"name": "ok", "threads": 1, "resources": {"reference": {"processes": 2},
                                                                  "archs": {"lenet5": {"cell": {"gpu": 4}}}}})
-    assert {k: cfg.resources("reference", "lenet300")[k] for k in ("threads", "processes", "gpu")} == \
+    assert {k: resources(cfg.raw, "reference", "lenet300")[k] for k in ("threads", "processes", "gpu")} == \
         {"threads": 2, "processes": 2, "gpu": 0}
-    assert {k: cfg.resources("cell", "lenet5")[k] for k in ("threads", "processes", "gpu")} == \
+    assert {k: resources(cfg.raw, "cell", "lenet5")[k] for k in ("threads", "processes", "gpu")} == \
         {"threads": 4, "processes": 4, "gpu": 4}
-    assert {k: cfg.resources("cell", "lenet300")[k] for k in ("threads", "processes")} == {"threads": 1, "processes": 1}
+    assert {k: resources(cfg.raw, "cell", "lenet300")[k] for k in ("threads", "processes")} == \
+        {"threads": 1, "processes": 1}
 
 
 # --------------------------------------------------------------------------- submission (dry run)

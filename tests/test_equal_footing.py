@@ -25,6 +25,7 @@ from quantbench.method import (
     RunContext,
     derive_seed,
 )
+from quantbench.plan import plan_grid, reference_id
 from quantbench.registry import METHODS
 from quantbench.train import grad_scaler, train_step
 
@@ -121,7 +122,7 @@ def test_the_cell_fails_naming_the_tensor_when_packing_changes_it(tiny_config, t
 
     cfg = load_config(tiny_config)
     ref_out = tmp_path / "ref" / "metrics.json"
-    run_reference(cfg.reference_spec("digits", "lenet300", 0), ref_out, show_progress=False)
+    run_reference(plan_grid(cfg).spec(reference_id("digits", "lenet300", 0)), ref_out, show_progress=False)
     real = fmt.QuantizedTensor.fields
 
     def broken(self):
@@ -143,7 +144,7 @@ def test_the_cell_fails_naming_the_tensor_when_packing_changes_it(tiny_config, t
     monkeypatch.setattr(fmt.CompressedModel, "pack", pack_broken)
     out = tmp_path / "cell" / "metrics.json"
     with pytest.raises(FormatError, match=r"tensor '[\w.]+weight' read back differs"):
-        run_cell(cfg.cell_spec(cfg.cells[0]), ref_out, out, show_progress=False)
+        run_cell(plan_grid(cfg).spec(cfg.cells[0]), ref_out, out, show_progress=False)
     assert not out.exists()
     runs = Tracker(cfg.tracking_uri()).runs("tiny")
     cell = runs[runs["tags.kind"] == "cell"]

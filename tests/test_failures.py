@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import job_args
 
 from quantbench.config import Cell, load_config
 from quantbench.format import CompressedModel, FormatError
+from quantbench.plan import plan_grid, reference_id
 from quantbench.runner import JobFailed, run_cell, run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import file_sha256
@@ -29,7 +31,7 @@ def grid(tmp_path):
     cfg = load_config({"name": "fail", "results_dir": str(tmp_path / "results"), "methods": ["rtn", "qat"],
                        "budgets": [2], "reference": {"epochs": 2}})
     ref_out = tmp_path / "ref" / "metrics.json"
-    run_reference(cfg.reference_spec("digits", "lenet300", 0), ref_out, show_progress=False)
+    run_reference(plan_grid(cfg).spec(reference_id("digits", "lenet300", 0)), ref_out, show_progress=False)
     return cfg, ref_out
 
 
@@ -40,7 +42,7 @@ def cell_runs(cfg, cell_id: str):
 
 def test_nan_loss_fails_the_job_and_records_why(grid, tmp_path):
     cfg, ref_out = grid
-    spec = cfg.cell_spec(Cell("digits", "lenet300", "qat", "2", 0))
+    spec = plan_grid(cfg).spec(Cell("digits", "lenet300", "qat", "2", 0))
     spec = spec.replace(method_params={**spec.identity.method_params, "lr": 1e30})
     out = tmp_path / "c" / "metrics.json"
     with pytest.raises(JobFailed, match="diverged: training loss is"):
@@ -72,9 +74,10 @@ def test_a_diverged_cell_fails_its_job_but_the_grid_goes_on_and_the_table_marks_
     assert "| diverged" in rows["qat"] and "bpw" in rows["rtn"]
 
 
-def _start_cell(cfg, spec, ref_out: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "quantbench.cli", "cell", "--spec", spec.identity.to_json(),
-           "--context", spec.context.to_json(), "--reference", str(ref_out), "--out", str(out), "--no-progress"]
+def _start_cell(cfg, cell, ref_out: Path, out: Path) -> subprocess.Popen:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "quantbench.cli", "cell", *job_args(cfg, cell, out.parent), "--reference",
+           str(ref_out), "--out", str(out), "--no-progress"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -95,11 +98,11 @@ def _wait_running(cfg, cell_id: str, proc: subprocess.Popen, timeout: float = 12
 def test_a_killed_job_leaves_no_output_and_its_run_reads_killed(grid, tmp_path):
     cfg, ref_out = grid
     cell_id = "digits/lenet300/qat/b2/s0"
-    long = cfg.cell_spec(Cell("digits", "lenet300", "qat", "2", 0))
-    long = long.replace(method_params={**long.identity.method_params, "epochs": 10_000})
+    cell = Cell("digits", "lenet300", "qat", "2", 0)
+    long = load_config({**cfg.raw, "method_params": {"qat": {"epochs": 10_000}}})
     out = tmp_path / "c" / "metrics.json"
 
-    proc = _start_cell(cfg, long, ref_out, out)  # cancelled (SLURM's scancel / timeout send SIGTERM)
+    proc = _start_cell(long, cell, ref_out, out)  # cancelled (SLURM's scancel / timeout send SIGTERM)
     _wait_running(cfg, cell_id, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
@@ -107,15 +110,14 @@ def test_a_killed_job_leaves_no_output_and_its_run_reads_killed(grid, tmp_path):
     run = cell_runs(cfg, cell_id).iloc[-1]
     assert run["status"] == "KILLED" and run["tags.status"] == "killed" and "SIGTERM" in run["tags.failure_reason"]
 
-    proc = _start_cell(cfg, long, ref_out, out)  # killed outright: nothing can close its run
+    proc = _start_cell(long, cell, ref_out, out)  # killed outright: nothing can close its run
     _wait_running(cfg, cell_id, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert cell_runs(cfg, cell_id).iloc[-1]["status"] == "RUNNING"
 
-    short = cfg.cell_spec(Cell("digits", "lenet300", "qat", "2", 0))
-    short = short.replace(method_params={**short.identity.method_params, "epochs": 1})
-    run_cell(short, ref_out, out, show_progress=False)  # the rerun redoes the cell ...
+    short = load_config({**cfg.raw, "method_params": {"qat": {"epochs": 1}}})
+    run_cell(plan_grid(short).spec(cell), ref_out, out, show_progress=False)  # the rerun redoes the cell ...
     runs = cell_runs(cfg, cell_id)
     assert list(runs["status"]) == ["KILLED", "KILLED", "FINISHED"]  # ... and closes the orphan as KILLED
     assert runs.iloc[1]["tags.status"] == "killed" and json.loads(out.read_text())["status"] == "ok"
@@ -126,7 +128,7 @@ def test_a_damaged_cached_reference_is_retrained(grid, tmp_path):
     info = json.loads(ref_out.read_text())
     ckpt = Path(info["checkpoint"])
     ckpt.write_bytes(ckpt.read_bytes()[:-100])  # truncated on disk
-    again = run_reference(cfg.reference_spec("digits", "lenet300", 0), tmp_path / "r2" / "metrics.json",
+    again = run_reference(plan_grid(cfg).spec(reference_id("digits", "lenet300", 0)), tmp_path / "r2" / "metrics.json",
                           show_progress=False)
     assert not again["cached"] and again["checkpoint_sha256"] == file_sha256(ckpt) == info["checkpoint_sha256"]
     assert again["metrics"] == info["metrics"]  # deterministic retraining
@@ -140,7 +142,7 @@ def test_a_cell_refuses_a_reference_whose_hash_changed(grid, tmp_path):
     ckpt.write_bytes(bytes(data))
     out = tmp_path / "c" / "metrics.json"
     with pytest.raises(ValueError, match="does not match the sha256 its reference recorded"):
-        run_cell(cfg.cell_spec(cfg.cells[0]), ref_out, out, show_progress=False)
+        run_cell(plan_grid(cfg).spec(cfg.cells[0]), ref_out, out, show_progress=False)
     assert not out.exists()
     run = cell_runs(cfg, cfg.cells[0].id).iloc[-1]
     assert run["status"] == "FAILED" and "sha256" in run["tags.failure_reason"]
@@ -149,7 +151,7 @@ def test_a_cell_refuses_a_reference_whose_hash_changed(grid, tmp_path):
 def test_a_damaged_artifact_is_refused_by_its_checksum(grid, tmp_path):
     cfg, ref_out = grid
     out = tmp_path / "c" / "metrics.json"
-    result = run_cell(cfg.cell_spec(cfg.cells[0]), ref_out, out, show_progress=False)
+    result = run_cell(plan_grid(cfg).spec(cfg.cells[0]), ref_out, out, show_progress=False)
     artifact = out.parent / "model.qbc"
     assert result["artifact_sha256"] == file_sha256(artifact)
     data = bytearray(artifact.read_bytes())

@@ -39,24 +39,27 @@ def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def planned_jobs(dry_run_output: str) -> tuple[dict, dict]:
-    """``{cell_id: identity}`` and ``{context}`` of every job a ``snakemake -n -p`` printed (every cell
-    of a batch job)."""
-    jobs, contexts = {}, set()
+def planned_jobs(dry_run_output: str) -> tuple[dict, set]:
+    """``{job id: digest}`` of every job a ``snakemake -n -p`` printed (every cell of a batch job), and
+    the plan files they read; no command carries a spec of its own."""
+    jobs, plans = {}, set()
     for line in dry_run_output.splitlines():
-        if "quantbench reference --spec" not in line and "quantbench cell --spec" not in line:
+        if "quantbench reference --" not in line and "quantbench cell --" not in line:
             continue
         words = shlex.split(line[line.index("quantbench"):].split(" > ")[0])
-        specs = json.loads(words[words.index("--spec") + 1])
-        contexts.add(words[words.index("--context") + 1])
-        for spec in specs if isinstance(specs, list) else [specs]:  # a batch job (config batch): a list
-            method = spec.get("method")
-            cell_id = (f"{spec['task']}/{spec['arch']}/reference/s{spec['seed']}" if method is None else
-                       f"{spec['task']}/{spec['arch']}/{method}/b{spec['budget']:g}/s{spec['seed']}")
-            assert cell_id not in jobs, f"{cell_id} is planned twice"
-            jobs[cell_id] = spec
-    assert len(contexts) == 1, contexts
-    return jobs, json.loads(contexts.pop())
+        assert "--spec" not in words and "{" not in line, line  # no JSON on the command line
+        plans.add(words[words.index("--plan") + 1])
+        ids = words[words.index("--job") + 1:words.index("--digest")]
+        digests = words[words.index("--digest") + 1:words.index("--digest") + 1 + len(ids)]
+        for job_id, digest in zip(ids, digests, strict=True):
+            assert job_id not in jobs, f"{job_id} is planned twice"
+            jobs[job_id] = digest
+    return jobs, plans
+
+
+def digests(plan: dict) -> dict:
+    """``{job id: digest}`` of a plan (``quantbench validate --json``), as the commands carry them."""
+    return {job_id: job["digest"][:16] for job_id, job in {**plan["references"], **plan["cells"]}.items()}
 
 
 @pytest.mark.parametrize("grid", [None, *GRIDS], ids=lambda p: p.stem if p else "no-configfile")
@@ -66,24 +69,29 @@ def test_every_shipped_grid_plans_exactly_what_validate_says_from_the_repository
     path = grid.relative_to(REPO) if grid else Path("workflows/config/default.yaml")
     args = ["--configfile", str(path)] if grid else []
     dry = run(checkout, "snakemake", "-n", "-p", *args)
-    jobs, context = planned_jobs(dry.stdout + dry.stderr)
+    jobs, plans = planned_jobs(dry.stdout + dry.stderr)
     plan = json.loads(run(checkout, "quantbench.cli", "validate", "--json", str(path)).stdout)
-    assert context == plan["context"]
-    assert jobs == {**plan["references"], **plan["cells"]}
+    assert plans == {f"{plan['context']['results_dir']}/runs/{plan['context']['experiment']}/plan.json"}
+    assert jobs == digests(plan)
 
 
 def test_command_line_overrides_apply_on_top_of_the_grid_file(checkout):
     path = "workflows/config/paper_lc.yaml"
     dry = run(checkout, "snakemake", "-n", "-p", "--configfile", path, "--config", "seeds=[3]", "download=true",
               "data_root=/data")
-    jobs, context = planned_jobs(dry.stdout + dry.stderr)
-    plan = json.loads(run(checkout, "quantbench.cli", "validate", "--json", path).stdout)
-    assert {j["seed"] for j in jobs.values()} == {3}
-    seed0 = {k.rpartition("/s")[0] for k in {**plan["references"], **plan["cells"]} if k.endswith("/s0")}
-    assert {k.rpartition("/s")[0] for k in jobs} == seed0
-    assert context["download"] is True and context["data_root"] == "/data"
-    assert jobs["mnist/lenet5/reference/s3"]["arch_params"] == plan["references"]["mnist/lenet5/reference/s0"][
-        "arch_params"]
+    jobs, _ = planned_jobs(dry.stdout + dry.stderr)
+    # the same grid written with seeds [3] (where data live and downloads are in no identity)
+    grid = yaml.safe_load((checkout / path).read_text())
+    (checkout / "seed3.yaml").write_text(yaml.safe_dump({**grid, "seeds": [3]}))
+    plan = json.loads(run(checkout, "quantbench.cli", "validate", "--json", "seed3.yaml").stdout)
+    assert jobs == digests(plan) and {k.rpartition("/s")[2] for k in jobs} == {"3"}
+    # the context the jobs will be given: the Snakefile's planning of the same overrides
+    from quantbench.config import load_config, merged_config, read_yaml, typed_overrides
+    from quantbench.plan import plan_grid
+
+    overrides = typed_overrides({"seeds": ["3"], "download": "true", "data_root": "/data"})
+    context = plan_grid(load_config(merged_config(read_yaml(checkout / path), overrides))).context
+    assert context.download is True and context.data_root == "/data"
 
 
 def test_a_bad_override_names_the_file_and_the_key(checkout):

@@ -14,6 +14,7 @@ import torch
 from quantbench.config import Cell, load_config, task_archs
 from quantbench.data import TASK_SHAPES, build_task
 from quantbench.models import build_model
+from quantbench.plan import plan_grid, reference_id
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "workflows" / "config").glob("*.yaml"))
@@ -38,7 +39,7 @@ def check_plan(cfg, stdout: str, results: Path) -> None:
     config batch), and there is one reference job per (task, arch, seed)."""
     jobs = planned_jobs(stdout)
     cell_rules = {b.rule for b in cfg.batches()}
-    assert set(jobs) == cell_rules | {"reference", "tables", "tracking"}, sorted(jobs)  # (rule all has no output)
+    assert set(jobs) == cell_rules | {"reference", "tables"}, sorted(jobs)  # (rule all has no output)
     made = [o for rule in cell_rules for job in jobs[rule] for o in job]
     assert sorted(made) == sorted(f"{results}/runs/{cfg.name}/{c.id}/metrics.json" for c in cfg.cells)
     for rule in cell_rules:  # a batch's cells share one reference
@@ -87,7 +88,7 @@ def test_paper_size_pair_takes_one_training_step(path, task, arch):
     if arch == "transformer_lm":
         pytest.importorskip("fairseq", reason="the lm extra (fairseq-fixed) is not installed")
     cfg = load_config(path)
-    job = cfg.reference_identity(task, arch, 0)
+    job = plan_grid(cfg).identity(reference_id(task, arch, 0))
     shape, classes = TASK_SHAPES[task]
     torch.manual_seed(0)
     model = build_model(arch, shape, classes, **job.arch_params)
@@ -110,19 +111,19 @@ def test_paper_size_pair_takes_one_training_step(path, task, arch):
 
 def test_published_figures_reach_the_specs():
     cfg = load_config(REPO / "workflows" / "config" / "paper_lc.yaml")
-    context = cfg.context()
-    assert context.paper_value(cfg.reference_identity("mnist", "lenet300", 0)) == 97.87
-    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet300", "lc_adaptive", "1", 0))) == 97.44
-    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet300", "lc_adaptive", "2", 0))) is None
-    assert context.paper_value(cfg.cell_identity(Cell("mnist", "lenet5", "dc", "1", 0))) is None
+    context = plan_grid(cfg).context
+    assert context.paper_value(plan_grid(cfg).identity(reference_id("mnist", "lenet300", 0))) == 97.87
+    assert context.paper_value(plan_grid(cfg).identity(Cell("mnist", "lenet300", "lc_adaptive", "1", 0))) == 97.44
+    assert context.paper_value(plan_grid(cfg).identity(Cell("mnist", "lenet300", "lc_adaptive", "2", 0))) is None
+    assert context.paper_value(plan_grid(cfg).identity(Cell("mnist", "lenet5", "dc", "1", 0))) is None
 
 
 def test_recipes_override_the_reference_per_pair():
     cfg = load_config({"name": "r", "tasks": ["digits"], "archs": ["lenet300", "lenet5"],
                        "reference": {"epochs": 7, "lr": 0.01}, "recipes": {"digits": {"lenet5": {"epochs": 3}}}})
-    assert cfg.reference_identity("digits", "lenet5", 0).train["epochs"] == 3
-    assert cfg.reference_identity("digits", "lenet5", 0).train["lr"] == 0.01
-    assert cfg.reference_identity("digits", "lenet300", 0).train["epochs"] == 7
+    assert plan_grid(cfg).identity(reference_id("digits", "lenet5", 0)).train["epochs"] == 3
+    assert plan_grid(cfg).identity(reference_id("digits", "lenet5", 0)).train["lr"] == 0.01
+    assert plan_grid(cfg).identity(reference_id("digits", "lenet300", 0)).train["epochs"] == 7
 
 
 @pytest.mark.parametrize("config,message", [
@@ -164,7 +165,7 @@ def test_variants_run_as_methods_of_their_own():
                        "method_params": {"lc_adaptive": {"steps": 5, "mu0": 0.01}},
                        "variants": {"lc_adaptive": {"lloyd": {"kmeans": "lloyd", "steps": 3}}}})
     assert [c.method for c in cfg.cells] == ["rtn", "lc_adaptive", "lc_adaptive@lloyd"]
-    plain, variant = (cfg.cell_identity(c).method_params for c in cfg.cells[1:])
+    plain, variant = (plan_grid(cfg).identity(c).method_params for c in cfg.cells[1:])
     assert (plain["kmeans"], plain["steps"], plain["mu0"]) == ("auto", 5, 0.01)
     assert (variant["kmeans"], variant["steps"], variant["mu0"]) == ("lloyd", 3, 0.01)
 

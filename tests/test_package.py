@@ -50,13 +50,13 @@ def test_the_wheel_installs_alone_validates_and_runs_a_cell_outside_the_checkout
     (work / "grid.yaml").write_text(yaml.safe_dump({"name": "wheel", "budgets": [2], "reference": {"epochs": 1}}))
     quantbench = fresh / "bin" / "quantbench"
     assert "1 cells and 1 references planned" in run(quantbench, "validate", "grid.yaml", cwd=work).stdout
-    plan = json.loads(run(quantbench, "validate", "--json", "grid.yaml", cwd=work).stdout)
-    context = json.dumps(plan["context"])
+    (work / "plan.json").write_text(run(quantbench, "validate", "--json", "grid.yaml", cwd=work).stdout)
+    plan = json.loads((work / "plan.json").read_text())
     (ref_id, ref), = plan["references"].items()
     (cell_id, cell), = plan["cells"].items()
-    run(quantbench, "reference", "--spec", json.dumps(ref), "--context", context, "--out", "ref/metrics.json",
-        "--no-progress", cwd=work)
-    run(quantbench, "cell", "--spec", json.dumps(cell), "--context", context, "--reference", "ref/metrics.json",
-        "--out", "cell/metrics.json", "--no-progress", cwd=work)
+    run(quantbench, "reference", "--plan", "plan.json", "--job", ref_id, "--digest", ref["digest"][:16], "--out",
+        "ref/metrics.json", "--no-progress", cwd=work)
+    run(quantbench, "cell", "--plan", "plan.json", "--job", cell_id, "--digest", cell["digest"], "--reference",
+        "ref/metrics.json", "--out", "cell/metrics.json", "--no-progress", cwd=work)
     result = json.loads((work / "cell" / "metrics.json").read_text())
     assert result["status"] == "ok" and result["cell_id"] == cell_id and 1.9 < result["stats"]["bpw"] < 2.1

@@ -37,7 +37,7 @@ def test_the_installed_plugin_is_listed(installed_plugin):
 
 
 def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_path):
-    config = {"name": "plugin", "methods": ["rtn", "rtn_clip"], "budgets": [2], "reference": {"epochs": 2},
+    config = {"name": "plugin", "methods": ["rtn", "rtn_clip"], "budgets": [1.58, 2, 3], "reference": {"epochs": 2},
               "method_params": {"rtn_clip": {"clip": 0.02}}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
@@ -54,10 +54,12 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
     clip = runs[runs["tags.method"] == "rtn_clip"].iloc[0]
     assert (clip["tags.method_package"], clip["tags.method_version"]) == ("quantbench-plugin-example", "0.1.0")
     # its declared step curve reaches the steps plot's data, with no edit to the core
-    from quantbench.tables import step_histories
+    from quantbench.tables import recorded_plans, step_histories
 
-    curve = step_histories(Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}"), runs)
-    assert list(curve[curve["key"] == "rtn_clip/step"]["step"]) == [0, 1, 2]
+    tracker = Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    curve = step_histories(tracker, runs, recorded_plans(tracker, "plugin"))
+    two_bits = curve[(curve["key"] == "rtn_clip/step") & curve["cell_id"].str.contains("/b2/")]
+    assert list(two_bits["step"]) == [0, 1, 2]
     # the clipped grid, checked by hand on the packed file: 2 % clipped at each end of every layer
     from quantbench.format import CompressedModel
 
@@ -73,3 +75,23 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
     assert len(values) == 4
     assert float(values.min()) == pytest.approx(float(lo), rel=1e-6)
     assert float(values.max()) == pytest.approx(float(hi), rel=1e-6)
+
+    # the plugin uninstalled and its 3-bit run gone: the tables of the record still read its rows right,
+    # from the plan the record holds (no code of the plugin to ask)
+    pip("uninstall", "-y", "quantbench-plugin-example")
+    gone = runs[(runs["tags.method"] == "rtn_clip") & (runs["tags.budget"] == "3")]["run_id"]
+    assert len(gone) == 1
+    tracker.client.delete_run(gone.iloc[0])
+    proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "tables", "--experiment", "plugin", "--results-dir",
+                           str(tmp_path / "results"), "--out-dir", str(tmp_path / "again")], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rtn_clip" not in subprocess.run([sys.executable, "-m", "quantbench.cli", "methods"], capture_output=True,
+                                            text=True, timeout=300).stdout
+    md = (tmp_path / "again/digits.md").read_text()
+    cells = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in md.splitlines() if line.startswith("| lenet300")}
+    clip = cells["rtn_clip"]  # family, method, then 1.58, 2 and 3 bits
+    assert clip[0] == "baseline" and clip[2] == "—" and "(2.0" in clip[3] and clip[4] == "not run", clip
+    assert "(3.0" in cells["rtn"][4]
+    assert (tmp_path / "again/digits_steps.png").is_file()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import write_run
+from conftest import job_args, write_run
 from PIL import Image
 
 from quantbench.config import load_config
@@ -20,6 +20,7 @@ from quantbench.data import build_task
 from quantbench.method import ConfigError
 from quantbench.models import build_model
 from quantbench.models.pretrained import WeightsError
+from quantbench.plan import plan_grid, reference_id
 from quantbench.runner import run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import file_sha256
@@ -73,7 +74,7 @@ def test_torchvision_weights_from_the_torch_hub_cache_are_loaded_evaluated_and_r
 
     cfg = load_config(grid(tmp_path, imagenet_root, {"pretrained": RESNET18}, image_size=224))
     out = tmp_path / "ref" / "metrics.json"
-    result = run_reference(cfg.reference_spec("imagenet", "resnet18", 0), out, show_progress=False)
+    result = run_reference(plan_grid(cfg).spec(reference_id("imagenet", "resnet18", 0)), out, show_progress=False)
 
     assert result["pretrained"]["sha256"] == file_sha256(path) and result["pretrained"]["published"] == 69.758
     assert not result["cached"] and json.loads(out.read_text())["pretrained"]["file"] == str(path)
@@ -98,7 +99,8 @@ def test_the_grid_s_own_figure_wins_over_the_published_metadata(tmp_path, torch_
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     paper = {"source": "the paper", "figures": {"imagenet": {"resnet18": {"reference": 69.76}}}}
     cfg = load_config(grid(tmp_path, imagenet_root, {"pretrained": RESNET18}, paper=paper))
-    run_reference(cfg.reference_spec("imagenet", "resnet18", 0), tmp_path / "r" / "m.json", show_progress=False)
+    run_reference(plan_grid(cfg).spec(reference_id("imagenet", "resnet18", 0)), tmp_path / "r" / "m.json",
+                  show_progress=False)
     run = Tracker(cfg.tracking_uri()).runs("pt").iloc[0]
     assert (run["tags.paper_value"], run["tags.paper_source"]) == ("69.76", "the paper")
 
@@ -111,15 +113,15 @@ def test_a_local_state_dict_with_its_sha256(tmp_path):
     torch.save(weights.state_dict(), path)
     cfg = load_config(grid(tmp_path, tmp_path, {"pretrained": str(path), "pretrained_sha256": file_sha256(path)},
                            task="digits", arch="lenet300"))
-    result = run_reference(cfg.reference_spec("digits", "lenet300", 0), tmp_path / "r" / "m.json",
+    result = run_reference(plan_grid(cfg).spec(reference_id("digits", "lenet300", 0)), tmp_path / "r" / "m.json",
                            show_progress=False)
     assert result["metrics"] == build_task("digits").evaluate(weights)
     assert result["pretrained"]["published"] is None
 
     # the identity includes the weights: another file is another reference
-    other = cfg.reference_identity("digits", "lenet300", 0).replace(
-        train={**cfg.reference_identity("digits", "lenet300", 0).train, "pretrained_sha256": "0" * 64})
-    assert other.digest() != cfg.reference_identity("digits", "lenet300", 0).digest()
+    other = plan_grid(cfg).identity(reference_id("digits", "lenet300", 0)).replace(
+        train={**plan_grid(cfg).identity(reference_id("digits", "lenet300", 0)).train, "pretrained_sha256": "0" * 64})
+    assert other.digest() != plan_grid(cfg).identity(reference_id("digits", "lenet300", 0)).digest()
 
 
 @pytest.mark.parametrize("case", ["sha256 mismatch", "not cached", "another architecture", "unknown name"])
@@ -147,7 +149,7 @@ def test_bad_weights_are_refused_and_nothing_is_recorded_as_a_result(case, tmp_p
     cfg = load_config(grid(tmp_path, imagenet_root if task == "imagenet" else tmp_path, recipe, task=task, arch=arch))
     out = tmp_path / "r" / "metrics.json"
     with pytest.raises(WeightsError, match=message):
-        run_reference(cfg.reference_spec(task, arch, 0), out, show_progress=False)
+        run_reference(plan_grid(cfg).spec(reference_id(task, arch, 0)), out, show_progress=False)
     assert not out.exists() and not list((tmp_path / "results").glob("cache/references/*.pt"))
     run = Tracker(cfg.tracking_uri()).runs("pt").iloc[0]
     assert run["status"] == "FAILED" and "metrics.accuracy" not in run.dropna()
@@ -181,11 +183,11 @@ def test_timm_weights_from_the_hugging_face_cache_through_the_cli(tmp_path, imag
     config = grid(tmp_path, imagenet_root, {"pretrained": "timm:deit_tiny_patch16_224.fb_in1k"}, arch="vit",
                   arch_params={"vit": {"model": "deit_tiny_patch16_224"}})
     cfg = load_config(config)
-    spec = cfg.reference_spec("imagenet", "vit", 0)
     out = tmp_path / "ref" / "metrics.json"
     env = {**__import__("os").environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "reference", "--spec", spec.identity.to_json(),
-                           "--context", spec.context.to_json(), "--out", str(out), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "reference",
+                           *job_args(cfg, reference_id("imagenet", "vit", 0), tmp_path), "--out", str(out),
+                           "--no-progress"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -266,7 +268,8 @@ def test_the_published_figures_reach_the_paper_columns_of_the_gpfq_table(tmp_pat
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracker.ensure_experiment("paper-gpfq", tmp_path / "artifacts")
     task = SimpleNamespace(metric="accuracy", higher_is_better=True)
-    jobs = [cfg.reference_spec(*key) for key in cfg.references()] + [cfg.cell_spec(c) for c in cfg.cells]
+    plan = plan_grid(cfg)
+    jobs = [plan.spec(job_id) for job_id in [*plan.references, *plan.cells]]
     for spec in jobs:
         tags = {**runner._tags(spec, torch.device("cpu"), task), "status": "ok"}
         write_run(tracker, exp, spec.identity.cell_id, {"accuracy": 50.0, "bpw": 4.0, "compression_ratio": 8.0}, tags)
@@ -370,7 +373,8 @@ def test_the_test_split_of_a_reference_and_its_cells_is_preprocessed_as_its_weig
         cfg = load_config(grid(tmp_path, imagenet_root, recipe, arch=arch, image_size=224,
                                arch_params={arch: arch_params}, methods=["rtn"], budgets=[4]))
         expected = torch.stack([x for x, _ in torchvision.datasets.ImageFolder(str(val), transform=expected_tf)])
-        ref, cell = cfg.reference_spec("imagenet", arch, 0), cfg.cell_spec(Cell("imagenet", arch, "rtn", "4", 0))
+        plan = plan_grid(cfg)
+        ref, cell = plan.spec(reference_id("imagenet", arch, 0)), plan.spec(Cell("imagenet", arch, "rtn", "4", 0))
         assert ref.identity.eval_transform == cell.identity.eval_transform == preprocessing(source)
         assert ("eval_transform" in ref.identity.as_dict()) == (source != str(lenet))
         for spec in (ref, cell):
@@ -381,7 +385,7 @@ def test_the_test_split_of_a_reference_and_its_cells_is_preprocessed_as_its_weig
     # a spec whose eval_transform is not what its weights declare is refused before anything runs
     stale = ref.replace(eval_transform={**preprocessing(RESNET18), "crop_size": 192}, train={
         **ref.identity.train, "pretrained": RESNET18, "pretrained_sha256": ""})
-    with pytest.raises(ConfigError, match=r"--spec.eval_transform: .* is not the preprocessing the weights "
+    with pytest.raises(ConfigError, match=r"imagenet/.*: eval_transform .* is not the preprocessing the weights "
                                           r"torchvision:ResNet18_Weights.IMAGENET1K_V1 declare, .*plan the job again"):
         _setup(stale, 1)
 
@@ -390,5 +394,6 @@ def test_trained_references_keep_their_identities():
     """No eval_transform where no pretrained weights declare one: the default grid's identities
     (and so every recorded run of it) are unchanged."""
     cfg = load_config(REPO / "workflows" / "config" / "default.yaml")
-    jobs = [cfg.reference_identity(*key) for key in cfg.references()] + [cfg.cell_identity(c) for c in cfg.cells]
+    plan = plan_grid(cfg)
+    jobs = [plan.identity(job_id) for job_id in [*plan.references, *plan.cells]]
     assert jobs and all(job.eval_transform is None and "eval_transform" not in job.as_dict() for job in jobs)

@@ -10,6 +10,7 @@ from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
 from quantbench.models import build_model
+from quantbench.plan import plan_grid, reference_id
 from quantbench.runner import JobFailed, checkpoint_path, run_cell, run_reference
 from quantbench.tracking import Tracker
 
@@ -17,7 +18,7 @@ from quantbench.tracking import Tracker
 @pytest.fixture
 def jobs(tiny_config, tmp_path):
     cfg = load_config(tiny_config)
-    ref_spec = cfg.reference_spec("digits", "lenet300", 0)
+    ref_spec = plan_grid(cfg).spec(reference_id("digits", "lenet300", 0))
     ref_out = tmp_path / "ref" / "metrics.json"
     return cfg, ref_spec, ref_out
 
@@ -39,7 +40,7 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     results = []
     for attempt in ("a", "b"):
         out = tmp_path / attempt / "metrics.json"
-        results.append(run_cell(cfg.cell_spec(cell), ref_out, out, show_progress=False))
+        results.append(run_cell(plan_grid(cfg).spec(cell), ref_out, out, show_progress=False))
         assert json.loads(out.read_text())["metrics"] == results[-1]["metrics"]
     a, b = results
     assert a["metrics"] == b["metrics"] and a["stats"] == b["stats"]
@@ -55,7 +56,7 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     assert len(cells) == 2 and set(cells["tags.cell_id"]) == {cell.id}
     assert set(cells["tags.config_hash"]) and cells["params.method"].iloc[0] == "rtn"
     # the identity is the params and the hash; where things live is only tagged
-    assert cells["tags.config_hash"].iloc[0] == cfg.cell_identity(cell).digest()[:16]
+    assert cells["tags.config_hash"].iloc[0] == plan_grid(cfg).identity(cell).digest()[:16]
     assert "params.results_dir" not in cells and cells["tags.results_dir"].iloc[0] == cfg["results_dir"]
     assert (cells["tags.method_package"].iloc[0], cells["tags.method_module"].iloc[0]) == ("quantbench",
                                                                                           "quantbench.methods.rtn.RTN")

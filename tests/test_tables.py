@@ -95,31 +95,95 @@ def test_published_figures_get_a_paper_column(tmp_path):
     assert "'paper': the published figure" in md
 
 
+def _record_plan(tracker, exp, cfg, tmp_path, rename: dict | None = None) -> None:
+    """Record ``cfg``'s plan in the experiment, as the Snakefile does when a grid starts, with its
+    method labels renamed by ``rename`` (a label no code of this process registers)."""
+    import dataclasses
+
+    from quantbench.plan import plan_grid
+
+    plan, rename = plan_grid(cfg), rename or {}
+
+    def label(job_id: str) -> str:
+        parts = job_id.split("/")
+        parts[2] = rename.get(parts[2], parts[2])
+        return "/".join(parts)
+
+    plan = dataclasses.replace(
+        plan, methods={rename.get(k, k): v for k, v in plan.methods.items()},
+        cells={label(k): {**c, "method": rename.get(c["method"], c["method"])} for k, c in plan.cells.items()},
+        skipped={label(k): why for k, why in plan.skipped.items()})
+    path = plan.write(tmp_path / "plan.json")
+    tracker.record_plan(exp, path, plan.sha256())
+
+
 def test_a_planned_cell_without_a_run_reads_apart_from_an_unserved_budget(tmp_path):
-    """rtn serves 1, 1.58 and 4 bits but only its 2-bit cell has a run: "not run"; lc_ternary serves
-    only log2(3) bits: "—" (asked of the method itself, with the parameters its runs recorded)."""
-    import json
+    """rtn serves 1, 1.58, 2 and 4 bits but only its 2-bit cell has a run: "not run"; lc_ternary serves
+    only log2(3) bits: "—"; dc all but 1.58 bits. What was planned and skipped is read from the plan
+    the record holds; a label with no run at all still gets its row."""
+    from quantbench.config import load_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri)
     exp = tracker.ensure_experiment("m", tmp_path / "artifacts")
-    base = {"task": "digits", "arch": "mlp", "seed": "0", "metric": "accuracy", "status": "ok", "kind": "cell",
+    cfg = load_config({"name": "m", "methods": ["rtn", "lc_ternary", "dc", "qat"], "archs": ["lenet300"],
+                       "budgets": [1, 1.58, 2, 4], "seeds": [0]})
+    _record_plan(tracker, exp, cfg, tmp_path)
+    base = {"task": "digits", "arch": "lenet300", "seed": "0", "metric": "accuracy", "status": "ok", "kind": "cell",
             "version.torch": "9.9.9"}
-    runs = [("rtn", 2, {"scheme": "minmax", "per_channel": False, "float_dtype": "float32"}),
-            ("lc_ternary", 1.58, {}), ("dc", 1, {}), ("dc", 4, {})]
-    for method, budget, params in runs:
-        tags = {**base, "cell_id": f"digits/mlp/{method}/b{budget}/s0", "method": method, "budget": str(budget),
-                "method_params": json.dumps(params)}
+    for method, budget in [("rtn", 2), ("lc_ternary", 1.58), ("dc", 1), ("dc", 4)]:
+        tags = {**base, "cell_id": f"digits/lenet300/{method}/b{budget}/s0", "method": method, "budget": str(budget)}
         write_run(tracker, exp, "c", {"accuracy": 90.0, "bpw": float(budget), "compression_ratio": 10.0}, tags)
     tables_from_mlflow(uri, "m", tmp_path / "tables")
     md = (tmp_path / "tables" / "digits.md").read_text()
     rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]]
-            for line in md.splitlines() if line.startswith("| mlp")}
+            for line in md.splitlines() if line.startswith("| lenet300")}
     # columns: 1, 1.58, 2, 4 bits
     assert rows["rtn"][0] == rows["rtn"][1] == rows["rtn"][3] == "not run"
     assert rows["lc_ternary"][0] == rows["lc_ternary"][2] == rows["lc_ternary"][3] == "—"
     assert rows["dc"][2] == "not run" and rows["dc"][1] == "—"
+    assert rows["qat"] == ["not run", "—", "not run", "not run"]  # planned, never run; qat skips 1.58 bits
     assert "not run: planned cell without a run" in md and "torch 9.9.9" in md
+    csv = pd.read_csv(tmp_path / "tables" / "digits.csv")
+    qat = csv[csv.method == "qat"]  # its family, the table group it declares, is the plan's
+    assert set(qat["status"]) == {"not run"} and set(qat["family"]) == {"DiffQ"}
+
+
+def test_the_rows_of_a_method_not_installed_read_from_its_plan(tmp_path):
+    """A record whose plan names a plugin's label that no installed code registers ("ghost", dc's
+    plan entry renamed): its planned cells without a run read "not run", its skipped budget "—",
+    its family is the plan's, and its declared step curve reaches the steps plot's data."""
+    from quantbench.config import load_config
+    from quantbench.methods import available_methods
+    from quantbench.tables import recorded_plans, step_histories
+
+    assert "ghost" not in available_methods()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri)
+    exp = tracker.ensure_experiment("g", tmp_path / "artifacts")
+    cfg = load_config({"name": "g", "methods": ["rtn", "lc_adaptive"], "archs": ["lenet300"],
+                       "budgets": [1, 1.58, 2], "seeds": [0]})
+    _record_plan(tracker, exp, cfg, tmp_path, rename={"lc_adaptive": "ghost"})
+    base = {"task": "digits", "arch": "lenet300", "seed": "0", "metric": "accuracy", "status": "ok"}
+    write_run(tracker, exp, "r", {"accuracy": 97.0, "bpw": 32.0, "compression_ratio": 1.0},
+              {**base, "kind": "reference", "cell_id": "digits/lenet300/reference/s0"})
+    run_id = write_run(tracker, exp, "c", {"accuracy": 95.0, "bpw": 1.0, "compression_ratio": 32.0},
+                       {**base, "kind": "cell", "cell_id": "digits/lenet300/ghost/b1/s0", "method": "ghost",
+                        "budget": "1", "family": "LC"})
+    for step, value in enumerate([90.0, 93.0, 95.0]):
+        tracker.client.log_metric(run_id, "lc/accuracy", value, step=step)
+    write_run(tracker, exp, "c", {"accuracy": 60.0, "bpw": 1.58, "compression_ratio": 20.0},  # the 1.58 column
+              {**base, "kind": "cell", "cell_id": "digits/lenet300/rtn/b1.58/s0", "method": "rtn", "budget": "1.58"})
+    tables_from_mlflow(uri, "g", tmp_path / "tables")
+    md = (tmp_path / "tables" / "digits.md").read_text()
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| lenet300")}
+    assert rows["ghost"][0] == "LC" and rows["ghost"][2].startswith("**95.00**")
+    assert rows["ghost"][3:] == ["—", "not run"]  # columns 1, 1.58, 2 bits
+    planned = recorded_plans(tracker, "g")
+    assert [c.key for c in planned.step_curves("ghost")] == ["lc/{metric}"]
+    curve = step_histories(tracker, tracker.runs("g"), planned)
+    assert list(curve[curve["key"] == "lc/accuracy"]["value"]) == [90.0, 93.0, 95.0]
 
 
 def record_cells(tmp_path, cells, metric="accuracy", higher=True, name="e"):

@@ -6,7 +6,8 @@ import subprocess
 import sys
 import textwrap
 
-from quantbench.tracking import Tracker, flatten
+from quantbench.tracking import Tracker
+from quantbench.tracking.runs import flatten
 
 WRITER = textwrap.dedent("""
     import sys
@@ -85,7 +86,8 @@ def test_server_check_names_the_uri_and_the_refusal(monkeypatch):
 
     import pytest
 
-    from quantbench.tracking import TrackingError, check_server
+    from quantbench.errors import TrackingError
+    from quantbench.tracking import check_server
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "writer")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")

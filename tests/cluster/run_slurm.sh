@@ -199,7 +199,7 @@ grep -E "^\| lenet300 +\| baseline +\| rtn +\| (\*\*)?[0-9]+\.[0-9]{2}(\*\*)? ±
 grep -E "^\| lenet300 +\| reference +\| reference +\| [0-9]+\.[0-9]{2} ± [0-9]+\.[0-9]{2} \(32\.00 bpw" "$TABLE"
 JOBS=$(sacct -n -X -o JobName%60,State%20 | grep -c COMPLETED || true)
 sacct -X -o JobID,JobName%40,State,Elapsed
-# tracking and tables are local rules: the reference and the cell are the SLURM jobs
+# the plan is written when the grid starts and tables is a local rule: the reference and the cell are the SLURM jobs
 [ "$JOBS" -ge 2 ] || { echo "expected >= 2 COMPLETED SLURM jobs (reference, cell), found $JOBS"; exit 1; }
 RUNS=$(python - <<'PY'
 import os
@@ -208,8 +208,11 @@ os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] =
     os.environ["QB_ADMIN_USER"], os.environ["QB_ADMIN_PASSWORD"]
 client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
 exp = client.get_experiment_by_name("slurm")
-print(sum(r.info.status == "FINISHED" for r in client.search_runs([exp.experiment_id])) if exp else 0)
+runs = client.search_runs([exp.experiment_id]) if exp else []
+jobs = sum(r.info.status == "FINISHED" and r.data.tags.get("kind") in ("reference", "cell") for r in runs)
+plans = sum(r.info.status == "FINISHED" and r.data.tags.get("kind") == "plan" for r in runs)
+print(f"{jobs}+{plans}")
 PY
 )
-[ "$RUNS" = 2 ] || { echo "expected 2 FINISHED runs (reference, cell) on the tracking server, found $RUNS"; exit 1; }
-log "OK: $JOBS jobs ran through SLURM, the table has the cell, and the tracking server has their $RUNS runs"
+[ "$RUNS" = 2+1 ] || { echo "expected 2 FINISHED job runs (reference, cell) and 1 plan on the tracking server, found $RUNS"; exit 1; }
+log "OK: $JOBS jobs ran through SLURM, the table has the cell, and the tracking server has their runs and the plan ($RUNS)"

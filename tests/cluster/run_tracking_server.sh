@@ -59,7 +59,7 @@ CONF
     (cd "$dir" && python -m snakemake --snakefile "$REPO/Snakefile" --directory "$dir" --configfile "$dir/config.yaml" \
         --cores 4 "$@" >>"$dir/snakemake.log" 2>&1)
 }
-count() {  # count <experiment> <status|ALL>: runs on the server (read as the admin)
+count() {  # count <experiment> <status|ALL>: job runs on the server (read as the admin; not the plan's)
     python - "$1" "$2" <<'PY'
 import os, sys
 from mlflow.tracking import MlflowClient
@@ -68,7 +68,7 @@ os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] =
 client = MlflowClient(os.environ["QB_SERVER_URI"])
 exp = client.get_experiment_by_name(sys.argv[1])
 runs = client.search_runs([exp.experiment_id], max_results=10000) if exp else []
-print(sum(1 for r in runs if sys.argv[2] in ("ALL", r.info.status)))
+print(sum(1 for r in runs if sys.argv[2] in ("ALL", r.info.status) and r.data.tags.get("kind") != "plan"))
 PY
 }
 export QB_SERVER_URI=$SERVER_URI
@@ -114,7 +114,7 @@ os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] =
 client = MlflowClient(os.environ["QB_SERVER_URI"])
 exp = client.get_experiment_by_name("server")
 runs = client.search_runs([exp.experiment_id], max_results=10000)
-finished = Counter(r.data.tags["cell_id"] for r in runs if r.info.status == "FINISHED")
+finished = Counter(r.data.tags["cell_id"] for r in runs if r.info.status == "FINISHED" and "cell_id" in r.data.tags)
 print(len(finished), sum(1 for n in finished.values() if n > 1))
 PY
 read -r CELLS_WITH_RUN DUPLICATES <"$WORK/server-cells.txt"
@@ -136,7 +136,8 @@ rm -rf "$WORK/server/results/runs" "$WORK/server/results/tables"
 (cd "$WORK/server" && quantbench tables --experiment server --results-dir results --tracking-uri "$SERVER_URI" >/dev/null)
 (unset MLFLOW_TRACKING_URI MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD; grid "$WORK/sqlite" server)
 SQLITE_RUNS=$(cd "$WORK/sqlite" && python -c "
-import mlflow; mlflow.set_tracking_uri('sqlite:///results/mlflow.db'); print(len(mlflow.search_runs(experiment_names=['server'])))")
+import mlflow; mlflow.set_tracking_uri('sqlite:///results/mlflow.db')
+print(int((mlflow.search_runs(experiment_names=['server'])['tags.kind'] != 'plan').sum()))")
 for t in "$WORK/server/results/tables/server/digits.md" "$WORK/sqlite/results/tables/server/digits.md"; do
     grep '^|' "$t" >"$t.rows"
 done

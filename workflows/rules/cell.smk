@@ -7,7 +7,6 @@ for _batch in CFG.batches():
         name:
             _batch.rule
         input:
-            tracking=rules.tracking.output,
             reference=lambda wc: reference_file(wc.task, wc.arch, wc.seed),
         output:
             metrics=batch_files(_batch, "metrics.json"),
@@ -15,15 +14,17 @@ for _batch in CFG.batches():
         log:
             batch_files(_batch, ".log"),
         params:
-            context=context,
+            plan=PLAN,  # the same for every job of the grid (where its results live)
             launch=launch,
             launch_args=launch_args,
-            spec=lambda wc, batch=_batch: batch_spec(wc, batch),
-        threads: CFG.rule_resource("cell", "threads")
+            jobs=lambda wc, batch=_batch: " ".join(batch_jobs(wc, batch)),
+            digest=lambda wc, batch=_batch: digests(batch_jobs(wc, batch)),
+        threads: rule_resource(CFG.raw, "cell", "threads")
         priority: 1  # a reference's cells start as soon as it is ready, before the next reference: long jobs first
         resources:
             **job_resources("cell", cells=len(_batch.members)),
         shell:
-            "{params.launch}quantbench cell --spec {params.spec:q} --context {params.context:q} --reference {input.reference:q}"
+            "{params.launch}quantbench cell --plan {params.plan:q} --job {params.jobs} --digest {params.digest}"
+            " --reference {input.reference:q}"
             " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads}"
             " {params.launch_args}"

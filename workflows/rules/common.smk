@@ -1,16 +1,22 @@
-# Shared by all rules: the validated config (defaults filled in), the paths of every job, and the
-# two parts of a job's spec: its identity (params.spec, which Snakemake compares to decide what to
-# rerun) and the grid's context (results/data/tracking locations, download, device, published
-# figures; params.context, which it does not compare), so changing where things live reruns nothing.
+# Shared by all rules: the validated config (defaults filled in), its plan (every job's identity and
+# the grid's context, quantbench.plan; written to plan.json when the grid starts, write_plan), and
+# the paths of every job. A job's params carry its identity's digest, which Snakemake compares to
+# decide what to rerun; the context (results/data/tracking locations, download, device, published
+# figures) is in no identity, so changing where things live reruns nothing.
+import functools
 import json
+import os
 import shlex
+import subprocess
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
-from quantbench.method import ConfigError
+from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
+from quantbench.errors import ConfigError
+from quantbench.plan import PLAN_FILE, Plan, plan_grid, reference_id
 
 
 def _config_source():
@@ -45,7 +51,7 @@ try:
     CFG = load_config(merged_config(config, typed_overrides(workflow.config_settings.config)))
     # on a cluster, paper-scale training on CPUs is refused unless the grid says allow_cpu
     if executor := cluster_executor():
-        CFG.check_cluster_gpus(executor)
+        check_cluster_gpus(CFG, executor)
 except ConfigError as e:
     raise WorkflowError(f"{_config_source()}: {e}") from None
 
@@ -53,15 +59,40 @@ RESULTS = str(CFG.results)
 EXP = CFG.name
 RUNS = f"{RESULTS}/runs/{EXP}"
 LOGS = f"{RESULTS}/logs/{EXP}"
-CONTEXT = CFG.context().to_json()
+PLAN = f"{RUNS}/{PLAN_FILE}"
 TRACKING_URI_ARG = f"--tracking-uri {shlex.quote(CFG['tracking_uri'])}" if CFG["tracking_uri"] else ""
 
 
-def context(wildcards, output):
-    """The grid's context, as a param that is a function of ``output``: Snakemake treats such a
-    param as derived from the paths and leaves it out of its params rerun trigger, so where
-    things live never reruns a job (the identity, ``params.spec``, is compared)."""
-    return CONTEXT
+@functools.cache
+def the_plan():
+    """The grid's plan, built when first asked for (a job's params, write_plan)."""
+    try:
+        return plan_grid(CFG)
+    except ConfigError as e:
+        raise WorkflowError(f"{_config_source()}: {e}") from None
+
+
+def write_plan():
+    """The onstart handler's work: write plan.json when it differs from this planning's (a job reads
+    its identity there and refuses one whose digest is not the one its params carry), then record
+    it in the MLflow experiment, creating the store and the experiment once (quantbench plan; a plan
+    recorded before is not recorded again). Not a rule: a rule's output that every job reads would
+    make each new plan hide the jobs' own params changes from Snakemake (it does not check the
+    params of a job whose input a running job rewrites, even an ancient() one)."""
+    plan = the_plan()
+    try:
+        same = Plan.load(PLAN).sha256() == plan.sha256()
+    except ConfigError:  # none yet, or not readable: written anew
+        same = False
+    if not same:
+        plan.write(PLAN)
+    os.makedirs(LOGS, exist_ok=True)
+    log = f"{LOGS}/plan.log"
+    try:
+        shell(f"quantbench plan {shlex.quote(PLAN)} > {shlex.quote(log)} 2>&1")
+    except subprocess.CalledProcessError:
+        with open(log) as f:
+            raise WorkflowError(f"recording the plan failed ({log}):\n" + "".join(f.readlines()[-10:])) from None
 
 
 def tables_command(wildcards=None, output=None):
@@ -107,12 +138,16 @@ def batch_files(batch, name):
     return [f"{RUNS}/{{task}}/{{arch}}/{m}/b{b}/s{{seed}}/{name}" for m, b in batch.members]
 
 
-def batch_spec(wildcards, batch):
-    """A job's identity: one cell's (``batch: cell``, as it always was), or a JSON list of its cells'."""
-    if batch.members == (("{method}", "{budget}"),):  # batch: cell
-        return cell_spec(wildcards)
-    cells = [Cell(wildcards.task, wildcards.arch, m, b, int(wildcards.seed)) for m, b in batch.members]
-    return "[" + ",".join(CFG.cell_identity(c).to_json() for c in cells) + "]"
+def batch_jobs(wildcards, batch):
+    """The job ids of a batch's cells: one cell's (``batch: cell``), or the cells of one reference."""
+    return [Cell(wildcards.task, wildcards.arch, m.format(method=wildcards.get("method")),
+                 b.format(budget=wildcards.get("budget")), int(wildcards.seed)).id for m, b in batch.members]
+
+
+def digests(job_ids):
+    """The identity digests (first 16 hex digits) of ``job_ids``: the params Snakemake compares, and
+    what the job checks the plan file against."""
+    return " ".join(the_plan().digests[job_id][:16] for job_id in job_ids)
 
 
 def job_resources(kind, cells=1):
@@ -138,14 +173,14 @@ def job_resources(kind, cells=1):
             "tasks_per_gpu": 0 if several and res["gpu"] else None,
         }
 
-    keys = derive(CFG.resources(kind, ""))
-    return {key: CFG.rule_resource(kind, lambda res, key=key: derive(res)[key]) for key in keys}
+    keys = derive(resources(CFG.raw, kind, ""))
+    return {key: rule_resource(CFG.raw, kind, lambda res, key=key: derive(res)[key]) for key in keys}
 
 
 def launch(wildcards, resources):
     """How a job starts: one process on one node; on several nodes ``srun`` starts one launcher
     per node (``quantbench.distributed.launch``), which meet at the first node's address. A param
-    of ``resources`` is derived (not in Snakemake's params rerun trigger), like ``context``."""
+    of ``resources`` is derived (not in Snakemake's params rerun trigger)."""
     if resources.nodes == 1:
         return ""
     return f"srun --nodes={resources.nodes} --ntasks-per-node=1 "
@@ -162,13 +197,8 @@ def launch_args(wildcards, resources):
     return args
 
 
-def reference_spec(wildcards):
-    return CFG.reference_identity(wildcards.task, wildcards.arch, int(wildcards.seed)).to_json()
-
-
-def cell_spec(wildcards):
-    cell = Cell(wildcards.task, wildcards.arch, wildcards.method, wildcards.budget, int(wildcards.seed))
-    return CFG.cell_identity(cell).to_json()
+def reference_job(wildcards):
+    return reference_id(wildcards.task, wildcards.arch, int(wildcards.seed))
 
 
 if CFG.skipped:  # one line per method; `quantbench validate` lists every cell

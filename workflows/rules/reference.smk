@@ -1,19 +1,19 @@
 rule reference:
     """Train the full-precision reference of (task, arch, seed), or reuse its cached checkpoint."""
-    input:
-        rules.tracking.output,
     output:
         f"{RUNS}/{{task}}/{{arch}}/reference/s{{seed}}/metrics.json",
     log:
         f"{LOGS}/{{task}}/{{arch}}/reference/s{{seed}}.log",
     params:
-        context=context,
+        plan=PLAN,  # the same for every job of the grid (where its results live)
         launch=launch,
         launch_args=launch_args,
-        spec=reference_spec,
-    threads: CFG.rule_resource("reference", "threads")
+        job=reference_job,
+        digest=lambda wildcards: digests([reference_job(wildcards)]),
+    threads: rule_resource(CFG.raw, "reference", "threads")
     resources:
         **job_resources("reference"),
     shell:
-        "{params.launch}quantbench reference --spec {params.spec:q} --context {params.context:q} --out {output:q} --log {log:q}"
+        "{params.launch}quantbench reference --plan {params.plan:q} --job {params.job:q} --digest {params.digest}"
+        " --out {output:q} --log {log:q}"
         " --threads {threads} {params.launch_args}"

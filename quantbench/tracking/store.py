@@ -20,30 +20,23 @@ exactly one run per attempt. Credentials come from ``MLFLOW_TRACKING_USERNAME`` 
 
 from __future__ import annotations
 
-import functools
 import os
-import platform
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import tenacity
 
+from quantbench.errors import TrackingError
+
 T = TypeVar("T")
 TRANSIENT = ("database is locked", "database table is locked", "unable to open database", "disk i/o error")
-PACKAGES = ("quantbench", "torch", "torchvision", "timm", "fairseq", "fairseq-fixed", "mlflow", "snakemake", "numpy")
 
 
 SERVER_TRANSIENT = (408, 429, 500, 502, 503, 504)
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used: unreachable, or it refused this writer."""
 
 
 def check_server(uri: str, attempts: int = 4, timeout: float = 5.0) -> None:
@@ -108,67 +101,6 @@ def with_retry(fn: Callable[..., T], *args: Any, attempts: int = 12, **kwargs: A
     retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(_busy), stop=tenacity.stop_after_attempt(attempts),
                                  wait=wait, reraise=True)
     return retrying(fn, *args, **kwargs)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings)."""
-    out: dict[str, str] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = str(value)
-    return out
-
-
-def environment_tags() -> dict[str, str]:
-    """Git commit, package versions and device, attached to every run (read once per process)."""
-    return dict(_environment_tags())
-
-
-@functools.cache
-def _environment_tags() -> dict[str, str]:
-    tags = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            tags[f"version.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        repo = Path(__file__).resolve().parent.parent
-        tags["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                            text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        tags["git_commit"] = "unknown"
-    return tags
-
-
-@functools.cache
-def _distributions(top_module: str) -> list[str]:
-    """The installed distributions that provide ``top_module``: the one of the same name when
-    there is one (quantbench itself: instant), else from ``packages_distributions`` (a scan of
-    every installed distribution, ~2 s here: once per process, not once per cell)."""
-    try:
-        dist = metadata.distribution(top_module)
-    except metadata.PackageNotFoundError:
-        return metadata.packages_distributions().get(top_module, [])
-    return [dist.metadata["Name"]]
-
-
-def method_tags(method_cls: type) -> dict[str, str]:
-    """The code a cell ran: the method's module, and the installed distribution that provides it
-    (``quantbench`` for the built-ins, the plugin's package otherwise) with its version."""
-    module = method_cls.__module__
-    dists = _distributions(module.partition(".")[0])
-    tags = {"method_module": f"{module}.{method_cls.__qualname__}"}
-    if dists:
-        tags["method_package"] = dists[0]
-        try:
-            tags["method_version"] = metadata.version(dists[0])
-        except metadata.PackageNotFoundError:
-            pass
-    return tags
 
 
 def _chunks(items: list, size: int) -> Iterable[list]:
@@ -305,6 +237,37 @@ class Tracker:
                 for m in with_retry(self.client.get_metric_history, run_id, key):
                     rows.append((run_id, key, m.step, m.value))
         return rows
+
+    def record_plan(self, experiment_id: str, plan_file: Path, sha256: str) -> tuple[str, bool]:
+        """Record a grid's plan in its experiment: a run tagged ``kind=plan`` and ``plan_sha256`` with the
+        file as its artifact (no ``cell_id``: the tables' cells ignore it). A plan recorded before is
+        not recorded again. Returns the run's id and whether it is new."""
+        found = with_retry(self.client.search_runs, [experiment_id],
+                           filter_string=f"tags.kind = 'plan' and tags.plan_sha256 = '{sha256}' and "
+                                         f"attributes.status = 'FINISHED'", max_results=1)
+        if found:
+            return found[0].info.run_id, False
+        import shutil
+        import tempfile
+
+        run_id = self.start_run(experiment_id, "plan", {}, {"kind": "plan", "plan_sha256": sha256})
+        with tempfile.TemporaryDirectory(prefix="quantbench-plan-") as staging:  # recorded as plan.json
+            shutil.copyfile(plan_file, Path(staging) / "plan.json")
+            self.finish_run(run_id, {}, [], {}, [Path(staging) / "plan.json"])
+        return run_id, True
+
+    def plans(self, experiment: str, into: Path) -> list[tuple[str, Path]]:
+        """``(run id, plan file)`` of every plan recorded in ``experiment``, the newest first; the
+        files are read in place or downloaded into ``into``."""
+        exp = with_retry(self.client.get_experiment_by_name, experiment)
+        if exp is None:
+            return []
+        found = with_retry(self.client.search_runs, [exp.experiment_id],
+                           filter_string="tags.kind = 'plan' and attributes.status = 'FINISHED'",
+                           order_by=["attributes.start_time DESC"], max_results=1000)
+        files = [(r.info.run_id, self.artifact_file(r.info.run_id, r.info.artifact_uri, "plan.json",
+                                                    into / r.info.run_id)) for r in found]
+        return [(run_id, path) for run_id, path in files if path is not None]
 
     def runs(self, experiment: str):
         """All runs of ``experiment`` as a pandas DataFrame (``mlflow.search_runs``)."""

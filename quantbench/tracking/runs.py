@@ -1,0 +1,218 @@
+"""A job's MLflow run, from open to close: what it records about where and with what it ran (tags),
+and its outcome whatever happens (FINISHED, FAILED with ``status=diverged|failed``, KILLED).
+
+:func:`open_run` closes runs of the cell left RUNNING by a dead job, then opens this job's run
+(its params: the identity, flattened). :func:`recorded` closes it FAILED or KILLED when the job's
+body does not complete (SIGTERM/SIGINT arrive as :class:`Terminated`); :func:`finish` closes it
+FINISHED with its files and publishes the job's output last. In a job of several processes rank
+0 alone has a run; a rank stopped by a signal under torchrun leaves its run to the launcher,
+which knows whether a rank failed or the job was cancelled (:func:`close_left_running`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from quantbench import distributed
+from quantbench.errors import JobFailed
+from quantbench.files import write_json_atomic
+from quantbench.spec import JobSpec
+from quantbench.stats import EXAMPLES_FILE, Examples
+from quantbench.tracking.store import Tracker, resolve_tracking_uri
+
+log = logging.getLogger("quantbench")
+PACKAGES = ("quantbench", "torch", "torchvision", "timm", "fairseq", "fairseq-fixed", "mlflow", "snakemake", "numpy")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}} -> {"a.b": "1"}`` (MLflow params are flat strings)."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def environment_tags() -> dict[str, str]:
+    """Git commit, package versions and device, attached to every run (read once per process)."""
+    return dict(_environment_tags())
+
+
+@functools.cache
+def _environment_tags() -> dict[str, str]:
+    tags = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            tags[f"version.{pkg}"] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        repo = Path(__file__).resolve().parent.parent
+        tags["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        tags["git_commit"] = "unknown"
+    return tags
+
+
+@functools.cache
+def _distributions(top_module: str) -> list[str]:
+    """The installed distributions that provide ``top_module``: the one of the same name when
+    there is one (quantbench itself: instant), else from ``packages_distributions`` (a scan of
+    every installed distribution, ~2 s here: once per process, not once per cell)."""
+    try:
+        dist = metadata.distribution(top_module)
+    except metadata.PackageNotFoundError:
+        return metadata.packages_distributions().get(top_module, [])
+    return [dist.metadata["Name"]]
+
+
+def method_tags(method_cls: type) -> dict[str, str]:
+    """The code a cell ran: the method's module, and the installed distribution that provides it
+    (``quantbench`` for the built-ins, the plugin's package otherwise) with its version."""
+    module = method_cls.__module__
+    dists = _distributions(module.partition(".")[0])
+    tags = {"method_module": f"{module}.{method_cls.__qualname__}"}
+    if dists:
+        tags["method_package"] = dists[0]
+        try:
+            tags["method_version"] = metadata.version(dists[0])
+        except metadata.PackageNotFoundError:
+            pass
+    return tags
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGINT arrived: the run is closed KILLED and the job exits 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into :class:`Terminated` (SLURM sends SIGTERM on cancel/timeout)."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def tracker_of(spec: JobSpec) -> tuple[Tracker, str]:
+    results = Path(spec.context.results_dir)
+    tracker = Tracker(resolve_tracking_uri(spec.context.tracking_uri, results))
+    return tracker, tracker.ensure_experiment(spec.context.experiment, results / "mlartifacts")
+
+
+def open_run(spec: JobSpec, tags: dict, tracker: tuple[Tracker, str] | None = None) -> tuple | None:
+    """Close runs of this cell left RUNNING by a dead job, then open this job's run with ``tags``.
+    Its params are the identity, flattened; the context goes into tags (where it ran, not what it is).
+    Rank 0 only (``None`` on the other ranks); under a launcher it also writes the run's id to
+    the file the launcher named (:data:`~quantbench.distributed.RUN_ID_FILE_ENV`)."""
+    if not distributed.is_main():
+        return None
+    tracker, exp_id = tracker or tracker_of(spec)
+    cell_id = spec.identity.cell_id
+    stale = tracker.close_abandoned(exp_id, cell_id)
+    if stale:
+        log.warning("%s: marked %d run(s) left RUNNING by an earlier, killed job as KILLED", cell_id, len(stale))
+    tags = {**tags, "results_dir": spec.context.results_dir, "data_root": spec.context.data_root}
+    if distributed.world_size() > 1:
+        tags["processes"] = str(distributed.world_size())
+    run_id = tracker.start_run(exp_id, cell_id, flatten(spec.identity.as_dict()), tags)
+    if os.environ.get(distributed.RUN_ID_FILE_ENV):
+        Path(os.environ[distributed.RUN_ID_FILE_ENV]).write_text(run_id)
+    return tracker, run_id, cell_id
+
+
+def close_left_running(spec: JobSpec, run_id_file: Path, status: str, reason: str) -> str | None:
+    """The launcher's part: close the run rank 0 opened (its id in ``run_id_file``) as ``status``
+    (FAILED: ``status=failed``; KILLED: ``status=killed``) with ``reason``, when rank 0 left it
+    RUNNING; returns its id, or None when there is nothing to close (rank 0 closed it, or never
+    opened one)."""
+    if not run_id_file.is_file():
+        return None
+    run_id = run_id_file.read_text().strip()
+    tracker, _ = tracker_of(spec)
+    if not tracker.is_running(run_id):
+        return None
+    tags = {"status": {"FAILED": "failed", "KILLED": "killed"}[status], "failure_reason": reason}
+    tracker.finish_run(run_id, {}, [], tags, [], status)
+    return run_id
+
+
+@contextmanager
+def recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
+    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete. Without a
+    run (a rank other than 0) the body's errors pass through unrecorded."""
+    if run is None:
+        try:
+            with signals_as_exceptions():
+                yield
+        except FloatingPointError as e:
+            if getattr(e, "all_ranks", False):  # rank 0 records it first: torchrun would stop it when this one exits
+                distributed.barrier()
+            raise
+        except Terminated as e:
+            raise SystemExit(128 + e.signum) from None
+        return
+    tracker, run_id, cell_id = run
+    logs = [log_file] if log_file else []
+    try:
+        with signals_as_exceptions():
+            yield
+    except FloatingPointError as e:
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
+                           "FAILED")
+        if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
+            distributed.barrier()
+        raise JobFailed(f"{cell_id} diverged: {e}") from None
+    except Terminated as e:
+        if distributed.launched_by_torchrun():  # a failed rank or a cancel: the launcher knows which
+            log.error("%s: %s; run %s left to the launcher to close", cell_id, e, run_id)
+            raise SystemExit(128 + e.signum) from None
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "killed", "failure_reason": str(e)}, logs, "KILLED")
+        log.error("%s: %s; run %s closed as KILLED", cell_id, e, run_id)
+        raise SystemExit(128 + e.signum) from None
+    except Exception as e:
+        tracker.finish_run(run_id, {}, step_metrics(), {"status": "failed",
+                                                        "failure_reason": f"{type(e).__name__}: {e}"}, logs, "FAILED")
+        log.error("%s failed:\n%s", cell_id, traceback.format_exc())
+        raise
+
+
+def finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
+            artifacts: list[Path | None], tags: dict | None = None, examples: Examples | None = None) -> dict:
+    """Close the run FINISHED (with ``metrics.json`` and the evaluation's per-example results,
+    ``examples.npz``, among its artifacts, ``tags`` added), then publish ``out``."""
+    tracker, run_id, _ = run
+    result["run_id"] = run_id
+    with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
+        attached = [write_json_atomic(result, Path(staging) / out.name)]
+        if examples is not None:
+            attached.append(examples.save(Path(staging) / EXAMPLES_FILE))
+            tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"]}
+        tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
+                           attached + [a for a in artifacts if a])
+    write_json_atomic(result, out)
+    return result
