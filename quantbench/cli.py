@@ -55,7 +55,7 @@ def _number(text: str, check: Callable[[float], float]) -> float:
 
 def _size_tolerance(text: str) -> float:
     """``quantbench tables --size-tolerance``: a number in (0, 0.5]."""
-    from quantbench.tables import check_size_tolerance
+    from quantbench.summary import check_size_tolerance
 
     return _number(text, check_size_tolerance)
 

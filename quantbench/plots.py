@@ -104,7 +104,7 @@ def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
 def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: float,
               separable: Callable[[pd.Series, pd.Series], bool] | None = None) -> list[Path]:
     """Metric vs achieved bits per weight for one task (``part``: rows of
-    :func:`quantbench.tables.summarize`): a panel per arch, a line per method through its budgets
+    :func:`quantbench.summary.summarize`): a panel per arch, a line per method through its budgets
     with each point's 95 % interval as an error bar, coloured by paper family; the x axis spans
     the quantized points, the fp32 reference is a dashed line; the Pareto front of all (method,
     budget) points, sizes within ``size_tolerance`` (relative) counting as equal and a better point
@@ -169,7 +169,7 @@ def calibration_rows(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def calibration_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
-    """Metric vs calibration set size for one task (``part``: rows of :func:`quantbench.tables.summarize`):
+    """Metric vs calibration set size for one task (``part``: rows of :func:`quantbench.summary.summarize`):
     a panel per (arch, budget) that has calibration cells, a line per method that calibrates, with
     each point's 95 % interval; the other methods of that column and the reference as horizontal lines."""
     metric = part["metric"].iloc[0]

@@ -14,7 +14,7 @@ from quantbench.errors import ConfigError
 from quantbench.methods import available_methods, get_method
 from quantbench.plan import plan_grid
 from quantbench.plots import calibration_rows
-from quantbench.tables import summarize
+from quantbench.summary import summarize
 
 GRID = {"name": "cal", "tasks": ["digits"], "archs": ["lenet300"], "methods": ["rtn", "msq", "gpfq", "gptq"],
         "budgets": [2], "seeds": [0, 1], "calibration": {"samples": [32, 128]}}

@@ -24,6 +24,7 @@ import torch
 
 import quantbench.bitpack as bitpack
 import quantbench.format as fmt
+import quantbench.format.encodings as encodings
 import quantbench.format.records as records
 from quantbench.format import AffineGrid, Codebook, CompressedModel, DenseTensor, QuantizedTensor, RangeGrid
 from quantbench.format.container import _PREFIX
@@ -85,7 +86,7 @@ def chunks(request, monkeypatch):
     if request.param == "tiny chunks":  # every field spans many chunks, at unaligned bit offsets
         monkeypatch.setattr(bitpack, "CHUNK_BITS", 64)
         monkeypatch.setattr(records, "DEQUANTIZE_CHUNK", 37)
-        monkeypatch.setattr(records, "RADIX_CHUNK_WORDS", 3)
+        monkeypatch.setattr(encodings, "RADIX_CHUNK_WORDS", 3)
     return request.param
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from quantbench.method import StepCurve
 from quantbench.plots import pareto_front, size_plot, steps_plot
-from quantbench.tables import SIZE_TOLERANCE
+from quantbench.summary import SIZE_TOLERANCE
 
 
 @pytest.mark.parametrize("higher", [True, False])

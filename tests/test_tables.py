@@ -10,7 +10,8 @@ import pytest
 from conftest import write_run
 
 from quantbench.cli import main
-from quantbench.tables import best_rows, summarize, tables_from_mlflow, write_tables
+from quantbench.summary import best_rows, summarize
+from quantbench.tables import tables_from_mlflow, write_tables
 from quantbench.tracking import Tracker
 
 

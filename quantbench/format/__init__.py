@@ -19,7 +19,8 @@ then ``w_i *= channel_scale_c`` when per-channel scales are present, and ``w_i =
 pruning mask is 0.
 
 One job per module: :mod:`~quantbench.format.codebooks` (how a code becomes a weight),
-:mod:`~quantbench.format.records` (records, their fields and size; base-K and mask encodings),
+:mod:`~quantbench.format.encodings` (codes and masks as bits: fixed, per-group, base-K widths; mask
+positions), :mod:`~quantbench.format.records` (records, their fields and size),
 :mod:`~quantbench.format.container` (the header schema, the packed file, the way back to a network).
 """
 
@@ -32,18 +33,15 @@ from quantbench.format.container import (
     read_header,
     tied_keys,
 )
+from quantbench.format.encodings import COUNT_BITS, MAX_CODE_BITS, MAX_ELEMENTS_PER_MASK_BIT, code_width
 from quantbench.format.records import (
     CODE_COST_SLACK,
-    COUNT_BITS,
     DENSE_DTYPES,
     GROUP_WIDTH_BITS,
-    MAX_CODE_BITS,
-    MAX_ELEMENTS_PER_MASK_BIT,
     RECORDS,
     DenseTensor,
     QuantizedTensor,
     Record,
-    code_width,
     record_difference,
 )
 

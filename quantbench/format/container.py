@@ -21,9 +21,9 @@ import torch
 from quantbench.bitpack import BitReader, BitWriter
 from quantbench.files import write_atomic
 from quantbench.format.codebooks import CODEBOOKS, FLOAT_BITS, FormatError
+from quantbench.format.encodings import MAX_CODE_BITS
 from quantbench.format.records import (
     DENSE_DTYPES,
-    MAX_CODE_BITS,
     RECORDS,
     QuantizedTensor,
     Record,

@@ -4,7 +4,7 @@ one place that computes size.
 Every record lists its payload *fields* (``(name, unsigned ints, bit width)``); ``size_bits()``
 sums those widths and the container writes exactly those fields, so the reported size cannot
 drift from the file. Codes are stored at a fixed width, at per-group widths, or base-K packed
-(several codes per word, :func:`code_width`); a pruning mask as a bitmap or as kept positions,
+(several codes per word; :mod:`quantbench.format.encodings`); a pruning mask as a bitmap or as kept positions,
 whichever is smaller. A quantized element is ``w_i *= channel_scale_c`` after its codebook
 (:mod:`quantbench.format.codebooks`) when per-channel scales are present, and ``w_i = 0`` where the
 mask is 0.
@@ -32,112 +32,22 @@ from quantbench.format.codebooks import (
     _float_field,
     _read_floats,
 )
+from quantbench.format.encodings import (
+    COUNT_BITS,
+    MAX_CODE_BITS,
+    check_mask_expansion,
+    code_dtype,
+    group_widths,
+    index_bits,
+    radix_bits,
+    radix_pack,
+    radix_unpack,
+    radix_widths,
+)
 
-MAX_CODE_BITS = 16
 GROUP_WIDTH_BITS = 4  # a per-group width b in 1..16 is stored as b - 1
-COUNT_BITS = 32
 DENSE_DTYPES = {"float32": (torch.float32, np.uint32), "float16": (torch.float16, np.uint16),
                 "int64": (torch.int64, np.uint64)}
-
-
-def _radix_group(levels: int) -> int:
-    """How many base-``levels`` digits fit one word below 2**63."""
-    g = 1
-    while levels ** (g + 1) < 2**63:
-        g += 1
-    return g
-
-
-RADIX_CHUNK_WORDS = 1 << 16  # words per vectorised step of base-K packing
-
-
-def _radix_widths(n: int, levels: int) -> np.ndarray:
-    """The bit width of every word holding ``n`` base-``levels`` codes (the last may hold fewer)."""
-    g = _radix_group(levels)
-    full, rest = divmod(n, g)
-    widths = np.full(full + bool(rest), (levels**g - 1).bit_length(), dtype=np.int64)
-    if rest:
-        widths[-1] = (levels**rest - 1).bit_length()
-    return widths
-
-
-def _radix_bits(n: int, levels: int) -> int:
-    """``_radix_widths(n, levels).sum()`` without building the array."""
-    g = _radix_group(levels)
-    full, rest = divmod(n, g)
-    return full * (levels**g - 1).bit_length() + (levels**rest - 1).bit_length()
-
-
-def _radix_pack(codes: np.ndarray, levels: int) -> np.ndarray:
-    """Code i of a word is its base-``levels`` digit i: word = sum_i code_i * levels**i."""
-    g = _radix_group(levels)
-    words = np.empty(-(-codes.size // g), dtype=np.uint64)
-    for first in range(0, words.size, RADIX_CHUNK_WORDS):
-        chunk = codes[first * g:(first + RADIX_CHUNK_WORDS) * g]
-        digits = np.zeros(-(-chunk.size // g) * g, dtype=np.uint64)
-        digits[: chunk.size] = chunk
-        digits = digits.reshape(-1, g)
-        acc = np.zeros(digits.shape[0], dtype=np.uint64)
-        for col in range(g - 1, -1, -1):
-            acc = acc * np.uint64(levels) + digits[:, col]
-        words[first:first + acc.size] = acc
-    return words
-
-
-def _radix_unpack(words: np.ndarray, n: int, levels: int, dtype: np.typing.DTypeLike) -> np.ndarray:
-    g = _radix_group(levels)
-    codes = np.empty(words.size * g, dtype=dtype)
-    for first in range(0, words.size, RADIX_CHUNK_WORDS):
-        rest = words[first:first + RADIX_CHUNK_WORDS].astype(np.uint64)
-        digits = np.empty((rest.size, g), dtype=np.uint64)
-        for col in range(g):
-            digits[:, col] = rest % np.uint64(levels)
-            rest = rest // np.uint64(levels)
-        codes[first * g:(first + rest.size) * g] = digits.reshape(-1)
-    return codes[:n]
-
-
-def _index_bits(n: int) -> int:
-    """Bits that hold every index 0..n−1 (at least 1): a mask position in a tensor of n elements,
-    a code of a K-level alphabet."""
-    return max(1, (n - 1).bit_length())
-
-
-MAX_ELEMENTS_PER_MASK_BIT = 1 << 20  # a position-coded mask describes at most this many elements per bit it takes
-
-
-def _check_mask_expansion(numel: int, kept: int) -> None:
-    """A position-coded mask costs ``COUNT_BITS + kept * log2(numel)`` bits whatever ``numel`` is: bound
-    the elements it may describe, so that no small file expands into an arbitrarily large tensor."""
-    paid = COUNT_BITS + kept * _index_bits(numel)
-    if numel > MAX_ELEMENTS_PER_MASK_BIT * paid:
-        raise FormatError(f"a mask keeping {kept} of {numel} elements describes more than "
-                          f"{MAX_ELEMENTS_PER_MASK_BIT} elements per bit it takes ({paid} bits)")
-
-
-def _group_widths(group_bits: np.ndarray, group_size: int, numel: int, mask: np.ndarray | None) -> np.ndarray:
-    """Every kept code's width (uint8): its group's, for consecutive groups of ``group_size``."""
-    if mask is None:
-        sizes = np.full(group_bits.size, group_size, dtype=np.int64)
-        if sizes.size:
-            sizes[-1] = numel - group_size * (sizes.size - 1)
-    else:
-        sizes = np.add.reduceat(mask, np.arange(0, numel, group_size), dtype=np.int64) if numel \
-            else np.zeros(0, dtype=np.int64)
-    return np.repeat(group_bits.astype(np.uint8), sizes)
-
-
-def _code_dtype(width: int) -> type:
-    """The unsigned dtype codes of at most ``width`` (<= MAX_CODE_BITS) bits are kept in."""
-    return np.uint8 if width <= 8 else np.uint16
-
-
-def code_width(levels: int) -> dict[str, int]:
-    """The record field that stores codes of a K-level alphabet at what K levels cost: ``bits`` =
-    log2 K when K is a power of two, else ``levels`` = K (base-K packing: log2 K + < 1 % per code)."""
-    if levels < 2:
-        raise FormatError(f"an alphabet needs at least 2 levels, got {levels}")
-    return {"bits": levels.bit_length() - 1} if levels & (levels - 1) == 0 else {"levels": levels}
 
 
 DEQUANTIZE_CHUNK = 1 << 16  # elements per step of QuantizedTensor.dequantize
@@ -266,7 +176,7 @@ class QuantizedTensor:
         if codes.size != kept:
             raise FormatError(f"{codes.size} codes for {kept} kept elements")
         if self._mask_encoding() == "positions":
-            _check_mask_expansion(self.numel, kept)
+            check_mask_expansion(self.numel, kept)
         if self.channel_scale is not None:
             self.channel_scale = np.asarray(self.channel_scale, dtype=np.float64).reshape(-1)
         for name, n in (("codebook", getattr(self.codebook, "channels", 1)),
@@ -289,7 +199,7 @@ class QuantizedTensor:
                 w = width if isinstance(width, int) else int(width[i])
                 raise FormatError(f"code {int(codes[i])} is outside the {int(limit[w])}-entry codebook")
         top = width if isinstance(width, int) else int(width.max(initial=1))
-        self.codes = codes.astype(_code_dtype(top))
+        self.codes = codes.astype(code_dtype(top))
         # side information is evaluated at the precision it is stored with
         self.codebook.round_to_storage(self.float_dtype)
         if self.channel_scale is not None:
@@ -307,10 +217,10 @@ class QuantizedTensor:
         """The bit width of the codes: one int when all share it (for base-K codes: the width that
         holds K levels), else every code's (uint8, from its group's width)."""
         if self.levels is not None:
-            return _index_bits(self.levels)
+            return index_bits(self.levels)
         if self.group_bits is None:
             return self.bits
-        return _group_widths(self.group_bits, self.group_size, self.numel, self.mask)
+        return group_widths(self.group_bits, self.group_size, self.numel, self.mask)
 
     def code_widths(self) -> np.ndarray:
         """The bit width of every code."""
@@ -321,7 +231,7 @@ class QuantizedTensor:
         """Bitmap (numel bits) or kept positions (count + positions), whichever is smaller."""
         if self.mask is None:
             return "none"
-        positions = COUNT_BITS + self.kept * _index_bits(self.numel)
+        positions = COUNT_BITS + self.kept * index_bits(self.numel)
         return "positions" if positions < self.numel else "bitmap"
 
     def fields(self) -> list[Field]:
@@ -331,14 +241,14 @@ class QuantizedTensor:
             out.append(("mask", self.mask, 1))
         elif enc == "positions":
             out.append(("mask_count", np.array([self.kept]), COUNT_BITS))
-            out.append(("mask_positions", np.flatnonzero(self.mask), _index_bits(self.numel)))
+            out.append(("mask_positions", np.flatnonzero(self.mask), index_bits(self.numel)))
         if self.group_bits is not None:
             out.append(("group_bits", self.group_bits - 1, GROUP_WIDTH_BITS))
         out += self.codebook.fields(self.float_dtype)
         if self.channel_scale is not None:
             out.append(_float_field("channel_scale", self.channel_scale, self.float_dtype))
         if self.levels is not None:
-            out.append(("codes", _radix_pack(self.codes, self.levels), _radix_widths(self.kept, self.levels)))
+            out.append(("codes", radix_pack(self.codes, self.levels), radix_widths(self.kept, self.levels)))
         else:
             out.append(("codes", self.codes, self._width()))
         return out
@@ -354,7 +264,7 @@ class QuantizedTensor:
         if not self.kept:
             return None
         if self.levels is not None:
-            paid = int(np.sum(_radix_widths(self.kept, self.levels)))
+            paid = int(np.sum(radix_widths(self.kept, self.levels)))
             needed = math.log2(min(self.levels, self.codebook.max_codes(int(self.code_widths()[0]))))
             if paid <= self.kept * (needed + slack) + 1:
                 return None
@@ -390,8 +300,8 @@ class QuantizedTensor:
             count = int(reader.read(1, COUNT_BITS)[0])
             if count > numel:
                 raise FormatError(f"mask keeps {count} of {numel} elements")
-            _check_mask_expansion(numel, count)
-            pos = reader.read(count, _index_bits(numel), dtype=np.int64)
+            check_mask_expansion(numel, count)
+            pos = reader.read(count, index_bits(numel), dtype=np.int64)
             if pos.size and pos.max() >= numel:
                 raise FormatError("mask position beyond the tensor")
             mask = np.zeros(numel, dtype=bool)
@@ -404,16 +314,16 @@ class QuantizedTensor:
         n = numel if mask is None else int(mask.sum())
         levels = meta["levels"]
         if levels is not None:
-            reader.need(_radix_bits(n, levels), f"{n} base-{levels} codes")
-            width = _index_bits(levels)
-            widths = _radix_widths(n, levels)
-            codes = _radix_unpack(reader.read(widths.size, widths), n, levels, _code_dtype(width))
+            reader.need(radix_bits(n, levels), f"{n} base-{levels} codes")
+            width = index_bits(levels)
+            widths = radix_widths(n, levels)
+            codes = radix_unpack(reader.read(widths.size, widths), n, levels, code_dtype(width))
         elif group_bits is None:
-            codes = reader.read(n, meta["bits"], dtype=_code_dtype(meta["bits"]))
+            codes = reader.read(n, meta["bits"], dtype=code_dtype(meta["bits"]))
         else:
             reader.need(n, f"{n} codes")  # at least one bit each, before their widths are spelled out
-            widths = _group_widths(group_bits, meta["group_size"], numel, mask)
-            codes = reader.read(n, widths, dtype=_code_dtype(int(group_bits.max(initial=1))))
+            widths = group_widths(group_bits, meta["group_size"], numel, mask)
+            codes = reader.read(n, widths, dtype=code_dtype(int(group_bits.max(initial=1))))
         return cls(shape, codes, codebook, bits=meta["bits"], group_size=meta["group_size"], group_bits=group_bits,
                    levels=levels, mask=mask, channel_scale=channel_scale, float_dtype=fd)
 
