@@ -18,8 +18,9 @@ from quantbench.errors import ConfigError, ExamplesError, JobFailed, TrackingErr
 def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
     several = {"nargs": "+"} if cells else {}
     p.add_argument("--plan", required=True, type=Path,
-                   help="the grid's plan.json (rule plan writes it): every job's identity, and the grid's context "
-                        "(experiment, results dir, data root, tracking URI, download, device, published figures)")
+                   help="the grid's plan.json (written when the grid starts): every job's identity, and the grid's "
+                        "context (experiment, results dir, data root, tracking URI, download, device, published "
+                        "figures)")
     p.add_argument("--job", required=True, help="the job's id in the plan (task/arch/method/b<budget>/s<seed>, or "
                                                 "task/arch/reference/s<seed>)" + (
                        "; several ids for a batch job (config batch: the cells of one reference), whose --out, "
@@ -100,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="validate a config and print the grid it plans")
     p.add_argument("config", type=Path)
     p.add_argument("--json", action="store_true",
-                   help="print the grid's plan as rule plan writes it (plan.json): every job's identity, the "
-                        "skipped cells, the grid's context and the resources")
+                   help="print the grid's plan as the grid writes it when it starts (plan.json): every job's "
+                        "identity, the skipped cells, the grid's context and the resources")
 
     p = sub.add_parser("methods", help="list the registered methods (built-in and plugins)")
 

@@ -1,11 +1,11 @@
 """The plan: every job of a grid as planning decided it, in one file from planning to the record.
 
-Rule ``plan`` writes ``results/runs/<experiment>/plan.json`` (:meth:`Plan.write`) and records it in
-the experiment (``quantbench plan``: a run tagged ``kind=plan`` with the file as its artifact). A
-job reads its identity there (``quantbench cell --plan F --job ID --digest D``); Snakemake's params
-carry only each job's digest, so its params trigger fires exactly when an identity changes; the
-tables read planned and skipped cells, and each method label's declarations, from the plans the
-record holds, with no method's code imported.
+The Snakefile's ``onstart`` handler writes ``results/runs/<experiment>/plan.json`` (:meth:`Plan.write`)
+when a grid starts and records it in the experiment (``quantbench plan``: a run tagged ``kind=plan``
+with the file as its artifact). A job reads its identity there (``quantbench cell --plan F --job ID
+--digest D``); Snakemake's params carry only each job's digest, so its params trigger fires exactly
+when an identity changes; the tables read planned and skipped cells, and each method label's
+declarations, from the plans the record holds, with no method's code imported.
 
 The file (``format`` 1; checked against :data:`PLAN_SCHEMA` and its digests when read)::
 
@@ -106,7 +106,8 @@ class Plan:
                               f"{len(self.references)} references; skipped: {self.skipped.get(job_id, 'no')})")
         if digest is not None and (len(digest) < 16 or not self.digests[job_id].startswith(digest)):
             raise ConfigError(f"--digest {digest}: {self.source} plans {job_id} as {self.digests[job_id][:16]}: the "
-                              f"file is from another planning of the grid; run snakemake again (rule plan rewrites it)")
+                              f"file is from another planning of the grid; run snakemake again (it rewrites the plan "
+                              f"when it starts)")
         return self._identities[job_id]
 
     def spec(self, job: str | Cell, digest: str | None = None) -> JobSpec:
@@ -123,7 +124,7 @@ class Plan:
         return json.dumps(self.as_dict(), sort_keys=True, indent=1) + "\n"
 
     def sha256(self) -> str:
-        """The plan's hash (params of rule plan: it is rewritten exactly when this changes)."""
+        """The plan's hash: the file is rewritten, and recorded again, exactly when this changes."""
         return content_hash(self.as_dict())
 
     def write(self, path: str | Path) -> Path:
@@ -159,7 +160,7 @@ class Plan:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"plan {path} does not exist (rule plan writes it: run snakemake)") from None
+            raise ConfigError(f"plan {path} does not exist (snakemake writes it when the grid starts)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"plan {path} is not readable JSON: {e}") from None
         return cls.from_dict(data, f"plan {path}")
