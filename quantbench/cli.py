@@ -349,15 +349,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
     elif args.command == "plan":
         from quantbench.plan import Plan
-        from quantbench.tracking import Tracker, resolve_tracking_uri
+        from quantbench.tracking import experiment_store
 
         plan = Plan.load(args.plan)
-        where = plan.context
-        uri = resolve_tracking_uri(where.tracking_uri, where.results_dir)
-        tracker = Tracker(uri)
-        exp_id = tracker.ensure_experiment(where.experiment, Path(where.results_dir) / "mlartifacts")
+        tracker, exp_id = experiment_store(plan.context)
         run_id, new = tracker.record_plan(exp_id, args.plan, plan.sha256())
-        print(f"MLflow experiment {where.experiment!r} (id {exp_id}) at {uri}: plan of {len(plan.cells)} cells, "
+        print(f"MLflow experiment {plan.context.experiment!r} (id {exp_id}) at {tracker.uri}: plan of "
+              f"{len(plan.cells)} cells, "
               f"{len(plan.references)} references and {len(plan.skipped)} skipped cells "
               f"{'recorded as' if new else 'already recorded in'} run {run_id}")
     elif args.command in ("reference", "cell"):

@@ -44,14 +44,13 @@ from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
 from quantbench.spec import JobSpec, content_hash
-from quantbench.tracking import Tracker
+from quantbench.tracking import Tracker, experiment_store
 from quantbench.tracking.runs import (
     environment_tags,
     finish,
     method_tags,
     open_run,
     recorded,
-    tracker_of,
 )
 from quantbench.train import (
     TrainSettings,
@@ -244,7 +243,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
     the task, builder kwargs, device and tracker of a batch job (:func:`run_cells`), set up once."""
     if prepared is None:
         task, arch_kwargs, device = _setup(spec, threads)
-        tracker = tracker_of(spec) if distributed.is_main() else None
+        tracker = experiment_store(spec.context) if distributed.is_main() else None
     else:
         (task, arch_kwargs, device), tracker = prepared
         seed_everything(spec.identity.seed)  # as a fresh job would start: a cell's result is its own
@@ -321,7 +320,7 @@ def run_cells(specs: list[JobSpec], reference: Path, outs: list[Path], artifacts
                               f"{first.identity.task}/{first.identity.arch}/s{first.identity.seed}")
     if distributed.world_size() > 1 or distributed.launched_by_torchrun():
         raise ConfigError("a batch job runs in one process; a job of several processes runs one cell (batch: cell)")
-    prepared = _setup(first, threads), tracker_of(first)
+    prepared = _setup(first, threads), experiment_store(first.context)
     logged = logged or (lambda job, log_file: job())
     results, failed = [], []
     for spec, out, artifact, log_file in zip(specs, outs, artifacts, log_files, strict=True):

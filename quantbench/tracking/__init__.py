@@ -2,6 +2,6 @@
 search, the recorded plans) and a job's run from open to close (:mod:`.runs`, imported by the jobs
 only: it needs torch)."""
 
-from quantbench.tracking.store import Tracker, check_server, resolve_tracking_uri, with_retry
+from quantbench.tracking.store import Tracker, check_server, experiment_store, resolve_tracking_uri, with_retry
 
-__all__ = ["Tracker", "check_server", "resolve_tracking_uri", "with_retry"]
+__all__ = ["Tracker", "check_server", "experiment_store", "resolve_tracking_uri", "with_retry"]

@@ -29,7 +29,7 @@ from quantbench.errors import JobFailed
 from quantbench.files import write_json_atomic
 from quantbench.spec import JobSpec
 from quantbench.stats import EXAMPLES_FILE, Examples
-from quantbench.tracking.store import Tracker, resolve_tracking_uri
+from quantbench.tracking.store import Tracker, experiment_store
 
 log = logging.getLogger("quantbench")
 PACKAGES = ("quantbench", "torch", "torchvision", "timm", "fairseq", "fairseq-fixed", "mlflow", "snakemake", "numpy")
@@ -118,12 +118,6 @@ def signals_as_exceptions() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def tracker_of(spec: JobSpec) -> tuple[Tracker, str]:
-    results = Path(spec.context.results_dir)
-    tracker = Tracker(resolve_tracking_uri(spec.context.tracking_uri, results))
-    return tracker, tracker.ensure_experiment(spec.context.experiment, results / "mlartifacts")
-
-
 def open_run(spec: JobSpec, tags: dict, tracker: tuple[Tracker, str] | None = None) -> tuple | None:
     """Close runs of this cell left RUNNING by a dead job, then open this job's run with ``tags``.
     Its params are the identity, flattened; the context goes into tags (where it ran, not what it is).
@@ -131,7 +125,7 @@ def open_run(spec: JobSpec, tags: dict, tracker: tuple[Tracker, str] | None = No
     the file the launcher named (:data:`~quantbench.distributed.RUN_ID_FILE_ENV`)."""
     if not distributed.is_main():
         return None
-    tracker, exp_id = tracker or tracker_of(spec)
+    tracker, exp_id = tracker or experiment_store(spec.context)
     cell_id = spec.identity.cell_id
     stale = tracker.close_abandoned(exp_id, cell_id)
     if stale:
@@ -153,7 +147,7 @@ def close_left_running(spec: JobSpec, run_id_file: Path, status: str, reason: st
     if not run_id_file.is_file():
         return None
     run_id = run_id_file.read_text().strip()
-    tracker, _ = tracker_of(spec)
+    tracker, _ = experiment_store(spec.context)
     if not tracker.is_running(run_id):
         return None
     tags = {"status": {"FAILED": "failed", "KILLED": "killed"}[status], "failure_reason": reason}

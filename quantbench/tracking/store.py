@@ -282,3 +282,11 @@ class Tracker:
                               max_results=100_000)
         finally:
             mlflow.set_tracking_uri(before)
+
+
+def experiment_store(context) -> tuple[Tracker, str]:
+    """The store and the experiment's id of a grid's ``context`` (a :class:`quantbench.spec.JobContext`:
+    its experiment, results dir and tracking URI), the experiment created once when missing."""
+    results = Path(context.results_dir)
+    tracker = Tracker(resolve_tracking_uri(context.tracking_uri, results))
+    return tracker, tracker.ensure_experiment(context.experiment, results / "mlartifacts")

@@ -16,7 +16,7 @@ from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
 from quantbench.errors import ConfigError
-from quantbench.plan import PLAN_FILE, Plan, plan_grid, reference_id
+from quantbench.plan import PLAN_FILE, plan_grid, reference_id
 
 
 def _config_source():
@@ -80,11 +80,7 @@ def write_plan():
     make each new plan hide the jobs' own params changes from Snakemake (it does not check the
     params of a job whose input a running job rewrites, even an ancient() one)."""
     plan = the_plan()
-    try:
-        same = Plan.load(PLAN).sha256() == plan.sha256()
-    except ConfigError:  # none yet, or not readable: written anew
-        same = False
-    if not same:
+    if not os.path.isfile(PLAN) or open(PLAN).read() != plan.to_json():  # the file is plan.to_json()
         plan.write(PLAN)
     os.makedirs(LOGS, exist_ok=True)
     log = f"{LOGS}/plan.log"
