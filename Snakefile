@@ -42,6 +42,12 @@ onstart:
     write_plan()
 
 
+onsuccess:
+    # a line per cell whose method diverged (its result, which the tables show as such)
+    end_of_grid(failed=False)
+
+
 onerror:
-    # a grid that ends with failed cells (--keep-going) still gets tables that mark them
-    shell(f"mkdir -p {LOGS} && {tables_command()} > {LOGS}/tables-onerror.log 2>&1 || true")
+    # a grid that ends with failed cells (--keep-going) still gets tables and plots that mark them,
+    # and a line naming each failed cell and its log
+    end_of_grid(failed=True)

@@ -19,7 +19,11 @@ interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: 
 worse: ``g < 0`` with a Holm-adjusted p-value below α, Holm over the claim's cases. Otherwise it
 is **inconclusive**. ``A vs B`` states no direction: each case reports "A better" or "B better"
 (Holm-adjusted p below α, over the claim's cases) or "no detectable difference", and the claim is
-**reported** with those counts. A case whose cells have no finished run is **not run**, one that cannot be
+**reported** with those counts. A diverged seed (a result without a metric) is worse than any
+finished one: where A diverged and B finished, a claim that A is better (or not worse) **fails**
+at that case, and ``A vs B`` reads "B better"; where B diverged and A finished, that seed counts
+for A and the test runs on the seeds both finished (the reason names the seeds either way). A
+case whose cells have no finished run is **not run**, one that cannot be
 tested (cells evaluated on different examples, or recorded without per-example results) is
 **refused** with the reason. A claim is refused when any case is (``quantbench claims`` exits
 with the reasons; the tables rule writes them into the claims file), else holds when every case
@@ -135,6 +139,38 @@ def _cases(claim: Claim, records: dict[tuple, CellRecord], present: set[tuple]) 
     return sorted(pairs)
 
 
+def _diverged_where_other_finished(a: CellRecord | None, b: CellRecord | None, a_name: str,
+                                   b_name: str) -> dict[str, list[int]]:
+    """The seeds where each side diverged and the other finished (a loss for that side)."""
+    if a is None or b is None:
+        return {a_name: [], b_name: []}
+    return {a_name: sorted(a.diverged & set(b.values)), b_name: sorted(b.diverged & set(a.values))}
+
+
+def _decided_by_divergence(claim: Claim, lost: dict[str, list[int]], a: CellRecord, b: CellRecord) -> str | None:
+    """The case's verdict where divergences decide it (a diverged seed is worse than any finished
+    one), else None (the paired test on the seeds both finished decides): A lost a seed: a claim
+    that A is better or not worse fails (``vs``: B better, unless B lost one too); B lost one and
+    A none: ``vs`` A better, and a claim for A holds when no seed is left to test."""
+    a_lost, b_lost = lost[a.method], lost[b.method]
+    common = set(a.values) & set(b.values)
+    if claim.relation == "vs":
+        if bool(a_lost) != bool(b_lost):
+            return f"{b.method if a_lost else a.method} better"
+        return None if common else NO_DIFFERENCE if a_lost else NOT_RUN
+    if a_lost:
+        return FAILS
+    if not common:
+        return HOLDS if b_lost else NOT_RUN
+    return None
+
+
+def _lost_reason(lost: dict[str, list[int]], a_name: str, b_name: str, tested: bool = False) -> str:
+    said = [f"{name} diverged at seed(s) {', '.join(map(str, seeds))} where {other} finished"
+            for name, other in ((a_name, b_name), (b_name, a_name)) if (seeds := lost[name])]
+    return "; ".join(said) + ("; the test runs on the seeds both finished" if said and tested else "")
+
+
 def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], present: set[tuple],
                     alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cases, verdicts)``: one row per case of each claim (the difference A − B, its
@@ -149,9 +185,14 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                    "A_mean": a.mean if a else math.nan, "B_mean": b.mean if b else math.nan,
                    "difference": math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n_seeds": 0,
                    "n_examples": 0, "verdict": "", "reason": ""}
+            lost = _diverged_where_other_finished(a, b, a_name, b_name)
+            decided = None if a is None or b is None else _decided_by_divergence(claim, lost, a, b)
             if a is None or b is None:
                 row.update(verdict=NOT_RUN, reason=f"{a_name if a is None else b_name} has no finished run")
+            elif decided is not None:
+                row.update(verdict=decided, reason=_lost_reason(lost, a_name, b_name) or "diverged at every seed")
             else:
+                row["reason"] = _lost_reason(lost, a_name, b_name, tested=True)
                 try:
                     d = compare(a, b, confidence=1 - alpha)
                 except ExamplesError as e:  # no per-example results, or different examples: no test

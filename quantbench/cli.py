@@ -125,17 +125,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="the packed model (default: model.qbc by --out)")
 
     p = sub.add_parser("tables", help="regenerate the tables of an experiment from MLflow")
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI, else <results-dir>/mlflow.db")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--experiment")
+    which.add_argument("--plan", type=Path,
+                       help="a grid's plan.json: its experiment, results dir, tracking URI, tables settings and "
+                            "claims (what the grid's tables rule runs)")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: the plan's, else results")
+    p.add_argument("--tracking-uri", default=None, help="default: the plan's, else MLFLOW_TRACKING_URI, else "
+                                                        "<results-dir>/mlflow.db")
     p.add_argument("--out-dir", type=Path, default=None, help="default: <results-dir>/tables/<experiment>")
     p.add_argument("--task", action="append", default=None, help="only these tasks (repeatable)")
-    p.add_argument("--size-tolerance", type=_size_tolerance, default=0.01, metavar="TOL",
+    p.add_argument("--size-tolerance", type=_size_tolerance, default=None, metavar="TOL",
                    help="relative: a cell whose achieved bpw is above its budget times 1 + TOL is over budget "
                         "(marked, never bold); the size plots' Pareto front counts sizes within it as equal; "
-                        "in (0, 0.5] (config tables.size_tolerance; default: %(default)s)")
-    p.add_argument("--alpha", type=_alpha, default=0.05,
-                   help="level of the paired tests behind the bold (config tables.alpha; default: %(default)s)")
+                        "in (0, 0.5] (config tables.size_tolerance; default: the plan's, else 0.01)")
+    p.add_argument("--alpha", type=_alpha, default=None,
+                   help="level of the paired tests behind the bold (config tables.alpha; default: the plan's, "
+                        "else 0.05)")
     p.add_argument("--claims", type=json.loads, default=None, metavar="JSON",
                    help="the grid's claims (config claims, as JSON): also write <task>_claims.{md,csv}")
 
@@ -311,8 +317,14 @@ def _run_batch(args: argparse.Namespace) -> int:
     results = runner.run_cells(specs, args.reference, args.out, artifacts, logs, threads=args.threads,
                                show_progress=not args.no_progress, logged=logged)
     for result in results:
-        print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
+        print(_summary(result))
     return 0
+
+
+def _summary(result: dict) -> str:
+    """A job's result as the one line it prints: its id, status, and metrics (or why it diverged)."""
+    keys = ("cell_id", "status", "metrics") if result["status"] == "ok" else ("cell_id", "status", "reason")
+    return json.dumps({k: result.get(k) for k in keys})
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -378,21 +390,27 @@ def _dispatch(args: argparse.Namespace) -> int:
                 result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
         finally:
             distributed.shutdown()
-        if "metrics" in result:  # rank 0 (or the only process)
-            print(json.dumps({k: result[k] for k in ("cell_id", "status", "metrics")}))
+        if "rank" not in result:  # rank 0 (or the only process)
+            print(_summary(result))
     elif args.command == "tables":
+        from quantbench.claims import parse_claims
+        from quantbench.plan import TABLES_DEFAULTS, Plan
         from quantbench.tables import tables_from_mlflow
         from quantbench.tracking import resolve_tracking_uri
 
-        uri = resolve_tracking_uri(args.tracking_uri, args.results_dir)
-        out_dir = args.out_dir or args.results_dir / "tables" / args.experiment
-        claims = None
-        if args.claims is not None:
-            from quantbench.claims import parse_claims
-
-            claims = parse_claims(args.claims)
-        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, args.size_tolerance, args.alpha,
-                                       claims):
+        settings, results, uri, claims = dict(TABLES_DEFAULTS), Path("results"), args.tracking_uri, args.claims
+        if args.plan is not None:
+            plan = Plan.load(args.plan)
+            settings, results = plan.tables, Path(plan.context.results_dir)
+            args.experiment, uri = plan.context.experiment, uri or plan.context.tracking_uri
+            claims = plan.tables["claims"] if claims is None else claims
+        results = args.results_dir or results
+        uri = resolve_tracking_uri(uri, results)
+        out_dir = args.out_dir or results / "tables" / args.experiment
+        size_tolerance = args.size_tolerance if args.size_tolerance is not None else settings["size_tolerance"]
+        alpha = args.alpha if args.alpha is not None else settings["alpha"]
+        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, size_tolerance, alpha,
+                                       None if claims is None else parse_claims(claims)):
             print(path)
     elif args.command == "claims":
         from quantbench.claims import claims_command

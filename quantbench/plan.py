@@ -16,6 +16,8 @@ The file (``format`` 1; checked against :data:`PLAN_SCHEMA` and its digests when
     cells       cell id -> reference (its reference's id), method (a label), budget, digest
     skipped     cell id -> why it is not planned
     resources   rule (reference, cell) -> arch -> what its job asks the scheduler for
+    tables      what the grid's tables are made with: size_tolerance, alpha, claims (config
+                ``tables`` and ``claims``; ``quantbench tables --plan F`` reads them here)
 
 A cell's identity is its reference's with ``kind: cell``, its label, the label's params and its
 budget; ``digest`` is :meth:`JobIdentity.digest` (sha256 of its canonical JSON).
@@ -68,8 +70,12 @@ PLAN_SCHEMA = {
         "skipped": {"type": "object", "additionalProperties": {"type": "string"}},
         "resources": {"type": "object", "additionalProperties": {"type": "object",
                                                                  "additionalProperties": _OBJECT}},
+        "tables": {"type": "object", "additionalProperties": False, "required": ["size_tolerance", "alpha", "claims"],
+                   "properties": {"size_tolerance": {"type": "number"}, "alpha": {"type": "number"},
+                                  "claims": {"type": "array", "items": _OBJECT}}},
     },
 }
+TABLES_DEFAULTS = {"size_tolerance": 0.01, "alpha": 0.05, "claims": []}  # a plan written before it had them
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class Plan:
     cells: dict[str, dict]
     skipped: dict[str, str]
     resources: dict[str, dict[str, dict]]
+    tables: dict = dataclasses.field(default_factory=lambda: dict(TABLES_DEFAULTS))
     source: str = "the plan"
 
     @functools.cached_property
@@ -118,7 +125,7 @@ class Plan:
                 "references": {i: {"identity": job.as_dict(), "digest": self.digests[i]}
                                for i, job in self.references.items()},
                 "cells": {i: {**c, "digest": self.digests[i]} for i, c in self.cells.items()},
-                "skipped": self.skipped, "resources": self.resources}
+                "skipped": self.skipped, "resources": self.resources, "tables": self.tables}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), sort_keys=True, indent=1) + "\n"
@@ -145,7 +152,7 @@ class Plan:
                     raise ConfigError(f"{source}: cells.{job_id}.{key}: {cell[key]!r} is not one of the plan's")
         plan = cls(JobContext.from_dict(data["context"], f"{source}: context"), data["methods"], refs,
                    {i: {k: c[k] for k in ("reference", "method", "budget")} for i, c in data["cells"].items()},
-                   data["skipped"], data["resources"], source)
+                   data["skipped"], data["resources"], data.get("tables", TABLES_DEFAULTS), source)
         recorded = {**{i: r["digest"] for i, r in data["references"].items()},
                     **{i: c["digest"] for i, c in data["cells"].items()}}
         for job_id, digest in recorded.items():
@@ -225,6 +232,8 @@ def plan_grid(cfg: Config) -> Plan:
                 skipped={c.id: why for c, why in cfg.skipped},
                 resources={rule: {arch: resources(cfg.raw, rule, arch) for arch in archs}
                            for rule in ("reference", "cell")},
+                tables={"size_tolerance": cfg["tables"]["size_tolerance"], "alpha": cfg["tables"]["alpha"],
+                        "claims": cfg["claims"]},
                 source=f"the plan of {cfg.name}")
 
 

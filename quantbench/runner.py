@@ -8,9 +8,13 @@ close the run, and finally write ``metrics.json`` atomically (the Snakemake outp
 only when everything before it succeeded).
 
 Outcomes (the run's lifecycle: :mod:`quantbench.tracking.runs`): FINISHED (``status=ok``) and
-``metrics.json``; a diverged training (non-finite loss or metrics) or any error: the run is
-closed FAILED with ``status=diverged|failed`` and the reason, and the job exits non-zero;
-SIGTERM/SIGINT (a cancelled or timed-out job): KILLED (``status=killed``), exit 128 + signal.
+``metrics.json``; a cell whose method diverged (a non-finite training loss, non-finite weights in
+what it returns, caught before packing, or non-finite test metrics): FINISHED with
+``status=diverged`` and where, ``metrics.json`` saying so and no ``model.qbc``, exit 0 (a result:
+the job and the other cells go on); a reference that diverges, or any error (bad input, a bug,
+out of memory, a damaged reference): FAILED with ``status=diverged|failed`` and the reason, and the
+job exits non-zero; SIGTERM/SIGINT (a cancelled or timed-out job): KILLED (``status=killed``),
+exit 128 + signal.
 
 A job of several processes (torchrun, :mod:`quantbench.distributed`): every rank trains; rank 0
 alone opens and closes the run and writes the outputs; a post-training method runs on rank 0
@@ -46,6 +50,7 @@ from quantbench.models.pretrained import eval_transform, load_pretrained, prepro
 from quantbench.spec import JobSpec, content_hash
 from quantbench.tracking import Tracker, experiment_store
 from quantbench.tracking.runs import (
+    Diverged,
     environment_tags,
     finish,
     method_tags,
@@ -121,22 +126,26 @@ def _restore(tracker: Tracker, exp_id: str, spec: JobSpec, tags: dict[str, str],
     """A cell of a batch job whose latest run is FINISHED with this identity, device, reference
     checkpoint and code (``tags``) is not computed again: its recorded ``metrics.json`` and artifact (checked against
     the sha256 it recorded) are written back as the outputs and its run stays the cell's one run.
-    This is how a batch job (config ``batch``) reruns only its failed cells: Snakemake removes
-    every output of a failed job, the record keeps them. None when there is nothing to restore."""
+    A diverged cell's run is its result too: its ``metrics.json`` alone comes back. This is how a
+    batch job (config ``batch``) reruns only its failed cells, whether Snakemake kept the outputs
+    of the failed job (``keep-incomplete``, the profiles' setting) or removed them: the record keeps
+    them. None when there is nothing to restore."""
     cell_id = spec.identity.cell_id
     run_id = tracker.finished_run(exp_id, cell_id, tags)
     if run_id is None:
         return None
     with tempfile.TemporaryDirectory(prefix="quantbench-restore-") as staging:
-        files = tracker.download_artifacts(run_id, [out.name, artifact.name], Path(staging))
-        if files is None:
+        files = tracker.download_artifacts(run_id, [out.name], Path(staging))
+        result = json.loads(files[0].read_text()) if files else {}
+        if result.get("status") == "ok":
+            files = tracker.download_artifacts(run_id, [artifact.name], Path(staging))
+            if files is None or file_sha256(files[0]) != result.get("artifact_sha256"):
+                log.warning("%s: run %s's recorded model does not match its sha256; computing the cell again",
+                            cell_id, run_id)
+                return None
+            write_atomic(artifact, lambda tmp: shutil.copyfile(files[0], tmp))
+        elif result.get("status") != "diverged":
             return None
-        result = json.loads(files[0].read_text())
-        if result.get("status") != "ok" or file_sha256(files[1]) != result.get("artifact_sha256"):
-            log.warning("%s: run %s's recorded files do not match its sha256; computing the cell again", cell_id,
-                        run_id)
-            return None
-        write_atomic(artifact, lambda tmp: shutil.copyfile(files[1], tmp))
     write_json_atomic(result, out)
     log.info("%s: restored from its finished run %s (same identity, reference and code); not computed again",
              cell_id, run_id)
@@ -254,6 +263,8 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
     artifact = Path(artifact) if artifact else out.parent / "model.qbc"
     made_by = {"reference_sha256": str(ref_info.get("checkpoint_sha256")), "code_sha256": code_sha256(method_cls)}
+    if distributed.is_main():  # not Snakemake's output (metrics.json is): a diverged cell has none
+        artifact.unlink(missing_ok=True)
     if prepared is not None:  # in a batch job: its cells that finished before are restored, not computed again
         match = {"config_hash": job.digest()[:16], "device": str(device), **made_by}
         restored = _restore(*tracker, spec, match, out, artifact)
@@ -262,8 +273,21 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
     run = open_run(spec, {**_tags(spec, device, task), **made_by}, tracker)
     ctx = RunContext(task, job.arch, arch_kwargs, job.seed, device,
                      show_progress=show_progress and distributed.is_main())
+    try:
+        return _compress_and_evaluate(spec, ctx, run, ref_info, method_cls, out, artifact, log_file)
+    except Diverged as e:  # the method's outcome: recorded, and the job goes on
+        if distributed.is_main():
+            artifact.unlink(missing_ok=True)  # never a file whose network evaluates to NaN
+        return {**e.result, "metric": task.metric, "method": job.method, "budget": job.budget}
+
+
+def _compress_and_evaluate(spec: JobSpec, ctx: RunContext, run: tuple | None, ref_info: dict, method_cls: type,
+                           out: Path, artifact: Path, log_file: Path | None) -> dict:
+    """The body of :func:`run_cell` inside its run (:func:`~quantbench.tracking.runs.recorded`)."""
+    job, task, device = spec.identity, ctx.task, ctx.device
+    arch_kwargs = ctx.arch_kwargs
     times = {}
-    with recorded(run, log_file, lambda: ctx.step_metrics):
+    with recorded(run, log_file, lambda: ctx.step_metrics, outcome=out):
         ckpt = Path(ref_info["checkpoint"])
         if not ckpt.is_file() or file_sha256(ckpt) != ref_info["checkpoint_sha256"]:
             raise ValueError(f"reference checkpoint {ckpt} is missing or does not match the sha256 its reference "
@@ -276,6 +300,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
         times["time_compress_s"] = time.perf_counter() - t0
         if not distributed.is_main():
             return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
+        compressed.check_finite()  # a method that diverged: caught before anything is packed
         artifact.parent.mkdir(parents=True, exist_ok=True)
         file_bytes = compressed.save(artifact)
         # evaluate what was written, never the method's in-memory model: read back, it must equal what

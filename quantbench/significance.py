@@ -1,10 +1,13 @@
 """Which differences in an MLflow record are real: the record-side of :mod:`quantbench.stats`.
 
 A *cell* here is (task, arch, method, budget) over its seeds: the latest run of each seed that
-finished, its metric and, where the run recorded it, its per-example results (``examples.npz``).
-Two cells are compared on the seeds both finished (seed s of both compressed the same reference
-s), by the paired bootstrap of :func:`quantbench.stats.paired_difference`; a difference is
-*detectable* when its p-value is below α (default 0.05).
+finished, its metric and, where the run recorded it, its per-example results (``examples.npz``),
+and the seeds whose method diverged (a result with no metric). Two cells are compared on the
+seeds both finished (seed s of both compressed the same reference s), by the paired bootstrap of
+:func:`quantbench.stats.paired_difference`; a difference is *detectable* when its p-value is
+below α (default 0.05). A diverged seed is worse than any finished one: the tables never bold a
+cell with one, and a claim that its method is better fails where it diverged and the other
+finished (docs/statistics.md, "Diverged seeds").
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class CellRecord:
     values: dict[int, float] = field(default_factory=dict)
     examples: dict[int, Examples] = field(default_factory=dict)
     starts_from: str = ""  # the method it starts from (run tag starts_from), "" when none
+    diverged: set[int] = field(default_factory=set)  # seeds whose method diverged (no metric)
 
     @property
     def name(self) -> str:
@@ -83,11 +87,12 @@ def load_examples(tracker, runs: pd.DataFrame) -> dict[str, Examples]:
 
 
 def cell_records(latest: pd.DataFrame, examples: dict[str, Examples]) -> dict[tuple, CellRecord]:
-    """The finished seeds of every cell of ``latest`` (one row per run: :func:`latest_runs`),
-    keyed ``(task, arch, method, budget)``: the reference is method ``reference``, budget None."""
+    """The finished and the diverged seeds of every cell of ``latest`` (one row per run:
+    :func:`latest_runs`), keyed ``(task, arch, method, budget)``: the reference is method
+    ``reference``, budget None."""
     records: dict[tuple, CellRecord] = {}
-    ok = latest[latest["tags.status"] == "ok"]
-    for _, row in ok.iterrows():
+    ended = latest[latest["tags.status"].isin(["ok", "diverged"])]
+    for _, row in ended.iterrows():
         reference = row["tags.kind"] == "reference"
         method = "reference" if reference else row["tags.method"]
         budget = None if reference else float(row["tags.budget"])
@@ -98,6 +103,9 @@ def cell_records(latest: pd.DataFrame, examples: dict[str, Examples]) -> dict[tu
             start = row.get("tags.starts_from")
             records[key] = CellRecord(*key, metric, higher, starts_from=start if isinstance(start, str) else "")
         seed = int(row["tags.seed"])
+        if row["tags.status"] == "diverged":
+            records[key].diverged.add(seed)
+            continue
         records[key].values[seed] = float(row[f"metrics.{metric}"])
         if row["run_id"] in examples:
             records[key].examples[seed] = examples[row["run_id"]]
@@ -164,9 +172,11 @@ def _cell_or_why(records: dict, latest: pd.DataFrame, task: str, arch: str, meth
     if method != "reference" and budget is None:
         raise LookupError(f"--budget is needed to compare {method} (only the reference has no budget)")
     found = find_cell(records, task, arch, method, budget)
-    if found is not None:
-        return found
     name = f"{task}/{arch} {method}" + ("" if method == "reference" else f" at {budget:g} bits")
+    if found is not None and found.values:
+        return found
+    if found is not None:
+        raise LookupError(f"{name}: diverged at every seed ({sorted(found.diverged)}): no metric to compare")
     rows = latest[(latest["tags.task"] == task) & (latest["tags.arch"] == arch)]
     if method == "reference":
         rows = rows[rows["tags.kind"] == "reference"]
@@ -197,7 +207,8 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
     lines = [f"{experiment}: {task}/{arch}" + ("" if budget is None else f" at {budget:g} bits")
              + f", test {a.metric} ({better} is better)"]
     for cell in (a, b):
-        lines.append(f"  {cell.method:<{width}}  {cell.mean:.4g}  (mean of seeds {sorted(cell.values)})")
+        lines.append(f"  {cell.method:<{width}}  {cell.mean:.4g}  (mean of seeds {sorted(cell.values)}"
+                     + (f"; diverged at seeds {sorted(cell.diverged)}, left out" if cell.diverged else "") + ")")
     lines.append(f"  {'A − B':<{width}}  {d.difference:+.4g}  {pct} interval [{d.low:+.4g}, {d.high:+.4g}], "
                  f"p = {format_p(d.p_value)}")
     lines.append(f"  paired over {d.n_seeds} seed(s) × {d.n_examples} test examples (bootstrap, {d.replicates} "

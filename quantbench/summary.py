@@ -10,7 +10,8 @@ significantly worse than it (:func:`significance_marks`). A cell whose mean ends
 mean of the method it starts from (``Method.starts_from``, the run tag ``starts_from``) on the
 same arch and budget is marked ``below_start``. When a cell was run more than once, its latest
 run counts. A cell a plan of the record has but no run is a row of status ``not run``
-(:func:`unrun_rows`).
+(:func:`unrun_rows`). A seed whose method diverged is a result without a metric: counted in the
+cell's seeds, left out of its mean, and the cell is never bold (``diverged``).
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
               planned: Planned | None = None) -> pd.DataFrame:
     """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status
     (a cell ``planned`` without a run: a row of status ``not run``, :func:`unrun_rows`);
-    ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval,
-    :func:`quantbench.stats.cell_interval`; ``records``: the cells' finished seeds,
-    :func:`quantbench.significance.cell_records`, default: without per-example results),
+    ``seeds`` (runs), ``ok`` (finished), ``diverged`` and ``diverged_seeds`` (seeds whose method
+    diverged: a result without a metric; a cell whose every seed diverged has status
+    ``diverged``, one with some the mean of the others); ``n_seeds`` (finished seeds),
+    ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval, :func:`quantbench.stats.cell_interval`;
+    ``records``: the cells' finished seeds, :func:`quantbench.significance.cell_records`, default:
+    without per-example results),
     ``best`` (bold: the best mean of its column, or not significantly worse than it at level
     ``alpha``, :func:`significance_marks`) and ``p_vs_best`` (that test's Holm-adjusted p); and
     ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
@@ -90,10 +94,16 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
         ok = g[g["tags.status"] == "ok"]
         higher = _tag(g, "higher_is_better", "true") == "true"  # every job tags its task's direction
         values = ok.get(f"metrics.{metric}", pd.Series(dtype=float)).astype(float)
-        failed = g[g["tags.status"] != "ok"]
+        diverged = g[g["tags.status"] == "diverged"]
+        failed = g[~g["tags.status"].isin(["ok", "diverged"])]  # no result: failed, killed (or still running)
+        if len(failed):
+            status = "/".join(sorted(set(failed["tags.status"])))
+        else:  # every seed has its result; a cell whose every seed diverged reads "diverged"
+            status = "ok" if len(ok) else "diverged"
         rows.append({
             "task": task, "arch": arch, "method": method, "budget": budget, "metric": metric,
-            "seeds": len(g), "ok": len(ok),
+            "seeds": len(g), "ok": len(ok), "diverged": len(diverged),
+            "diverged_seeds": " ".join(str(s) for s in sorted(diverged["tags.seed"].astype(int))),
             "mean": values.mean() if len(ok) else np.nan,
             "std": values.std(ddof=1) if len(ok) > 1 else np.nan,
             "bpw": _mean(ok, "metrics.bpw"),
@@ -101,7 +111,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
             "size_kib": _mean(ok, "metrics.size_bits") / 8192,
             "family": "reference" if method == "reference" else _tag(g, "family", "other"),
             "higher_is_better": higher,
-            "status": "ok" if failed.empty else "/".join(sorted(set(failed["tags.status"]))),
+            "status": status,
             "paper": pd.to_numeric(g.get("tags.paper_value", pd.Series(dtype=float)), errors="coerce").max(),
             "method_params": _tag(g, "method_params", ""),
             "starts_from": "" if method == "reference" else _tag(g, "starts_from", ""),
@@ -137,7 +147,8 @@ def unrun_rows(rows: list[dict], planned: Planned) -> list[dict]:
             continue
         entry = planned.methods.get(label, {})
         out.append({"task": task, "arch": arch, "method": label, "budget": budget, "metric": tasks[task]["metric"],
-                    "seeds": 0, "ok": 0, "mean": np.nan, "std": np.nan, "bpw": np.nan, "compression_ratio": np.nan,
+                    "seeds": 0, "ok": 0, "diverged": 0, "diverged_seeds": "", "mean": np.nan, "std": np.nan,
+                    "bpw": np.nan, "compression_ratio": np.nan,
                     "size_kib": np.nan, "family": entry.get("family", "other"),
                     "higher_is_better": tasks[task]["higher_is_better"], "status": MISSING, "paper": np.nan,
                     "method_params": json.dumps(entry.get("params", {}), sort_keys=True),
@@ -162,11 +173,12 @@ def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alp
     (:func:`quantbench.significance.compare`) has a Holm-adjusted p-value ≥ ``alpha`` — Holm over
     the column's comparisons with its best, so the chance of calling any cell of the column
     "significantly worse" by mistake is at most α. A cell that cannot be tested (no per-example
-    results, no seed in common) is not bold unless its mean ties the best. An over-budget cell is
-    never bold, whatever its mean."""
+    results, no seed in common) is not bold unless its mean ties the best. An over-budget cell, or
+    one whose method diverged at a seed (its mean is over the other seeds), is never bold,
+    whatever its mean."""
     long = long.copy()
     long["best"], long["p_vs_best"] = False, np.nan
-    eligible = ~long["over_budget"].astype(bool)
+    eligible = ~long["over_budget"].astype(bool) & (long["diverged"] == 0)
     cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
     for (task, arch, budget), g in cells.groupby(["task", "arch", "budget"]):
         target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()

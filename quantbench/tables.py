@@ -35,13 +35,15 @@ from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (skipped at planning), or no plan has the cell
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
-OVER, BELOW = "†", "‡"  # the marks of an over-budget cell and of one worse than its starting point
-TEX_MARKS = {OVER: r"$^\dagger$", BELOW: r"$^\ddagger$"}
+OVER, BELOW, DIVERGED = "†", "‡", "§"  # over budget; worse than its starting point; diverged at some seed
+TEX_MARKS = {OVER: r"$^\dagger$", BELOW: r"$^\ddagger$", DIVERGED: r"$^\S$"}
 
 
 def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
-    """``mean ± std (bpw, ratio)``; ``‡`` after a mean worse than the starting point's, ``†``
-    after the bpw of an over-budget cell (``marks`` maps them to their spelling: LaTeX)."""
+    """``mean ± std (bpw, ratio)``; ``‡`` after a mean worse than the starting point's, ``§``
+    after one over the seeds that did not diverge, ``†`` after the bpw of an over-budget cell
+    (``marks`` maps them to their spelling: LaTeX). A cell whose every seed diverged reads
+    ``diverged``."""
     if row["status"] != "ok":
         return f"{row['status']} ({row['ok']}/{row['seeds']} ok)" if row["ok"] else row["status"]
     marks = marks or {}
@@ -49,6 +51,7 @@ def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
     if bold is not None:
         value = bold(value)
     value += marks.get(BELOW, BELOW) if row.get("below_start", False) else ""
+    value += marks.get(DIVERGED, DIVERGED) if row.get("diverged", 0) else ""
     if pd.notna(row.get("ci_low", np.nan)):
         value += f" {pm} {(row['ci_high'] - row['ci_low']) / 2:.2f}"
     over = marks.get(OVER, OVER) if row.get("over_budget", False) else ""
@@ -91,6 +94,7 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
     shown = long[(long["status"] == "ok") & long["mean"].notna()]
     over = shown[shown["over_budget"].astype(bool)]
     below = shown[shown["below_start"].astype(bool)]
+    diverged = shown[shown["diverged"] > 0]
     lines = []
     if len(over):
         lines.append(f"{marks.get(OVER, OVER)} over budget: " + "; ".join(
@@ -100,6 +104,12 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
         lines.append(f"{marks.get(BELOW, BELOW)} worse than its starting point: " + "; ".join(
             f"{escape(r.arch)} {escape(r.method)} {r.mean:.2f} vs {escape(r.starts_from)} {r.start_mean:.2f} "
             f"in the {r.budget:g}-bit column" for r in below.itertuples()))
+    if len(diverged):
+        lines.append(f"{marks.get(DIVERGED, DIVERGED)} diverged (a result: the mean is over the other seeds, never "
+                     "bold): " + "; ".join(
+                         f"{escape(r.arch)} {escape(r.method)} at seed{'s' if r.diverged > 1 else ''} "
+                         f"{r.diverged_seeds.replace(' ', ', ')} of {r.seeds} in the {r.budget:g}-bit column"
+                         for r in diverged.itertuples()))
     return lines
 
 
@@ -147,8 +157,9 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
                    f"bootstrap over test examples and seeds, Holm-corrected within the column, α = {alpha:g})"
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
                    + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run; "
+                   f"diverged: the method diverged at every seed (non-finite loss or weights: a result); "
                    f"{OVER}: over budget (never bold); {BELOW}: worse than the method it starts from, same "
-                   f"arch and budget."
+                   f"arch and budget; {DIVERGED}: diverged at some seed."
                    + versions_note(runs[runs.get("tags.task") == task]))
         notes = footnotes(part)
         md = wide_table(part).to_markdown(index=False, disable_numparse=True)  # "28.00" stays "28.00"

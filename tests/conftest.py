@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,20 @@ from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.train import TrainSettings, seed_everything, train
+
+FAULTY_METHODS = Path(__file__).resolve().parent / "fixtures" / "faulty_methods"
+
+
+@pytest.fixture
+def faulty_methods(monkeypatch) -> Path:
+    """The method plugins ``raises`` and ``nan_weights`` (tests/fixtures/faulty_methods) found by entry
+    point in this process and in the processes it starts (PYTHONPATH)."""
+    from quantbench.registry import METHODS
+
+    monkeypatch.syspath_prepend(str(FAULTY_METHODS))
+    monkeypatch.setattr(METHODS, "_entry_points", None)  # read again, with them (and again after the test)
+    monkeypatch.setenv("PYTHONPATH", ":".join(filter(None, [str(FAULTY_METHODS), os.environ.get("PYTHONPATH")])))
+    return FAULTY_METHODS
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import job_args
@@ -18,7 +19,7 @@ from conftest import job_args
 from quantbench.config import Cell, load_config
 from quantbench.format import CompressedModel, FormatError
 from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import JobFailed, run_cell, run_reference
+from quantbench.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
 from quantbench.train import file_sha256
 
@@ -40,38 +41,112 @@ def cell_runs(cfg, cell_id: str):
     return runs[runs["tags.cell_id"] == cell_id].sort_values("start_time")
 
 
-def test_nan_loss_fails_the_job_and_records_why(grid, tmp_path):
+def test_a_nan_loss_is_the_cells_result_and_its_job_exits_0(grid, tmp_path):
     cfg, ref_out = grid
-    spec = plan_grid(cfg).spec(Cell("digits", "lenet300", "qat", "2", 0))
-    spec = spec.replace(method_params={**spec.identity.method_params, "lr": 1e30})
+    nan = load_config({**cfg.raw, "method_params": {"qat": {"lr": 1e30, "epochs": 2}}})
+    cell = Cell("digits", "lenet300", "qat", "2", 0)
     out = tmp_path / "c" / "metrics.json"
-    with pytest.raises(JobFailed, match="diverged: training loss is"):
-        run_cell(spec, ref_out, out, show_progress=False)
+    out.parent.mkdir(parents=True)
+    (out.parent / "model.qbc").write_bytes(b"an artifact of an earlier identity")  # never left beside a divergence
+    proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "cell", *job_args(nan, cell, tmp_path),
+                           "--reference", str(ref_out), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["status"] == "diverged" and result["reason"] == "training loss is nan at epoch 0"
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"cell_id": cell.id, "status": "diverged",
+                                                        "reason": result["reason"]}
+    assert not (out.parent / "model.qbc").exists()
+    run = cell_runs(cfg, cell.id).iloc[-1]
+    assert run["status"] == "FINISHED" and run["tags.status"] == "diverged"
+    assert run["tags.diverged_at"] == result["reason"] and run["run_id"] == result["run_id"]
+    recorded = Path(cfg.results) / "mlartifacts" / cfg.name / run["run_id"] / "artifacts"
+    assert sorted(p.name for p in recorded.iterdir()) == ["metrics.json"]  # no model, the result is there
+
+
+def test_non_finite_weights_are_caught_before_packing_naming_the_tensor(grid, tmp_path, faulty_methods):
+    cfg, ref_out = grid
+    cfg = load_config({**cfg.raw, "methods": ["rtn", "nan_weights"]})
+    out = tmp_path / "c" / "metrics.json"
+    result = run_cell(plan_grid(cfg).spec(Cell("digits", "lenet300", "nan_weights", "2", 0)), ref_out, out,
+                      show_progress=False)
+    expected = "tensor '1.weight' has non-finite values (AffineGrid.scale)"
+    assert result["status"] == "diverged" and result["reason"] == expected
+    assert json.loads(out.read_text())["reason"] == expected and not (out.parent / "model.qbc").exists()
+    run = cell_runs(cfg, "digits/lenet300/nan_weights/b2/s0").iloc[-1]
+    assert (run["status"], run["tags.status"], run["tags.diverged_at"]) == ("FINISHED", "diverged", expected)
+
+
+def test_a_method_that_raises_fails_its_cell(grid, tmp_path, faulty_methods):
+    cfg, ref_out = grid
+    cfg = load_config({**cfg.raw, "methods": ["raises"]})
+    out = tmp_path / "c" / "metrics.json"
+    with pytest.raises(RuntimeError, match="a bug in the method"):
+        run_cell(plan_grid(cfg).spec(cfg.cells[0]), ref_out, out, show_progress=False)
     assert not out.exists()
-    run = cell_runs(cfg, "digits/lenet300/qat/b2/s0").iloc[-1]
-    assert run["status"] == "FAILED" and run["tags.status"] == "diverged"
-    assert "training loss is" in run["tags.failure_reason"]
+    run = cell_runs(cfg, cfg.cells[0].id).iloc[-1]
+    assert run["status"] == "FAILED" and run["tags.status"] == "failed" and "a bug" in run["tags.failure_reason"]
+
+
+def _rows(md: str) -> dict[str, list[str]]:
+    """A task table's lenet300 rows: method -> its cells (one per budget column)."""
+    return {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]]
+            for line in md.splitlines() if line.startswith("| lenet300")}
 
 
 @pytest.mark.slow
-def test_a_diverged_cell_fails_its_job_but_the_grid_goes_on_and_the_table_marks_it(tmp_path):
-    config = {"name": "nan", "methods": ["rtn", "qat"], "budgets": [2], "reference": {"epochs": 2},
-              "method_params": {"qat": {"lr": 1e30, "epochs": 1}}}
+def test_a_grid_with_a_failed_and_a_diverged_cell_ends_with_tables_and_reruns_only_the_failed_one(
+        tmp_path, faulty_methods):
+    """The user's command (the Snakefile's own profile: no --keep-going given) on a grid whose one
+    batch job holds a cell that finishes, one whose method returns NaN weights and one whose method
+    raises."""
+    config = {"name": "faults", "methods": ["rtn", "nan_weights", "raises"], "budgets": [2],
+              "reference": {"epochs": 2}, "batch": "reference", "claims": [{"claim": "rtn > nan_weights"}]}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "config.yaml"), "--cores", "2", "--keep-going"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode != 0, proc.stderr[-3000:]
-    assert "diverged: training loss is" in (tmp_path / "results/logs/nan/digits/lenet300/qat/b2/s0.log").read_text()
-    # the console shows the failing cell's own error (the end of its log), not only Snakemake's
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", "config.yaml"]
+    runs_dir, logs = tmp_path / "results/runs/faults/digits/lenet300", "results/logs/faults/digits/lenet300"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     console = proc.stdout + proc.stderr
-    assert "--- end of results/logs/nan/digits/lenet300/qat/b2/s0.log" in console
-    assert "quantbench cell: error: digits/lenet300/qat/b2/s0 diverged: training loss is" in console
-    assert (tmp_path / "results/runs/nan/digits/lenet300/rtn/b2/s0/metrics.json").is_file()
-    assert not (tmp_path / "results/runs/nan/digits/lenet300/qat/b2/s0/metrics.json").exists()
-    md = (tmp_path / "results/tables/nan/digits.md").read_text()  # regenerated by the onerror handler
-    rows = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| lenet300")}
-    assert "| diverged" in rows["qat"] and "bpw" in rows["rtn"]
+    assert proc.returncode != 0, console[-3000:]  # a cell failed: the grid says so ...
+    assert f"quantbench: failed: digits/lenet300/raises/b2/s0 (log: {logs}/raises/b2/s0.log)" in console
+    assert "quantbench: diverged: digits/lenet300/nan_weights/b2/s0: tensor '1.weight' has non-finite" in console
+    # ... the other cells of the failed batch job keep their outputs and their runs
+    ok = json.loads((runs_dir / "rtn/b2/s0/metrics.json").read_text())
+    assert ok["status"] == "ok" and file_sha256(runs_dir / "rtn/b2/s0/model.qbc") == ok["artifact_sha256"]
+    assert json.loads((runs_dir / "nan_weights/b2/s0/metrics.json").read_text())["status"] == "diverged"
+    assert not (runs_dir / "nan_weights/b2/s0/model.qbc").exists()
+    assert not (runs_dir / "raises/b2/s0/metrics.json").exists()
+    tracker = Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+
+    def cells() -> pd.DataFrame:
+        runs = tracker.runs("faults")
+        return runs[runs["tags.kind"] == "cell"].sort_values("start_time")
+
+    before = cells()
+    assert before.groupby("tags.cell_id")["status"].agg(list).to_dict() == {
+        "digits/lenet300/rtn/b2/s0": ["FINISHED"], "digits/lenet300/nan_weights/b2/s0": ["FINISHED"],
+        "digits/lenet300/raises/b2/s0": ["FAILED"]}
+    # ... and the grid ends with every table and plot, each failure marked
+    tables = tmp_path / "results/tables/faults"
+    for name in ("digits.md", "digits.csv", "digits.tex", "digits_size.png", "digits_steps.png",
+                 "digits_claims.md"):
+        assert (tables / name).is_file(), name
+    rows = _rows((tables / "digits.md").read_text())
+    assert rows["rtn"][0].startswith(f"**{ok['metrics']['accuracy']:.2f}** ± ")  # the column's only result
+    assert rows["nan_weights"] == ["diverged"] and rows["raises"] == ["failed"]
+    claims = pd.read_csv(tables / "digits_claims.csv")  # a diverged seed is worse than any result
+    assert claims[["verdict", "reason"]].values.tolist() == [
+        ["holds", "nan_weights diverged at seed(s) 0 where rtn finished"]]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)  # the rerun ...
+    assert again.returncode != 0  # (the method still raises)
+    after = cells()
+    assert after.groupby("tags.cell_id")["status"].agg(list).to_dict() == {  # ... computes only the failed cell
+        "digits/lenet300/rtn/b2/s0": ["FINISHED"], "digits/lenet300/nan_weights/b2/s0": ["FINISHED"],
+        "digits/lenet300/raises/b2/s0": ["FAILED", "FAILED"]}
+    for cell in ("rtn", "nan_weights"):  # their outputs came back from their one run
+        assert "restored from its finished run" in (tmp_path / logs / f"{cell}/b2/s0.log").read_text()
+    assert json.loads((runs_dir / "rtn/b2/s0/metrics.json").read_text()) == ok
 
 
 def _start_cell(cfg, cell, ref_out: Path, out: Path) -> subprocess.Popen:

@@ -233,11 +233,12 @@ class _RegressionTask:
         return {"loss": 0.0}
 
 
-def plain_lc(x, y, w, steps, epochs, mu0, growth, lr, lr_decay, momentum, batch):
+def plain_lc(x, y, w, steps, epochs, mu0, growth, lr, lr_decay, momentum, batch, clip=0.0):
     """LC from the paper's equations in float64 with plain loops: the L step is SGD with heavy-ball
     momentum (PyTorch's convention: b ← m·b + g, w ← w − η·b, b reset every L step) on
-    L(w) + μ/2 ‖w − Δ(Θ) − λ/μ‖², L the mean squared error with gradient 2/n Xᵀ(Xw − y); the C step
-    is the scaled-binary projection of w − λ/μ (a = mean |t|, Δ = a·sign t); λ ← λ − μ (w − Δ(Θ))."""
+    L(w) + μ/2 ‖w − Δ(Θ) − λ/μ‖², L the mean squared error with gradient 2/n Xᵀ(Xw − y), g scaled
+    to norm ``clip`` where it is longer (``clip`` > 0); the C step is the scaled-binary projection
+    of w − λ/μ (a = mean |t|, Δ = a·sign t); λ ← λ − μ (w − Δ(Θ))."""
     x, y, w = x.double().numpy(), y.double().numpy(), w.double().numpy().copy()
 
     def project(t):
@@ -251,6 +252,8 @@ def plain_lc(x, y, w, steps, epochs, mu0, growth, lr, lr_decay, momentum, batch)
             for i in range(0, len(y), batch):
                 xb, yb = x[i:i + batch], y[i:i + batch]
                 grad = 2.0 / len(yb) * xb.T @ (xb @ w - yb) + mu * (w - q - lam / mu)
+                if clip and np.linalg.norm(grad) > clip:
+                    grad = grad * (clip / np.linalg.norm(grad))
                 buf = grad.copy() if buf is None else momentum * buf + grad
                 w = w - eta * buf
         q = project(w - lam / mu)
@@ -258,10 +261,12 @@ def plain_lc(x, y, w, steps, epochs, mu0, growth, lr, lr_decay, momentum, batch)
     return w, q, lam
 
 
-def test_lc_with_training_matches_lc_written_from_the_equations():
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_lc_with_training_matches_lc_written_from_the_equations(clip):
     """The L steps (SGD through the shared epoch loop and the fused penalty), the C steps and the
     multipliers together, against :func:`plain_lc`; μ grows to where the penalty dominates the loss,
-    so a penalty of the wrong size or sign, or a stale Δ(Θ) or λ, moves the result."""
+    so a penalty of the wrong size or sign, or a stale Δ(Θ) or λ, moves the result. With a gradient
+    clip (0.5: below most of this problem's gradient norms) every update is the clipped one."""
     task = _RegressionTask()
     model = torch.nn.Linear(6, 1, bias=False)
     with torch.no_grad():
@@ -272,9 +277,13 @@ def test_lc_with_training_matches_lc_written_from_the_equations():
     projections, lam = learning_compression(
         model, ParamView(model), [ScaledBinary()], ctx, steps=hyper["steps"], epochs_per_step=3, mu0=hyper["mu0"],
         mu_growth=3.0, multipliers=True, optimizer="sgd", lr=hyper["lr"], momentum=hyper["momentum"],
-        lr_decay=hyper["lr_decay"], batch_size=hyper["batch_size"])
+        lr_decay=hyper["lr_decay"], batch_size=hyper["batch_size"], grad_clip=clip)
     w, q, lam_ref = plain_lc(task.x, task.y, w0, hyper["steps"], 3, hyper["mu0"], 3.0, hyper["lr"],
-                             hyper["lr_decay"], hyper["momentum"], hyper["batch_size"])
+                             hyper["lr_decay"], hyper["momentum"], hyper["batch_size"], clip)
+    if clip:  # the clip did bind: unclipped, the same steps end elsewhere
+        free, _, _ = plain_lc(task.x, task.y, w0, hyper["steps"], 3, hyper["mu0"], 3.0, hyper["lr"],
+                              hyper["lr_decay"], hyper["momentum"], hyper["batch_size"])
+        assert not np.allclose(w, free, atol=1e-3)
     assert model.weight.detach().reshape(-1).double().numpy() == pytest.approx(w, rel=1e-4, abs=1e-5)
     assert projections[0].dense() == pytest.approx(q, rel=1e-4, abs=1e-5)
     assert lam["weight"].reshape(-1).double().numpy() == pytest.approx(lam_ref, rel=1e-3, abs=1e-5)

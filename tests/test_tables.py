@@ -28,16 +28,19 @@ def record(tmp_path):
         if method:
             tags.update(method=method, budget=str(budget))
         metrics = {"accuracy": acc, "bpw": bpw, "compression_ratio": ratio} if status == "ok" else {}
-        write_run(tracker, exp, cell, metrics, tags, status="FINISHED" if status == "ok" else "FAILED")
+        write_run(tracker, exp, cell, metrics, tags, status="FAILED" if status == "failed" else "FINISHED")
 
     run("reference", 0, 96.0)
     run("reference", 1, 98.0)
     run("cell", 0, 80.0, "rtn", 2, bpw=2.01, ratio=14.0)  # superseded by the rerun below
     run("cell", 0, 90.0, "rtn", 2, bpw=2.01, ratio=14.0)
     run("cell", 1, 92.0, "rtn", 2, bpw=2.01, ratio=14.0)
-    run("cell", 0, 0.0, "rtn", 4, status="diverged")
-    run("cell", 1, 95.5, "rtn", 4, bpw=4.1, ratio=7.5)  # over 4 * 1.01, but its cell reads "diverged"
+    run("cell", 0, 0.0, "rtn", 4, status="diverged")  # a result: the cell reads seed 1's mean, marked, never bold
+    run("cell", 1, 95.5, "rtn", 4, bpw=4.0, ratio=8.0)
+    run("cell", 0, 0.0, "rtn", 8, status="diverged")  # every seed diverged: "diverged"
+    run("cell", 1, 0.0, "rtn", 8, status="diverged")
     run("cell", 0, 70.0, "other", 2, bpw=2.5, ratio=12.0)  # over budget
+    run("cell", 0, 0.0, "other", 4, status="failed")  # no result: "failed"
     return uri, tmp_path / "tables"
 
 
@@ -52,11 +55,19 @@ def test_tables_aggregate_seeds_and_mark_failures(record):
     lines = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| mlp")}
     # two seeds recorded without per-example results: no interval to show (the CSV keeps the std)
     assert f"**{mean:.2f}** (2.01 bpw, 14.0×)" in lines["rtn"]  # the best at 2 bits: bold
-    assert "diverged (1/2 ok)" in lines["rtn"]
+    cells = {method: [c.strip() for c in line.split("|")[4:-1]] for method, line in lines.items()}
+    assert cells["rtn"][1:] == ["95.50§ (4.00 bpw, 8.0×)", "diverged"]  # the 4-bit column's best mean, not bold
+    assert cells["other"][1] == "failed"
+    assert "§ diverged (a result: the mean is over the other seeds, never bold): mlp rtn at seed 0 of 2 in the " \
+           "4-bit column" in md.splitlines()
     assert f"{ref_mean:.2f} (32.00 bpw, 1.0×)" in lines["reference"]
     assert "| 70.00 (2.50 bpw†, 12.0×)" in lines["other"] and "—" in lines["other"]
     assert list(lines) == ["reference", "other", "rtn"]
     csv = pd.read_csv(out / "digits.csv")
+    row = csv[(csv.method == "rtn") & (csv.budget == 4)].iloc[0]
+    assert (row["seeds"], row["ok"], row["diverged"], row["n_seeds"], row["best"]) == (2, 1, 1, 1, False)
+    assert csv[(csv.method == "rtn") & (csv.budget == 8)].iloc[0][["status", "seeds", "diverged"]].tolist() == [
+        "diverged", 2, 2]
     row = csv[(csv.method == "rtn") & (csv.budget == 2)].iloc[0]
     assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std) and row["seeds"] == 2
     assert row["n_seeds"] == 2 and math.isnan(row["ci_low"]) and bool(row["best"])
@@ -307,7 +318,7 @@ def test_starting_point_on_a_lower_is_better_metric(tmp_path):
 
 def test_the_size_tolerance_decides_what_is_over_budget(record):
     uri, out = record
-    tables_from_mlflow(uri, "t", out)  # rtn's 4-bit cell is over 4 * 1.01 too, but it reads "diverged"
+    tables_from_mlflow(uri, "t", out)
     md = (out / "digits.md").read_text()
     assert [line for line in md.splitlines() if line.startswith(("†", "‡"))] == [
         "† over budget: mlp other 2.50 bpw in the 2-bit column"]

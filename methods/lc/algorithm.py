@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -113,11 +115,26 @@ def _log_step(ctx: RunContext, model: nn.Module, view: ParamView, q: dict[str, t
     ctx.log_metric(f"lc/{metric}", evaluate_with(model, q, ctx)[metric], step)
 
 
+@contextmanager
+def _diverged_at(where: str) -> Iterator[None]:
+    """A divergence inside says where: "training loss is nan at epoch 0 of LC step 11 (mu 4.1)"."""
+    try:
+        yield
+    except FloatingPointError as e:
+        e.args = (f"{e} of {where}",)
+        raise
+
+
 def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep], ctx: RunContext, *, steps: int,
                          epochs_per_step: int, mu0: float, mu_growth: float, multipliers: bool, optimizer: str,
-                         lr: float, momentum: float, lr_decay: float, batch_size: int
+                         lr: float, momentum: float, lr_decay: float, batch_size: int, grad_clip: float = 0.0
                          ) -> tuple[list[Projection], dict[str, torch.Tensor]]:
-    """Run LC on ``model`` in place; returns the final Θ (projections) and λ."""
+    """Run LC on ``model`` in place; returns the final Θ (projections) and λ. ``grad_clip``: the L
+    step's updates clip the global gradient norm of L(w) + μ/2‖w − Δ(Θ) − λ/μ‖² at it (0: none).
+    With a codebook whose magnitude is fixed (binary {−1, +1}) and a network without normalization
+    layers, L's gradient near Δ(Θ) is orders of magnitude above the reference's, and an unclipped
+    step lr · ∇ throws w past the codebook, where the next gradient is larger still (LeNet5 on
+    digits: a loss of 1e34 by step 11, NaN on another CPU; docs/methods/lc.md)."""
     params = dict(model.named_parameters())
     w = {n: params[n] for n in view.names}
     projections = c_step(view, csteps, w)  # direct compression: μ → 0, λ = 0
@@ -137,7 +154,9 @@ def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep],
 
             for epoch in range(epochs_per_step):
                 order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
-                loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, penalty=lc_penalty)
+                with _diverged_at(f"LC step {k} (mu {mu:.3g})"):
+                    loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, penalty=lc_penalty,
+                                       grad_clip=grad_clip, epoch=epoch)
         with torch.no_grad():
             projections = c_step(view, csteps, {n: w[n] - lam[n] / mu for n in view.names})
             q = decompress(view, projections, w)
@@ -149,7 +168,7 @@ def learning_compression(model: nn.Module, view: ParamView, csteps: list[CStep],
 
 def iterated_direct_compression(model: nn.Module, view: ParamView, csteps: list[CStep], ctx: RunContext, *,
                                 steps: int, epochs_per_step: int, optimizer: str, lr: float, momentum: float,
-                                lr_decay: float, batch_size: int) -> list[Projection]:
+                                lr_decay: float, batch_size: int, grad_clip: float = 0.0) -> list[Projection]:
     """iDC: quantize, then train from the quantized weights, repeatedly (no μ, no λ)."""
     params = dict(model.named_parameters())
     w = {n: params[n] for n in view.names}
@@ -162,7 +181,8 @@ def iterated_direct_compression(model: nn.Module, view: ParamView, csteps: list[
         loss = float("nan")
         for epoch in range(epochs_per_step):
             order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
-            loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device)
+            with _diverged_at(f"iDC step {k}"):
+                loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, grad_clip=grad_clip, epoch=epoch)
         projections = c_step(view, csteps, w)
         _log_step(ctx, model, view, decompress(view, projections, w), k, train_loss=loss)
     return projections

@@ -77,6 +77,7 @@ class TrainParams(ViewParams):
     lr_decay: float = 0.95
     momentum: float = 0.9
     batch_size: int = 64
+    grad_clip: float = 0.0  # max global gradient norm of an L-step update (0: none)
 
 
 @dataclass
@@ -143,7 +144,7 @@ class _LC(_CodebookMethod):
         projections, _ = learning_compression(
             model, view, csteps, ctx, steps=p.steps, epochs_per_step=p.epochs_per_step, mu0=p.mu0,
             mu_growth=p.mu_growth, multipliers=p.multipliers, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
-            lr_decay=p.lr_decay, batch_size=p.batch_size)
+            lr_decay=p.lr_decay, batch_size=p.batch_size, grad_clip=p.grad_clip)
         return self.finish(model, view, csteps, projections, ctx)
 
 
@@ -218,5 +219,5 @@ class IteratedDirectCompression(_CodebookMethod):
         model, view, csteps = self.setup(ref, budget)
         projections = iterated_direct_compression(
             model, view, csteps, ctx, steps=p.steps, epochs_per_step=p.epochs_per_step, optimizer=p.optimizer,
-            lr=p.lr, momentum=p.momentum, lr_decay=p.lr_decay, batch_size=p.batch_size)
+            lr=p.lr, momentum=p.momentum, lr_decay=p.lr_decay, batch_size=p.batch_size, grad_clip=p.grad_clip)
         return self.finish(model, view, csteps, projections, ctx)

@@ -228,6 +228,15 @@ class CompressedModel:
             if reason is not None:
                 raise FormatError(f"{source}: tensor {name!r} pays for levels it cannot use: {reason}")
 
+    def check_finite(self) -> None:
+        """Raise :class:`FloatingPointError` naming the first tensor (and field) that holds a NaN or an
+        infinity: what a diverged method returns, caught before anything is packed (the harness records
+        the cell as diverged; no artifact of a network that evaluates to NaN is written)."""
+        for name, record in self.records.items():
+            where = record.nonfinite()
+            if where is not None:
+                raise FloatingPointError(f"tensor {name!r} has non-finite values ({where})")
+
     def check_same_as(self, produced: CompressedModel, source: str = "<packed>") -> None:
         """Raise :class:`FormatError` naming the first tensor (and field) in which these records, read
         back from ``source``, differ bit for bit from ``produced`` (what the method returned)."""

@@ -123,6 +123,10 @@ class DenseTensor:
     def dequantize(self) -> torch.Tensor:
         return torch.from_numpy(np.array(self.values))
 
+    def nonfinite(self) -> str | None:
+        """``"values"`` when a float entry is NaN or infinite, else None."""
+        return "values" if self.dtype != "int64" and not np.isfinite(self.values).all() else None
+
 
 @dataclass
 class QuantizedTensor:
@@ -255,6 +259,16 @@ class QuantizedTensor:
 
     def size_bits(self) -> int:
         return _fields_bits(self.fields())
+
+    def nonfinite(self) -> str | None:
+        """The first float field (of the codebook, or the per-channel scales) that holds a NaN or an
+        infinity, else None: the dequantized weights are then non-finite too."""
+        floats = {f.name: getattr(self.codebook, f.name) for f in dataclasses.fields(self.codebook)}
+        floats["channel_scale"] = self.channel_scale
+        for key, value in floats.items():
+            if value is not None and not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+                return f"{type(self.codebook).__name__}.{key}" if key != "channel_scale" else key
+        return None
 
     def overpaid(self, slack: float = CODE_COST_SLACK) -> str | None:
         """Where codes cost more than their codebook needs: per code width w, the bits paid per code

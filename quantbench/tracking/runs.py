@@ -1,10 +1,14 @@
 """A job's MLflow run, from open to close: what it records about where and with what it ran (tags),
-and its outcome whatever happens (FINISHED, FAILED with ``status=diverged|failed``, KILLED).
+and its outcome whatever happens (FINISHED with ``status=ok``, or with ``status=diverged`` for a
+cell whose method diverged; FAILED with ``status=failed`` (or ``diverged`` for a reference); KILLED).
 
 :func:`open_run` closes runs of the cell left RUNNING by a dead job, then opens this job's run
-(its params: the identity, flattened). :func:`recorded` closes it FAILED or KILLED when the job's
-body does not complete (SIGTERM/SIGINT arrive as :class:`Terminated`); :func:`finish` closes it
-FINISHED with its files and publishes the job's output last. In a job of several processes rank
+(its params: the identity, flattened). :func:`recorded` closes it when the job's body does not
+complete: a divergence of a cell (a :class:`FloatingPointError`: non-finite training loss,
+weights or test metrics) is the cell's result, written to its ``metrics.json`` and raised as
+:class:`Diverged` for the job to exit 0; any other error FAILED; SIGTERM/SIGINT (arriving as
+:class:`Terminated`) KILLED. :func:`finish` closes it FINISHED with its files and publishes the
+job's output last. In a job of several processes rank
 0 alone has a run; a rank stopped by a signal under torchrun leaves its run to the launcher,
 which knows whether a rank failed or the job was cancelled (:func:`close_left_running`).
 """
@@ -96,6 +100,15 @@ def method_tags(method_cls: type) -> dict[str, str]:
     return tags
 
 
+class Diverged(Exception):  # noqa: N818 (an outcome, not an error)
+    """A cell's method diverged: its run is closed FINISHED with ``status=diverged`` and
+    ``result`` (its ``metrics.json``) is written; the job exits 0 and its other cells go on."""
+
+    def __init__(self, result: dict) -> None:
+        super().__init__(result.get("reason", "diverged"))
+        self.result = result
+
+
 class Terminated(BaseException):
     """SIGTERM/SIGINT arrived: the run is closed KILLED and the job exits 128 + signal."""
 
@@ -156,9 +169,14 @@ def close_left_running(spec: JobSpec, run_id_file: Path, status: str, reason: st
 
 
 @contextmanager
-def recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
-    """Close the run FAILED (diverged/failed) or KILLED when the body does not complete. Without a
-    run (a rank other than 0) the body's errors pass through unrecorded."""
+def recorded(run: tuple, log_file: Path | None, step_metrics, outcome: Path | None = None) -> Iterator[None]:
+    """Close the run when the body does not complete. A divergence (:class:`FloatingPointError`) is
+    the job's result when ``outcome`` (its ``metrics.json``) is given: the run is closed FINISHED
+    with ``status=diverged`` and the reason as ``diverged_at``, ``outcome`` is written with
+    ``status: diverged``, and :class:`Diverged` carries that result out (on every rank: the job
+    exits 0); without ``outcome`` (a reference: its cells cannot run) it is closed FAILED with
+    ``status=diverged`` and the job fails. Any other error: FAILED; a signal: KILLED. Without a run
+    (a rank other than 0) the body's errors pass through unrecorded."""
     if run is None:
         try:
             with signals_as_exceptions():
@@ -166,6 +184,8 @@ def recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
         except FloatingPointError as e:
             if getattr(e, "all_ranks", False):  # rank 0 records it first: torchrun would stop it when this one exits
                 distributed.barrier()
+            if outcome is not None:
+                raise Diverged({"status": "diverged", "reason": str(e), "rank": distributed.rank()}) from None
             raise
         except Terminated as e:
             raise SystemExit(128 + e.signum) from None
@@ -176,11 +196,22 @@ def recorded(run: tuple, log_file: Path | None, step_metrics) -> Iterator[None]:
         with signals_as_exceptions():
             yield
     except FloatingPointError as e:
-        tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "failure_reason": str(e)}, logs,
-                           "FAILED")
+        if outcome is None:
+            tags = {"status": "diverged", "failure_reason": str(e)}
+            tracker.finish_run(run_id, {}, step_metrics(), tags, logs, "FAILED")
+        else:  # the reason says where: "training loss is nan at epoch 0 of LC step 11 (mu 4.1)"
+            result = {"status": "diverged", "reason": str(e), "cell_id": cell_id, "run_id": run_id}
+            with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:
+                attached = write_json_atomic(result, Path(staging) / outcome.name)
+                tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "diverged_at": str(e)},
+                                   [attached, *logs])
+            write_json_atomic(result, outcome)
+            log.warning("%s diverged: %s; recorded as its result (run %s)", cell_id, e, run_id)
         if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
             distributed.barrier()
-        raise JobFailed(f"{cell_id} diverged: {e}") from None
+        if outcome is None:
+            raise JobFailed(f"{cell_id} diverged: {e}") from None
+        raise Diverged(result) from None
     except Terminated as e:
         if distributed.launched_by_torchrun():  # a failed rank or a cancel: the launcher knows which
             log.error("%s: %s; run %s left to the launcher to close", cell_id, e, run_id)

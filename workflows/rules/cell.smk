@@ -1,6 +1,9 @@
 # The cell jobs, one rule per shape of job (config `batch`, Config.batches): `cell` computes one
 # cell (method and budget are wildcards); `cells_<method>` the budgets of one method; `cells`
 # every cell of one reference. Each cell keeps its own outputs, log and MLflow run either way.
+# A cell's output is its result, metrics.json (status ok, or diverged: a result without a model);
+# its model.qbc is written beside it when there is a model, and recorded in MLflow, but is not
+# declared: Snakemake has no optional outputs (docs/architecture.md).
 for _batch in CFG.batches():
 
     rule:
@@ -10,7 +13,6 @@ for _batch in CFG.batches():
             reference=lambda wc: reference_file(wc.task, wc.arch, wc.seed),
         output:
             metrics=batch_files(_batch, "metrics.json"),
-            artifact=batch_files(_batch, "model.qbc"),
         log:
             batch_files(_batch, ".log"),
         params:
@@ -26,5 +28,5 @@ for _batch in CFG.batches():
         shell:
             "{params.launch}quantbench cell --plan {params.plan:q} --job {params.jobs} --digest {params.digest}"
             " --reference {input.reference:q}"
-            " --out {output.metrics:q} --artifact {output.artifact:q} --log {log:q} --threads {threads}"
+            " --out {output.metrics:q} --log {log:q} --threads {threads}"
             " {params.launch_args}"

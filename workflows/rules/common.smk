@@ -6,7 +6,6 @@
 import functools
 import json
 import os
-import shlex
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
 from quantbench.errors import ConfigError
 from quantbench.plan import PLAN_FILE, plan_grid, reference_id
+from quantbench.spec import content_hash
 
 
 def _config_source():
@@ -60,7 +60,6 @@ EXP = CFG.name
 RUNS = f"{RESULTS}/runs/{EXP}"
 LOGS = f"{RESULTS}/logs/{EXP}"
 PLAN = f"{RUNS}/{PLAN_FILE}"
-TRACKING_URI_ARG = f"--tracking-uri {shlex.quote(CFG['tracking_uri'])}" if CFG["tracking_uri"] else ""
 
 
 @functools.cache
@@ -84,18 +83,56 @@ def write_plan():
         plan.write(PLAN)
     os.makedirs(LOGS, exist_ok=True)
     log = f"{LOGS}/plan.log"
-    try:
-        shell(f"quantbench plan {shlex.quote(PLAN)} > {shlex.quote(log)} 2>&1")
-    except subprocess.CalledProcessError:
+    with open(log, "w") as f:  # not shell(): a path is not a format string
+        recorded = subprocess.run(["quantbench", "plan", PLAN], stdout=f, stderr=subprocess.STDOUT).returncode == 0
+    if not recorded:
         with open(log) as f:
-            raise WorkflowError(f"recording the plan failed ({log}):\n" + "".join(f.readlines()[-10:])) from None
+            raise WorkflowError(f"recording the plan failed ({log}):\n" + "".join(f.readlines()[-10:]))
 
 
-def tables_command(wildcards=None, output=None):
-    """The one tables command: rule tables runs it, and the onerror handler."""
-    return (f"quantbench tables --experiment {shlex.quote(EXP)} --results-dir {shlex.quote(RESULTS)} "
-            f"--size-tolerance {CFG['tables']['size_tolerance']!r} --alpha {CFG['tables']['alpha']!r} "
-            f"--claims {shlex.quote(json.dumps(CFG['claims']))} {TRACKING_URI_ARG}")
+def tables_settings_digest(wildcards=None):
+    """The tables' settings (size tolerance, alpha, claims: plan.json's ``tables``) as a digest, the
+    tables rule's params: changing a claim redraws the tables, and no JSON reaches a command line."""
+    return content_hash(the_plan().tables)[:16]
+
+
+def tables_argv():
+    """The one tables command (rule tables runs it, and the grid's end when a job failed): every
+    setting comes from plan.json."""
+    return ["quantbench", "tables", "--plan", PLAN]
+
+
+def end_of_grid(failed):
+    """The onsuccess/onerror handlers' work. When a job failed (the grid ran with keep-going, the
+    profile's default), the tables and plots are written all the same (``quantbench tables``, run
+    without Snakemake's shell formatting: its log is logs/<experiment>/tables-onerror.log). Then one
+    line per cell that did not end with a result (its log named) and per cell whose method
+    diverged (a result the tables show as ``diverged``)."""
+    if failed and os.path.isfile(PLAN):
+        os.makedirs(LOGS, exist_ok=True)
+        with open(f"{LOGS}/tables-onerror.log", "w") as log:
+            made = subprocess.run(tables_argv(), stdout=log, stderr=subprocess.STDOUT).returncode == 0
+        logger.error(f"quantbench: tables and plots {'written to ' + RESULTS + '/tables/' + EXP if made else 'failed'}"
+                     f" (log: {LOGS}/tables-onerror.log)")
+    for line in cell_outcomes():
+        (logger.error if line.startswith("failed") else logger.warning)(f"quantbench: {line}")
+
+
+def cell_outcomes():
+    """``failed: <cell> (log: <file>)`` for each planned cell without metrics.json whose job ran,
+    ``not run: <cell>`` for one whose job never started (its reference failed), and ``diverged:
+    <cell>: <where>`` for each cell whose result is a divergence."""
+    lines = []
+    for cell in CFG.cells:
+        path, log = cell_file(cell), f"{LOGS}/{cell.id}.log"
+        if not os.path.isfile(path):
+            lines.append(f"failed: {cell.id} (log: {log})" if os.path.isfile(log) else f"not run: {cell.id}")
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        if result.get("status") == "diverged":
+            lines.append(f"diverged: {cell.id}: {result.get('reason', '')} (log: {log})")
+    return lines
 
 
 wildcard_constraints:
@@ -128,7 +165,7 @@ def plot_files(ext):
 
 
 def batch_files(batch, name):
-    """The files of a batch's cells: ``metrics.json``, ``model.qbc`` under runs/, ``.log`` under logs/."""
+    """The files of a batch's cells: ``metrics.json`` under runs/, ``.log`` under logs/."""
     if name == ".log":
         return [f"{LOGS}/{{task}}/{{arch}}/{m}/b{b}/s{{seed}}.log" for m, b in batch.members]
     return [f"{RUNS}/{{task}}/{{arch}}/{m}/b{b}/s{{seed}}/{name}" for m, b in batch.members]

@@ -19,6 +19,7 @@ rule tables:
     log:
         f"{LOGS}/tables.log",
     params:
-        command=tables_command,
+        plan=PLAN,
+        settings=tables_settings_digest,  # size tolerance, alpha and claims are read from the plan
     shell:
-        "{params.command} > {log:q} 2>&1"
+        "quantbench tables --plan {params.plan:q} > {log:q} 2>&1"
