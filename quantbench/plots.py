@@ -6,7 +6,9 @@
   baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
   budget) points — no other point is about as small (sizes within the tables' ``size_tolerance``
   count as equal, :func:`pareto_front`) and significantly better (the tables' paired test) — as
-  a grey staircase, points ringed; each point has its 95 % interval as an error bar.
+  a grey staircase, points ringed; each point has its 95 % interval as an error bar; the cells
+  without a point (diverged, failed, not run) and those whose mean leaves out a diverged seed are
+  named in the panel's corner.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
@@ -123,6 +125,7 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
         ax.set_title(f"{task} / {arch}")
         for _, r in ref.iterrows():
             ax.axhline(r["mean"], color="k", ls="--", lw=1, label="reference (fp32)")
+        _note_unplotted(ax, part[(part["arch"] == arch) & (part["method"] != "reference")])
         if cells.empty:
             ax.text(0.5, 0.5, "no finished quantized runs", ha="center", va="center", transform=ax.transAxes)
             continue
@@ -157,6 +160,20 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
     if handles:
         fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return _save(fig, plt, out_dir, f"{task}_size")
+
+
+def _note_unplotted(ax, rows: pd.DataFrame) -> None:
+    """A line per status in the panel's corner naming the cells that have no point (diverged at
+    every seed, failed, killed, not run) and those whose point leaves out a diverged seed (§)."""
+    lines = [f"{status}: " + ", ".join(f"{r.method} {r.budget:g}b" for r in g.itertuples())
+             for status, g in rows[rows["status"] != "ok"].groupby("status")]
+    partly = rows[(rows["status"] == "ok") & (rows.get("diverged", 0) > 0)]
+    if len(partly):
+        lines.append("§ diverged at some seed: " + ", ".join(
+            f"{r.method} {r.budget:g}b (s{r.diverged_seeds.replace(' ', ', s')})" for r in partly.itertuples()))
+    if lines:
+        ax.text(0.01, 0.01, "\n".join(lines), transform=ax.transAxes, fontsize=6, va="bottom", color="tab:red",
+                wrap=True)
 
 
 def calibration_rows(part: pd.DataFrame) -> pd.DataFrame:

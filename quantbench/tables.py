@@ -94,7 +94,7 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
     shown = long[(long["status"] == "ok") & long["mean"].notna()]
     over = shown[shown["over_budget"].astype(bool)]
     below = shown[shown["below_start"].astype(bool)]
-    diverged = shown[shown["diverged"] > 0]
+    diverged = shown[shown["diverged"] > 0] if "diverged" in shown else shown.iloc[:0]  # a CSV before #38 has none
     lines = []
     if len(over):
         lines.append(f"{marks.get(OVER, OVER)} over budget: " + "; ".join(

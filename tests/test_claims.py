@@ -9,10 +9,11 @@ import pytest
 import yaml
 from test_significance import SPLIT, Record, correctness
 
-from quantbench.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, parse_claims
+from quantbench.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, evaluate_claims, parse_claims
 from quantbench.cli import main
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
+from quantbench.significance import CellRecord
 from quantbench.tables import tables_from_mlflow
 
 
@@ -175,3 +176,31 @@ def test_the_starting_point_rule_covers_the_methods_whose_start_is_in_the_grid(t
     tables_from_mlflow(rec.uri, "start", out, claims=parse_claims([{"claim": "starting point"}]))
     cases = pd.read_csv(out / "digits_claims.csv")
     assert list(zip(cases["A"], cases["B"], cases["verdict"], strict=True)) == [("lc_adaptive", "dc", FAILS)]
+
+
+def _cell(method: str, values: dict[int, float], diverged: set[int]) -> CellRecord:
+    return CellRecord("digits", "mlp", method, 2.0, "accuracy", True, values=values, diverged=diverged)
+
+
+@pytest.mark.parametrize(("claim", "a", "b", "verdict", "reason"), [
+    # A lost a seed B finished: a claim that A is better, or not worse, fails whatever the other seeds say
+    ("a > b", _cell("a", {0: 99.0}, {1}), _cell("b", {0: 10.0, 1: 10.0}, set()), FAILS,
+     "a diverged at seed(s) 1 where b finished"),
+    ("a >= b", _cell("a", {}, {0, 1}), _cell("b", {0: 10.0, 1: 10.0}, set()), FAILS,
+     "a diverged at seed(s) 0, 1 where b finished"),
+    # B lost every seed A finished: nothing left to test, and every seed is A's
+    ("a > b", _cell("a", {0: 50.0}, set()), _cell("b", {}, {0}), HOLDS, "b diverged at seed(s) 0 where a finished"),
+    ("a vs b", _cell("a", {}, {0}), _cell("b", {0: 10.0}, set()), "b better",
+     "a diverged at seed(s) 0 where b finished"),
+    ("a vs b", _cell("a", {0: 10.0}, set()), _cell("b", {}, {0}), "a better",
+     "b diverged at seed(s) 0 where a finished"),
+    # both diverged at every seed: no seed to call either way
+    ("a > b", _cell("a", {}, {0}), _cell("b", {}, {0}), NOT_RUN, "diverged at every seed"),
+    ("a vs b", _cell("a", {}, {0}), _cell("b", {}, {0}), NOT_RUN, "diverged at every seed"),
+])
+def test_a_diverged_seed_is_worse_than_any_result(claim, a, b, verdict, reason):
+    (parsed,) = parse_claims([{"claim": claim}])
+    present = {("digits", "mlp", m, 2.0) for m in ("a", "b")}
+    cases, verdicts = evaluate_claims([parsed], {("digits", "mlp", "a", 2.0): a, ("digits", "mlp", "b", 2.0): b},
+                                      present)
+    assert cases[["verdict", "reason"]].values.tolist() == [[verdict, reason]]

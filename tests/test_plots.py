@@ -110,3 +110,24 @@ def test_the_front_passes_through_points_no_significantly_better_point_dominates
         for i in range(3):
             dominated = any(size[j] <= size[i] and metric[j] > metric[i] and sep[i, j] for j in range(3))
             assert (i not in front) == dominated
+
+
+def test_the_size_plot_names_the_cells_it_has_no_point_for():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantbench.plots import _note_unplotted
+
+    rows = pd.DataFrame({"method": ["rtn", "lc_binary", "raises", "qat", "ghost"], "budget": [2.0, 1.0, 2.0, 1.0, 3.0],
+                         "status": ["ok", "diverged", "failed", "ok", "not run"], "diverged": [0, 3, 0, 1, 0],
+                         "diverged_seeds": ["", "0 1 2", "", "2", ""]})
+    fig, ax = plt.subplots()
+    _note_unplotted(ax, rows)
+    assert [t.get_text() for t in ax.texts] == [
+        "diverged: lc_binary 1b\nfailed: raises 2b\nnot run: ghost 3b\n§ diverged at some seed: qat 1b (s2)"]
+    fig, ax = plt.subplots()
+    _note_unplotted(ax, rows[rows["method"] == "rtn"])
+    assert not ax.texts
+    plt.close("all")

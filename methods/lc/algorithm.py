@@ -182,7 +182,8 @@ def iterated_direct_compression(model: nn.Module, view: ParamView, csteps: list[
         for epoch in range(epochs_per_step):
             order = derive_seed(ctx.seed, DATA_ORDER, k * 101 + epoch)
             with _diverged_at(f"iDC step {k}"):
-                loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, grad_clip=grad_clip, epoch=epoch)
+                loss = train_epoch(model, ctx.task, opt, batch_size, order, ctx.device, grad_clip=grad_clip,
+                                   epoch=epoch)
         projections = c_step(view, csteps, w)
         _log_step(ctx, model, view, decompress(view, projections, w), k, train_loss=loss)
     return projections
