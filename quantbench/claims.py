@@ -243,8 +243,9 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
 def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, title: str) -> str:
     """The claims table: a line per claim with its verdict, then its cases."""
     lines = [f"# {title}", "",
-             f"Each claim is checked on every (task, arch, budget) case it covers by the paired bootstrap of "
-             f"the tables (docs/statistics.md): A − B in the task's metric with its {100 * (1 - alpha):g} % "
+             f"Each claim is checked on every (task, arch, budget) case it covers by the paired test of the "
+             f"tables (docs/statistics.md: a paired t over the seeds; with one seed, a bootstrap over test "
+             f"examples, example noise only): A − B in the task's metric with its {100 * (1 - alpha):g} % "
              f"interval. 'A > B' holds where the interval is above 0; 'A >= B' where A is not significantly "
              f"worse (or, with a margin, the interval is above −margin). A case fails where A is significantly "
              f"worse (Holm over the claim's cases, α = {alpha:g}); a claim holds when all its cases hold and "

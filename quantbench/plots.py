@@ -6,7 +6,9 @@
   baselines greys), the fp32 reference as a dashed line, and the Pareto front of all (method,
   budget) points — no other point is about as small (sizes within the tables' ``size_tolerance``
   count as equal, :func:`pareto_front`) and significantly better (the tables' paired test) — as
-  a grey staircase, points ringed; each point has its 95 % interval as an error bar; the cells
+  a grey staircase, points ringed; each point has the spread the tables show as an error bar (the
+  seeds' range, inside the metric's range; one seed: its interval over test examples), a marker
+  of its own within its family; the cells
   without a point (diverged, failed, not run) and those whose mean leaves out a diverged seed are
   named in the panel's corner.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
@@ -89,6 +91,18 @@ def _save(fig, plt, out_dir: Path, stem: str) -> list[Path]:
 FAMILY_COLOURS = dict(zip(PAPER_FAMILIES, ("Greys", "Blues", "Greens", "Oranges", "Purples"), strict=True))
 
 
+MARKERS = "osD^v<>PX*hp"  # the methods of one family: one marker each, so shades need not be told apart
+
+
+def method_markers(methods: pd.DataFrame) -> dict[str, str]:
+    """A marker per method, distinct within its family (the family's methods in name order)."""
+    markers = {}
+    for _, g in methods.groupby("family", sort=False):
+        for i, method in enumerate(sorted(set(g["method"]))):
+            markers[method] = MARKERS[i % len(MARKERS)]
+    return markers
+
+
 def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
     """One colour family per paper family (a colormap each; other families share Reds), the
     methods of a family in shades of it."""
@@ -107,17 +121,18 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
               separable: Callable[[pd.Series, pd.Series], bool] | None = None) -> list[Path]:
     """Metric vs achieved bits per weight for one task (``part``: rows of
     :func:`quantbench.summary.summarize`): a panel per arch, a line per method through its budgets
-    with each point's 95 % interval as an error bar, coloured by paper family; the x axis spans
-    the quantized points, the fp32 reference is a dashed line; the Pareto front of all (method,
-    budget) points, sizes within ``size_tolerance`` (relative) counting as equal and a better point
-    dominating only where ``separable(row_i, row_j)`` (their difference is significant), is a
-    grey staircase."""
+    with each point's spread (cell_interval) as an error bar, coloured by paper family, a marker
+    per method; the x axis spans the quantized points, the fp32 reference is a dashed line; the
+    Pareto front of all (method, budget) points, sizes within ``size_tolerance`` (relative)
+    counting as equal and a better point dominating only where ``separable(row_i, row_j)`` (their
+    difference is significant), is a grey staircase."""
     metric = part["metric"].iloc[0]
     higher = bool(part["higher_is_better"].iloc[0])
     archs = list(dict.fromkeys(part["arch"]))
     fig, axes, plt = _figure(len(archs))
     done = part[(part["status"] == "ok") & part["mean"].notna()]
     colours = method_colours(done[done["method"] != "reference"])
+    markers = method_markers(done[done["method"] != "reference"])
     for ax, arch in zip(axes, archs, strict=True):
         rows = done[done["arch"] == arch]
         ref = rows[rows["method"] == "reference"]
@@ -132,8 +147,8 @@ def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: floa
         for method, g in cells.groupby("method", sort=False):
             g = g.sort_values("bpw")
             errors = np.vstack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]) if "ci_low" in g else None
-            ax.errorbar(g["bpw"], g["mean"], yerr=errors, marker="o", ms=3.5, lw=1.2, elinewidth=0.8, capsize=2,
-                        color=colours[method], label=method)
+            ax.errorbar(g["bpw"], g["mean"], yerr=errors, marker=markers[method], ms=4, lw=1.2, elinewidth=0.8,
+                        capsize=2, color=colours[method], label=method)
         matrix = None
         if separable is not None:
             rows_ = [r for _, r in cells.iterrows()]

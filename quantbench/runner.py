@@ -48,6 +48,7 @@ from quantbench.methods import get_method
 from quantbench.models import build_model
 from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
 from quantbench.spec import JobSpec, content_hash
+from quantbench.stats import chance_level
 from quantbench.tracking import Tracker, experiment_store
 from quantbench.tracking.runs import (
     Diverged,
@@ -159,6 +160,8 @@ def _tags(spec: JobSpec, device: torch.device, task) -> dict:
             "metric": task.metric, "higher_is_better": str(task.higher_is_better).lower(), "arch": job.arch,
             "seed": str(job.seed), "device": str(device), "config_hash": job.digest()[:16],
             "status": "running", "family": "reference"}
+    if getattr(task, "num_classes", None):  # a uniform guess's metric: the tables count collapsed seeds by it
+        tags["chance"] = f"{chance_level(task.metric, task.num_classes):.6g}"
     if job.kind == "cell":
         method = get_method(job.method)
         tags.update(method=job.method, budget=f"{job.budget:g}", family=method.family, **method_tags(method),

@@ -3,15 +3,17 @@
 A *cell* here is (task, arch, method, budget) over its seeds: the latest run of each seed that
 finished, its metric and, where the run recorded it, its per-example results (``examples.npz``),
 and the seeds whose method diverged (a result with no metric). Two cells are compared on the
-seeds both finished (seed s of both compressed the same reference s), by the paired bootstrap of
-:func:`quantbench.stats.paired_difference`; a difference is *detectable* when its p-value is
-below α (default 0.05). A diverged seed is worse than any finished one: the tables never bold a
-cell with one, and a claim that its method is better fails where it diverged and the other
-finished (docs/statistics.md, "Diverged seeds").
+seeds both finished (seed s of both compressed the same reference s), by the seed-level test of
+:func:`quantbench.stats.paired_difference` (a paired t over the seeds; one seed: example noise
+only); a difference is *detectable* when its p-value is below α (default 0.05). A diverged seed
+is worse than any finished one: the tables never bold a cell with one, and a claim that its
+method is better fails where it diverged and the other finished (docs/statistics.md, "Diverged
+seeds").
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tempfile
@@ -71,19 +73,42 @@ def latest_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 def load_examples(tracker, runs: pd.DataFrame) -> dict[str, Examples]:
     """``examples.npz`` of each run of ``runs`` (``run_id``, ``artifact_uri``) that recorded one,
-    by run id. A run recorded before per-example results existed has none (left out); an
-    unreadable file is left out with a warning naming the run and the file."""
+    by run id. A run recorded before per-example results existed has none (left out). A file is
+    evidence: one that cannot be read, whose sha256 is not the one its run recorded (tag
+    ``examples_sha256``), or whose arrays do not give the metric the run logged, is refused with a
+    warning naming the run and the file, and left out (its seed then has no per-example results)."""
     found = {}
     with tempfile.TemporaryDirectory(prefix="quantbench-examples-") as tmp:
-        for run_id, uri in zip(runs["run_id"], runs["artifact_uri"], strict=True):
-            path = tracker.artifact_file(run_id, uri, EXAMPLES_FILE, Path(tmp) / run_id)
+        for _, run in runs.iterrows():
+            run_id = run["run_id"]
+            path = tracker.artifact_file(run_id, run["artifact_uri"], EXAMPLES_FILE, Path(tmp) / run_id)
             if path is None:
                 continue
             try:
-                found[run_id] = Examples.load(path)
+                found[run_id] = _checked_examples(path, run)
             except ExamplesError as e:
-                log.warning("run %s: %s; its cell has no per-example results", run_id, e)
+                log.warning("run %s: %s; refused: its cell has no per-example results for seed %s", run_id, e,
+                            run.get("tags.seed"))
     return found
+
+
+def _checked_examples(path: Path, run: pd.Series) -> Examples:
+    """The run's examples file, read and checked against what the run recorded (its sha256, when
+    recorded, and its logged metric, to 1e-5 relative)."""
+    recorded = run.get("tags.examples_sha256")
+    if isinstance(recorded, str) and hashlib.sha256(path.read_bytes()).hexdigest() != recorded:
+        raise ExamplesError(f"{path}: its sha256 is not the {recorded[:16]}… its run recorded (changed or damaged)")
+    examples = Examples.load(path)
+    metric = run.get("tags.metric")
+    logged = run.get(f"metrics.{metric}")
+    if isinstance(metric, str) and logged is not None and not pd.isna(logged):
+        try:
+            value = examples.metric(metric)
+        except ExamplesError:
+            return examples
+        if not math.isclose(value, float(logged), rel_tol=1e-5, abs_tol=1e-9):
+            raise ExamplesError(f"{path}: its arrays give {metric} {value:.6g}, the run logged {float(logged):.6g}")
+    return examples
 
 
 def cell_records(latest: pd.DataFrame, examples: dict[str, Examples]) -> dict[tuple, CellRecord]:
@@ -211,7 +236,10 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
                      + (f"; diverged at seeds {sorted(cell.diverged)}, left out" if cell.diverged else "") + ")")
     lines.append(f"  {'A − B':<{width}}  {d.difference:+.4g}  {pct} interval [{d.low:+.4g}, {d.high:+.4g}], "
                  f"p = {format_p(d.p_value)}")
-    lines.append(f"  paired over {d.n_seeds} seed(s) × {d.n_examples} test examples (bootstrap, {d.replicates} "
-                 f"replicates{', seeds drawn too' if d.n_seeds > 1 else ''}; α = {alpha:g})")
+    lines.append(f"  {d.test}: {d.n_seeds} seed(s), each on {d.n_examples} test examples; α = {alpha:g}"
+                 + (f" ({d.replicates} replicates)" if d.replicates else ""))
+    if d.n_seeds < 2:
+        lines.append("  one seed in common: this says how sure the difference is on this test set, for these "
+                     "networks, not on another seed's (run 2 or more seeds for a verdict about the method)")
     lines.append(f"  verdict: {verdict(d, a.higher_is_better, alpha, (method_a, method_b))}")
     return "\n".join(lines)

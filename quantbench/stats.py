@@ -9,22 +9,26 @@ examples, ``metric = f(Σ_i w_i·num_i / Σ_i w_i·den_i)`` with weights ``w_i =
 ``f = exp``), so a bootstrap replicate is the same formula with ``w`` = how often each example
 was drawn.
 
-- **Interval of a cell** (:func:`cell_interval`), 95 % by default: with ≥ 3 seeds a t interval
-  over the seeds' metrics, ``mean ± t_{0.975, n-1}·s/√n`` (run-to-run variance: the networks);
-  with 1 or 2 seeds a percentile bootstrap over test examples of the seeds' mean (test-set
-  variance only: it says nothing about another seed).
+- **Spread of a cell** (:func:`cell_interval`), shown beside its mean: with ≥ 2 seeds the range
+  of the seeds' metrics, ``[min_s m(s), max_s m(s)]`` (run-to-run spread, inside the metric's range
+  by construction: a t interval over 3 seeds of which one collapsed went past 100 %); with one seed
+  a 95 % percentile bootstrap over test examples (test-set variance only: nothing about another
+  seed). A seed has **collapsed** (:func:`collapsed`) when its metric is no better than chance
+  (:func:`chance_level`) by more than :data:`COLLAPSE_MARGIN`.
 - **Paired difference** (:func:`paired_difference`) of two cells on the same examples and the
-  same seeds (seed s of both compressed the same reference s): ``d = mean_s [m_A(s) − m_B(s)]``;
-  a bootstrap replicate draws the test examples with replacement (the same draw for every seed
-  and both cells) and, with several seeds, the seeds with replacement. The interval is the
-  replicates' percentiles; the two-sided p-value ``2·(min(#{d* < 0}, #{d* > 0}) + #{d* = 0}/2 + 1)/(B + 1)``
-  (at most 1) inverts it: ``p < α`` when the ``1 − α`` interval leaves out 0 (up to the +1
-  that keeps p above 0, and the ties at 0 counted half on each side: on accuracy over a few
-  hundred examples ``d* = 0`` holds about 4 % of the mass, and counting it on both sides made
-  the test reject 1.3 % of the time at α = 5 % where nothing differs). Where fewer than
-  :data:`RESOLVED_TAIL` replicates fall beyond 0 the count cannot resolve p (it stops at
-  ``2/(B + 1)``, 0.001 at B = 2,000, which Holm over 80 cases can never call significant), so p
-  is then the normal approximation ``2·Φ(−|d|/sd(d*))`` from the replicates' spread.
+  same seeds (seed s of both compressed the same reference s): ``d = mean_s d_s`` with
+  ``d_s = m_A(s) − m_B(s)``. **The seed is the unit** (a seed is the whole pipeline run again:
+  reference, method, calibration draw): with n ≥ 2 seeds, a paired t test on the ``d_s``,
+  ``t = d̄ / (s_d/√n)`` on n − 1 degrees of freedom, interval ``d̄ ± t_{(1+c)/2, n−1}·s_d/√n``
+  (:data:`SEED_T`); where the ``d_s`` are all equal (no spread: t is not defined) the exact
+  sign-flip permutation over the seeds, whose smallest p is ``2/2^n`` (0.25 at 3 seeds:
+  :data:`SIGN_FLIP`). Example noise alone is not evidence about another seed: with one seed
+  only, a paired bootstrap over the test examples (:data:`EXAMPLES_ONLY`, labelled as such): a
+  replicate draws the examples with replacement (the same draw for both cells), the interval is
+  the replicates' percentiles and the two-sided p-value
+  ``2·(min(#{d* < 0}, #{d* > 0}) + #{d* = 0}/2 + 1)/(B + 1)`` (at most 1; ties at 0 half on each
+  side), or, where fewer than :data:`RESOLVED_TAIL` replicates fall beyond 0 and the count
+  cannot resolve it, the normal tail ``2·Φ(−|d|/sd(d*))`` of the replicates' spread instead.
 - **Several comparisons** (:func:`holm`): Holm's step-down adjustment of a family's p-values
   (family-wise error at most α).
 """
@@ -36,6 +40,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +55,12 @@ REPLICATES = 2000
 RESOLVED_TAIL = 5  # fewer replicates than this beyond 0: the p-value is the normal approximation
 CHUNK_DRAWS = 4_000_000  # example draws per chunk of replicates: bounds the memory of a bootstrap
 EXAMPLES_FILE = "examples.npz"
-CI_SEEDS = "t over seeds"
+SEED_RANGE = "range of the seeds"
 CI_EXAMPLES = "bootstrap over test examples"
+COLLAPSE_MARGIN = 10.0  # accuracy/error points from chance; for a loss, 10 % of a uniform guess's
+SEED_T = "paired t over seeds"  # the tests of a difference (Difference.test)
+SIGN_FLIP = "exact sign-flip over seeds"
+EXAMPLES_ONLY = "paired bootstrap over test examples (one seed: example noise only)"
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,9 @@ class Examples:
                     out = cls(kind, f["loss_sum"].astype(np.float64), f["tokens"].astype(np.float64), split)
                 else:
                     raise ValueError(f"unknown kind {kind!r}")
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            raise ExamplesError(f"{path}: not a per-example results file ({EXAMPLES_FILE}): {e}") from None
+        except (OSError, EOFError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as e:  # truncated, garbled
+            raise ExamplesError(f"{path}: not a per-example results file ({EXAMPLES_FILE}): "
+                                f"{type(e).__name__}: {e}") from None
         if not isinstance(split, dict) or split.get("n") != out.n or len(out.denominator) != out.n:
             raise ExamplesError(f"{path}: its split says {split.get('n') if isinstance(split, dict) else split!r} "
                                 f"examples, its arrays hold {out.n}")
@@ -208,7 +218,9 @@ def percentile_interval(star: np.ndarray, confidence: float) -> tuple[float, flo
 
 @dataclass(frozen=True)
 class Difference:
-    """``mean_s [m_A(s) − m_B(s)]`` with its ``confidence`` interval and two-sided p-value."""
+    """``mean_s [m_A(s) − m_B(s)]`` with its ``confidence`` interval, two-sided p-value and the
+    test that gave them (:data:`SEED_T`, :data:`SIGN_FLIP` or :data:`EXAMPLES_ONLY`);
+    ``replicates``: the bootstrap's (0 for a test over seeds)."""
 
     difference: float
     low: float
@@ -218,35 +230,59 @@ class Difference:
     n_examples: int
     replicates: int
     confidence: float = CONFIDENCE
+    test: str = SEED_T
 
 
 def paired_difference(metric: str, a: Sequence[Examples], b: Sequence[Examples], confidence: float = CONFIDENCE,
                       replicates: int = REPLICATES, seed: int = 0) -> Difference:
-    """Paired bootstrap of ``m_A − m_B`` (module docstring): ``a[s]`` and ``b[s]`` are the results
-    of seed s of the two cells (the same reference), all on the same examples."""
+    """``m_A − m_B`` paired over seeds (module docstring): ``a[s]`` and ``b[s]`` are the results of
+    seed s of the two cells (the same reference), all on the same examples. Two or more seeds:
+    the seed-level test (:func:`seed_difference`); one: the bootstrap over test examples."""
     if len(a) != len(b) or not a:
         raise ExamplesError(f"a paired test needs the same seeds on both sides, got {len(a)} and {len(b)}")
     check_paired(a, b)
-    seeds, n = len(a), a[0].n
-    observed = float(np.mean([x.metric(metric) - y.metric(metric) for x, y in zip(a, b, strict=True)]))
-    seed_draws = np.random.default_rng([seed, 1])
-    stars = []
-    for weights in bootstrap_weights(n, replicates, seed):
-        per_seed = np.stack([x.metric(metric, weights) - y.metric(metric, weights) for x, y in zip(a, b, strict=True)])
-        if seeds > 1:  # the seeds drawn with replacement too: (seeds, chunk) -> mean over the drawn seeds
-            drawn = seed_draws.integers(0, seeds, size=(seeds, weights.shape[0]))
-            per_seed = np.take_along_axis(per_seed, drawn, axis=0)
-        stars.append(per_seed.mean(axis=0))
-    star = np.concatenate(stars)
+    per_seed = [x.metric(metric) - y.metric(metric) for x, y in zip(a, b, strict=True)]
+    if len(a) >= 2:
+        return seed_difference(per_seed, a[0].n, confidence, metric)
+    x, y = a[0], b[0]
+    star = np.concatenate([x.metric(metric, w) - y.metric(metric, w)
+                           for w in bootstrap_weights(x.n, replicates, seed)])
     low, high = percentile_interval(star, confidence)
     ties = np.sum(star == 0) / 2  # a tie is half on each side (mid-p): on a discrete metric it is not rare
     beyond = min(np.sum(star < 0) + ties, np.sum(star > 0) + ties)  # replicates on the far side of 0
     p = min(1.0, 2 * (beyond + 1) / (len(star) + 1))
-    if beyond < RESOLVED_TAIL:  # beyond what the replicates resolve: the normal tail of their spread
+    if beyond < RESOLVED_TAIL and star.std() > 0:  # the count cannot resolve p: the normal tail of the spread
         from scipy.stats import norm
 
-        p = min(p, float(2 * norm.sf(abs(observed) / star.std(ddof=1))))
-    return Difference(observed, low, high, float(p), seeds, n, len(star), confidence)
+        p = float(2 * norm.sf(abs(per_seed[0]) / star.std(ddof=1)))
+    return Difference(per_seed[0], low, high, float(p), 1, x.n, len(star), confidence, EXAMPLES_ONLY)
+
+
+BOUNDED = {"accuracy": 100.0, "error": 100.0}  # metrics on [0, B]: a difference lies in [−B, B]
+
+
+def seed_difference(per_seed: Sequence[float], n_examples: int = 0, confidence: float = CONFIDENCE,
+                    metric: str = "") -> Difference:
+    """The seed-level test of ``d_s`` (n ≥ 2 seeds' paired differences): the paired t test,
+    ``t = d̄ / (s_d/√n)`` on n − 1 degrees of freedom with its interval; where every ``d_s`` is
+    the same (s_d = 0, up to rounding), the exact sign-flip permutation test, ``p = #{ε ∈ {±1}^n : |mean(ε·d)| ≥
+    |d̄|} / 2^n`` (1 when d̄ = 0, else 2/2^n) with the interval [d̄, d̄]. A ``metric`` on [0, B]
+    (:data:`BOUNDED`) keeps the interval inside [−B, B], where every difference lies."""
+    from scipy.stats import t
+
+    d = np.asarray(per_seed, dtype=np.float64)
+    n, mean = len(d), float(d.mean())
+    if n < 2:
+        raise ExamplesError(f"a test over seeds needs at least 2 seeds, got {n}")
+    spread = float(d.std(ddof=1))
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):  # equal up to rounding (one example each: 100/n apiece)
+        return Difference(mean, mean, mean, 1.0 if mean == 0 else 2.0 / 2**n, n, n_examples, 0, confidence,
+                          SIGN_FLIP)
+    half = float(t.ppf((1 + confidence) / 2, n - 1)) * spread / math.sqrt(n)
+    p = float(2 * t.sf(abs(mean) / (spread / math.sqrt(n)), n - 1))
+    bound = BOUNDED.get(metric, math.inf)
+    return Difference(mean, max(mean - half, -bound), min(mean + half, bound), p, n, n_examples, 0, confidence,
+                      SEED_T)
 
 
 def format_p(p: float) -> str:
@@ -275,14 +311,36 @@ def bootstrap_interval(metric: str, results: Sequence[Examples], confidence: flo
 
 def cell_interval(metric: str, values: Sequence[float], results: Sequence[Examples] | None,
                   confidence: float = CONFIDENCE) -> tuple[float, float, str]:
-    """``(low, high, kind)`` of a cell's mean: a t interval over ``values`` (the seeds' metrics)
-    when there are ≥ 3, else a bootstrap over the test examples of ``results``; NaNs and ""
-    where neither is possible (one seed recorded without per-example results)."""
-    if len(values) >= 3:
-        return (*t_interval(values, confidence), CI_SEEDS)
+    """``(low, high, kind)`` shown beside a cell's mean: the range of ``values`` (the seeds'
+    metrics) when there are ≥ 2, else a bootstrap over the test examples of ``results``; NaNs
+    and "" where neither is possible (one seed recorded without per-example results)."""
+    if len(values) >= 2:
+        return float(min(values)), float(max(values)), SEED_RANGE
     if results:
         return (*bootstrap_interval(metric, results, confidence), CI_EXAMPLES)
     return math.nan, math.nan, ""
+
+
+def chance_level(metric: str, classes: int) -> float:
+    """The metric of a uniform guess over ``classes`` (a task's classes, or an LM's vocabulary):
+    accuracy 100/K, error 100 − 100/K, perplexity K, loss ln K, bits per token log2 K."""
+    return {"accuracy": 100.0 / classes, "error": 100.0 - 100.0 / classes, "perplexity": float(classes),
+            "loss": math.log(classes), "bits_per_token": math.log2(classes)}.get(metric, math.nan)
+
+
+def collapsed(metric: str, value: float, chance: float) -> bool:
+    """Whether a seed's ``value`` is no better than ``chance`` by more than :data:`COLLAPSE_MARGIN`:
+    accuracy ≤ chance + 10 points, error ≥ chance − 10 points; a loss (perplexity on the log
+    scale) at least 90 % of a uniform guess's. False where chance is unknown (NaN)."""
+    if math.isnan(chance) or math.isnan(value):
+        return False
+    if metric == "accuracy":
+        return value <= chance + COLLAPSE_MARGIN
+    if metric == "error":
+        return value >= chance - COLLAPSE_MARGIN
+    if metric == "perplexity":
+        return math.log(value) >= (1 - COLLAPSE_MARGIN / 100) * math.log(chance)
+    return value >= (1 - COLLAPSE_MARGIN / 100) * chance
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

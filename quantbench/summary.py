@@ -25,7 +25,7 @@ import pandas as pd
 from quantbench.method import PAPER_FAMILIES, Budget
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs
-from quantbench.stats import ALPHA, ExamplesError, cell_interval, holm
+from quantbench.stats import ALPHA, ExamplesError, cell_interval, collapsed, holm
 
 MISSING = "not run"  # a plan of the record has the cell, the record has no run of it
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
@@ -72,8 +72,11 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     (a cell ``planned`` without a run: a row of status ``not run``, :func:`unrun_rows`);
     ``seeds`` (runs), ``ok`` (finished), ``diverged`` and ``diverged_seeds`` (seeds whose method
     diverged: a result without a metric; a cell whose every seed diverged has status
-    ``diverged``, one with some the mean of the others); ``n_seeds`` (finished seeds),
-    ``ci_low``/``ci_high``/``ci_kind`` (the mean's 95 % interval, :func:`quantbench.stats.cell_interval`;
+    ``diverged``, one with some the mean of the others); ``seed_values`` (``seed:value`` of every
+    finished seed), ``collapsed`` (seeds no better than chance, :func:`quantbench.stats.collapsed`,
+    diverged ones included); ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the
+    spread shown beside the mean: the seeds' range, or one seed's interval over test examples,
+    :func:`quantbench.stats.cell_interval`;
     ``records``: the cells' finished seeds, :func:`quantbench.significance.cell_records`, default:
     without per-example results),
     ``best`` (bold: the best mean of its column, or not significantly worse than it at level
@@ -100,10 +103,15 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
             status = "/".join(sorted(set(failed["tags.status"])))
         else:  # every seed has its result; a cell whose every seed diverged reads "diverged"
             status = "ok" if len(ok) else "diverged"
+        seed_values = sorted(zip(ok["tags.seed"].astype(int), values, strict=True))
+        chance = pd.to_numeric(ok.get("tags.chance", pd.Series(np.nan, index=ok.index)), errors="coerce")
+        fell = sum(collapsed(metric, v, c) for v, c in zip(values, chance, strict=True))
         rows.append({
             "task": task, "arch": arch, "method": method, "budget": budget, "metric": metric,
             "seeds": len(g), "ok": len(ok), "diverged": len(diverged),
             "diverged_seeds": " ".join(str(s) for s in sorted(diverged["tags.seed"].astype(int))),
+            "seed_values": " ".join(f"{s}:{v:.6g}" for s, v in seed_values),
+            "collapsed": fell + len(diverged),  # seeds no better than chance (stats.collapsed), diverged ones too
             "mean": values.mean() if len(ok) else np.nan,
             "std": values.std(ddof=1) if len(ok) > 1 else np.nan,
             "bpw": _mean(ok, "metrics.bpw"),
@@ -147,7 +155,8 @@ def unrun_rows(rows: list[dict], planned: Planned) -> list[dict]:
             continue
         entry = planned.methods.get(label, {})
         out.append({"task": task, "arch": arch, "method": label, "budget": budget, "metric": tasks[task]["metric"],
-                    "seeds": 0, "ok": 0, "diverged": 0, "diverged_seeds": "", "mean": np.nan, "std": np.nan,
+                    "seeds": 0, "ok": 0, "diverged": 0, "diverged_seeds": "", "seed_values": "", "collapsed": 0,
+                    "mean": np.nan, "std": np.nan,
                     "bpw": np.nan, "compression_ratio": np.nan,
                     "size_kib": np.nan, "family": entry.get("family", "other"),
                     "higher_is_better": tasks[task]["higher_is_better"], "status": MISSING, "paper": np.nan,

@@ -2,9 +2,9 @@
 
 Per task: rows = (arch, reference first, then the methods grouped by paper family: baseline,
 LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads the mean of the task metric over
-seeds ± half the width of its 95 % interval (a t interval over ≥ 3 seeds, else a bootstrap over
-test examples; :mod:`quantbench.stats`, docs/statistics.md) and the achieved ``bpw`` /
-compression ratio.
+seeds with the seeds' range ``[min, max]`` (one seed: ± half its 95 % interval over test
+examples; :mod:`quantbench.stats`, docs/statistics.md) and the achieved ``bpw`` / compression
+ratio; ``¶`` marks a cell with a collapsed seed (no better than chance).
 
 What is bold, over budget or below its starting point is the long table's
 (:mod:`quantbench.summary`); this module prints it. An over-budget cell keeps its number, gets a
@@ -29,21 +29,24 @@ from quantbench.files import write_text_atomic
 from quantbench.method import CALIBRATION_LABEL
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
-from quantbench.stats import ALPHA, CI_EXAMPLES, CI_SEEDS, ExamplesError
+from quantbench.stats import ALPHA, CI_EXAMPLES, SEED_RANGE, ExamplesError
 from quantbench.summary import MISSING, SIZE_TOLERANCE, best_rows, check_size_tolerance, summarize
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (skipped at planning), or no plan has the cell
 VERSIONED = ("quantbench", "torch", "torchvision", "timm", "fairseq-fixed", "numpy", "mlflow")
-OVER, BELOW, DIVERGED = "†", "‡", "§"  # over budget; worse than its starting point; diverged at some seed
-TEX_MARKS = {OVER: r"$^\dagger$", BELOW: r"$^\ddagger$", DIVERGED: r"$^\S$"}
+# over budget; worse than its starting point; diverged at some seed; some seed collapsed (no better than chance)
+OVER, BELOW, DIVERGED, COLLAPSED = "†", "‡", "§", "¶"
+TEX_MARKS = {OVER: r"$^\dagger$", BELOW: r"$^\ddagger$", DIVERGED: r"$^\S$", COLLAPSED: r"$^\P$"}
+LEGACY_T = "t over seeds"  # the ci_kind of a CSV written before issue #39: mean ± half a t interval
 
 
 def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
-    """``mean ± std (bpw, ratio)``; ``‡`` after a mean worse than the starting point's, ``§``
-    after one over the seeds that did not diverge, ``†`` after the bpw of an over-budget cell
-    (``marks`` maps them to their spelling: LaTeX). A cell whose every seed diverged reads
-    ``diverged``."""
+    """``mean [min, max] (bpw, ratio)`` (several seeds: their range) or ``mean ± h (bpw, ratio)``
+    (one seed: half its interval over test examples); ``‡`` after a mean worse than the starting
+    point's, ``§`` after one over the seeds that did not diverge, ``¶`` after one with a collapsed
+    seed, ``†`` after the bpw of an over-budget cell (``marks`` maps them to their spelling:
+    LaTeX). A cell whose every seed diverged reads ``diverged``."""
     if row["status"] != "ok":
         return f"{row['status']} ({row['ok']}/{row['seeds']} ok)" if row["ok"] else row["status"]
     marks = marks or {}
@@ -52,7 +55,10 @@ def _cell(row: pd.Series, pm: str, bold=None, marks: dict | None = None) -> str:
         value = bold(value)
     value += marks.get(BELOW, BELOW) if row.get("below_start", False) else ""
     value += marks.get(DIVERGED, DIVERGED) if row.get("diverged", 0) else ""
-    if pd.notna(row.get("ci_low", np.nan)):
+    value += marks.get(COLLAPSED, COLLAPSED) if row.get("collapsed", 0) > row.get("diverged", 0) else ""
+    if row.get("ci_kind") == SEED_RANGE:
+        value += f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    elif pd.notna(row.get("ci_low", np.nan)):
         value += f" {pm} {(row['ci_high'] - row['ci_low']) / 2:.2f}"
     over = marks.get(OVER, OVER) if row.get("over_budget", False) else ""
     return f"{value} ({row['bpw']:.2f} bpw{over}, {row['compression_ratio']:.1f}×)"
@@ -95,6 +101,7 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
     over = shown[shown["over_budget"].astype(bool)]
     below = shown[shown["below_start"].astype(bool)]
     diverged = shown[shown["diverged"] > 0] if "diverged" in shown else shown.iloc[:0]  # a CSV before #38 has none
+    fell = shown[shown["collapsed"] > shown["diverged"]] if "collapsed" in shown else shown.iloc[:0]
     lines = []
     if len(over):
         lines.append(f"{marks.get(OVER, OVER)} over budget: " + "; ".join(
@@ -110,6 +117,11 @@ def footnotes(long: pd.DataFrame, marks: dict | None = None, escape=lambda s: s)
                          f"{escape(r.arch)} {escape(r.method)} at seed{'s' if r.diverged > 1 else ''} "
                          f"{r.diverged_seeds.replace(' ', ', ')} of {r.seeds} in the {r.budget:g}-bit column"
                          for r in diverged.itertuples()))
+    if len(fell):
+        lines.append(f"{marks.get(COLLAPSED, COLLAPSED)} collapsed (no better than chance + 10 points, or a loss "
+                     "within a tenth of a uniform guess's; diverged seeds count too): " + "; ".join(
+                         f"{escape(r.arch)} {escape(r.method)} {r.collapsed} of {r.seeds} seeds in the "
+                         f"{r.budget:g}-bit column" for r in fell.itertuples()))
     return lines
 
 
@@ -124,12 +136,13 @@ def versions_note(runs: pd.DataFrame, packages: tuple[str, ...] = VERSIONED) -> 
 
 
 def interval_note(part: pd.DataFrame) -> str:
-    """What ± means in a task's table: the interval kinds its cells use."""
+    """What the spread beside each mean is: the kinds its cells use."""
     kinds = set(part["ci_kind"].dropna()) - {""}
-    notes = {CI_SEEDS: "t interval over the seeds where there are 3 or more: run-to-run variance",
-             CI_EXAMPLES: "percentile bootstrap over the test examples where there are fewer seeds: test-set "
-                          "noise only, not seed-to-seed variance"}
-    said = [notes[k] for k in (CI_SEEDS, CI_EXAMPLES) if k in kinds]
+    notes = {SEED_RANGE: "[min, max]: the range of the seeds' values where there are 2 or more: run-to-run spread",
+             LEGACY_T: "± half a t interval over the seeds where there are 3 or more",
+             CI_EXAMPLES: "± half the 95 % interval of a percentile bootstrap over the test examples where there is "
+                          "one seed: test-set noise only, not seed-to-seed variance"}
+    said = [notes[k] for k in (SEED_RANGE, LEGACY_T, CI_EXAMPLES) if k in kinds]
     return "; ".join(said) if said else "no interval: no per-example results recorded"
 
 
@@ -150,16 +163,17 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         metric = part["metric"].iloc[0]
         unit = " (%)" if metric in ("accuracy", "error") else ""
         better = "higher" if part["higher_is_better"].iloc[0] else "lower"
-        caption = (f"{task}: test {metric}{unit} ({better} is better), mean over seeds ± half the width of its "
-                   f"95 % interval ({interval_note(part)}), with achieved bits per weight and compression ratio; "
+        caption = (f"{task}: test {metric}{unit} ({better} is better), mean over seeds ({interval_note(part)}), "
+                   f"with achieved bits per weight and compression ratio; "
                    f"bold: the best mean of each column among the cells at most {size_tolerance * 100:g} % above "
-                   f"the budget's bits per weight, and every such cell not significantly worse than it (paired "
-                   f"bootstrap over test examples and seeds, Holm-corrected within the column, α = {alpha:g})"
+                   f"the budget's bits per weight, and every such cell not significantly worse than it (paired t "
+                   f"over the seeds, or with one seed a paired bootstrap over test examples, Holm-corrected within "
+                   f"the column, α = {alpha:g})"
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
                    + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run; "
                    f"diverged: the method diverged at every seed (non-finite loss or weights: a result); "
                    f"{OVER}: over budget (never bold); {BELOW}: worse than the method it starts from, same "
-                   f"arch and budget; {DIVERGED}: diverged at some seed."
+                   f"arch and budget; {DIVERGED}: diverged at some seed; {COLLAPSED}: some seed collapsed."
                    + versions_note(runs[runs.get("tags.task") == task]))
         notes = footnotes(part)
         md = wide_table(part).to_markdown(index=False, disable_numparse=True)  # "28.00" stays "28.00"

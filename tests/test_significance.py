@@ -3,7 +3,10 @@ results have known differences: a clearly better cell is bold alone, two equal c
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +14,7 @@ import pytest
 from conftest import write_run
 
 from quantbench.cli import main
-from quantbench.stats import CI_EXAMPLES, CI_SEEDS, EXAMPLES_FILE, Examples, paired_difference
+from quantbench.stats import CI_EXAMPLES, EXAMPLES_FILE, EXAMPLES_ONLY, SEED_RANGE, Examples, paired_difference
 from quantbench.tables import tables_from_mlflow
 from quantbench.tracking import Tracker
 
@@ -36,7 +39,7 @@ class Record:
         self.exp = self.tracker.ensure_experiment(name, tmp_path / "artifacts")
 
     def run(self, method: str | None, budget: float | None, seed: int, right: np.ndarray, bpw: float = 2.0,
-            split: dict = SPLIT, examples: bool = True, starts_from: str | None = None) -> None:
+            split: dict = SPLIT, examples: bool = True, starts_from: str | None = None, sha256: bool = True) -> None:
         kind = "cell" if method else "reference"
         cell = f"digits/mlp/{method}/b{budget:g}/s{seed}" if method else f"digits/mlp/reference/s{seed}"
         tags = {"kind": kind, "cell_id": cell, "task": "digits", "arch": "mlp", "seed": str(seed),
@@ -51,6 +54,8 @@ class Record:
             path.parent.mkdir(parents=True, exist_ok=True)
             Examples("classification", right, np.ones(N), split).save(path)
             files.append(path)
+            if sha256:  # as the harness records it (runs made before it have none)
+                tags["examples_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         metrics = {"accuracy": 100 * right.mean(), "bpw": bpw if method else 32.0,
                    "compression_ratio": 32.0 / bpw if method else 1.0}
         write_run(self.tracker, self.exp, cell, metrics, tags, files)
@@ -116,7 +121,7 @@ def _examples(right: np.ndarray) -> Examples:
     return Examples("classification", right, np.ones(N), SPLIT)
 
 
-def test_three_seeds_get_a_t_interval_and_are_paired_by_seed(tmp_path):
+def test_three_seeds_get_their_range_and_are_paired_by_seed(tmp_path):
     rec = Record(tmp_path)
     for seed in range(3):
         base = correctness(0.90 + 0.01 * seed, 10 + seed)
@@ -127,9 +132,13 @@ def test_three_seeds_get_a_t_interval_and_are_paired_by_seed(tmp_path):
         rec.run("copy", 2, seed, copy)
     csv, md = rec.tables()
     cells = csv.set_index("method")
-    assert cells.loc["same", "ci_kind"] == CI_SEEDS and cells.loc["same", "n_seeds"] == 3
-    assert cells.loc["same", "best"] and cells.loc["copy", "best"]
-    assert "t interval over the seeds" in md
+    assert cells.loc["same", "ci_kind"] == SEED_RANGE and cells.loc["same", "n_seeds"] == 3
+    values = [100 * correctness(0.90 + 0.01 * seed, 10 + seed).mean() for seed in range(3)]
+    assert (cells.loc["same", "ci_low"], cells.loc["same", "ci_high"]) == (min(values), max(values))
+    assert cells.loc["same", "seed_values"] == " ".join(f"{s}:{v:.6g}" for s, v in enumerate(values))
+    # copy is one example below same at every seed: no spread, so the exact sign-flip, p = 2/2^3: not called
+    assert cells.loc["same", "best"] and cells.loc["copy", "best"] and cells.loc["copy", "p_vs_best"] == 0.25
+    assert "[min, max]: the range of the seeds' values" in md
 
 
 def test_cells_without_per_example_results_are_bold_only_as_the_best(tmp_path):
@@ -155,7 +164,8 @@ def test_compare_prints_the_difference_its_interval_and_a_verdict(tmp_path, caps
     hits = good.sum()
     lost = good[np.arange(N) % 3 == 0].sum()
     assert f"{100 * lost / N:+.4g}" in out and "verdict: good better" in out
-    assert "1 seed(s) × 360 test examples" in out
+    assert f"{EXAMPLES_ONLY}: 1 seed(s), each on 360 test examples" in out
+    assert "not on another seed's (run 2 or more seeds for a verdict about the method)" in out
     assert main(args + ["bad", "good"]) == 0 and "verdict: good better" in capsys.readouterr().out
     assert main(args + ["good", "twin"]) == 0
     out = capsys.readouterr().out
@@ -180,3 +190,35 @@ def test_compare_refuses_cells_evaluated_on_different_examples(tmp_path, capsys)
             "--budget", "2", "good", "other"]
     assert main(args) != 0
     assert "not evaluated on the same examples" in capsys.readouterr().err
+
+
+def test_a_damaged_or_rewritten_examples_file_is_refused_naming_it_and_the_tables_still_come(tmp_path, caplog):
+    """Truncated (unreadable, in a run that recorded no sha256), rewritten with valid arrays that
+    make every example right (its sha256 is no longer the run's), and rewritten where the run
+    recorded no sha256 (its arrays no longer give the logged metric): each refused, naming the run
+    and the file; the rest stands."""
+    rec = Record(tmp_path)
+    rec.run(None, None, 0, correctness(0.97, 0))
+    rec.run("good", 2, 0, correctness(0.90, 1))
+    for method, sha in (("truncated", False), ("rewritten", True), ("unhashed", False)):
+        rec.run(method, 2, 0, correctness(0.30, 2), sha256=sha)
+    runs = rec.tracker.runs("s").set_index("tags.method")
+
+    def recorded_file(method: str) -> Path:
+        return Path(runs.loc[method, "artifact_uri"].removeprefix("file://")) / EXAMPLES_FILE
+
+    data = recorded_file("truncated").read_bytes()
+    recorded_file("truncated").write_bytes(data[: len(data) // 2])
+    for method in ("rewritten", "unhashed"):
+        Examples("classification", np.ones(N), np.ones(N), SPLIT).save(recorded_file(method))
+    with caplog.at_level(logging.WARNING, logger="quantbench"):
+        csv, md = rec.tables()
+    refused = {m: [r.getMessage() for r in caplog.records if runs.loc[m, "run_id"] in r.getMessage()]
+               for m in ("truncated", "rewritten", "unhashed")}
+    assert "BadZipFile" in refused["truncated"][0] and str(recorded_file("truncated")) in refused["truncated"][0]
+    assert "sha256 is not the" in refused["rewritten"][0] and str(recorded_file("rewritten")) in refused["rewritten"][0]
+    assert "its arrays give accuracy 100, the run logged 30" in refused["unhashed"][0]
+    cells = csv.set_index("method")
+    assert cells.loc["good", "best"], csv
+    assert not any(cells.loc[m, "best"] for m in ("truncated", "rewritten", "unhashed"))  # none bolded by a forgery
+    assert "| 30.00 (2.00 bpw" in md  # shown, without an interval: no per-example results it can trust

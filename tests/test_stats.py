@@ -4,6 +4,7 @@ Holm by hand, and the false-positive rate of the test on two methods that do not
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -15,14 +16,20 @@ from quantbench.data.text import _lm_task
 from quantbench.models import build_model
 from quantbench.stats import (
     CI_EXAMPLES,
-    CI_SEEDS,
+    EXAMPLES_ONLY,
+    SEED_RANGE,
+    SEED_T,
+    SIGN_FLIP,
     Examples,
     ExamplesError,
     bootstrap_interval,
     bootstrap_weights,
     cell_interval,
+    chance_level,
+    collapsed,
     holm,
     paired_difference,
+    seed_difference,
     split_identity,
     t_interval,
 )
@@ -145,7 +152,11 @@ def test_the_t_interval_over_seeds_is_the_textbook_one():
     mean, sd = 92.0, math.sqrt(((2**2) + 1 + 9) / 2)
     assert (low + high) / 2 == pytest.approx(mean)
     assert (high - low) / 2 == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-6)  # t(0.975, 2)
-    assert cell_interval("accuracy", [90.0, 91.0, 95.0], None)[2] == CI_SEEDS
+    # beside a cell's mean: the seeds' range (inside the metric's range whatever the seeds did) ...
+    assert cell_interval("accuracy", [90.0, 10.0, 95.0], None) == (10.0, 95.0, SEED_RANGE)
+    assert t_interval([90.0, 10.0, 95.0])[1] > 100  # (where a t interval over them passes 100 %)
+    assert cell_interval("accuracy", [90.0, 91.0], None) == (90.0, 91.0, SEED_RANGE)
+    # ... one seed: its interval over test examples
     assert cell_interval("accuracy", [90.0], [classification([1, 0, 1])])[2] == CI_EXAMPLES
     assert math.isnan(cell_interval("accuracy", [90.0], None)[0])
 
@@ -187,3 +198,60 @@ def test_a_difference_beyond_every_replicate_gets_a_p_value_holm_can_use():
 
     assert d.p_value < 2 / (d.replicates + 1) / 80  # significant even after Holm over 80 cases
     assert math.log(d.p_value) == pytest.approx(math.log(2 * norm.sf(z)), rel=0.15)
+
+
+def _seeds(accuracies: list[float], n: int = 400) -> list[Examples]:
+    """One result per seed, right on the first round(acc·n) examples."""
+    return [classification(np.arange(n) < round(acc * n / 100)) for acc in accuracies]
+
+
+def test_the_seed_is_the_unit_a_paired_t_over_the_seeds_as_scipy_computes_it():
+    from scipy.stats import ttest_rel
+
+    a_acc, b_acc = [90.0, 80.0, 93.0, 88.5], [88.0, 81.0, 90.0, 85.0]
+    d = paired_difference("accuracy", _seeds(a_acc), _seeds(b_acc))
+    ref = ttest_rel(a_acc, b_acc)
+    assert (d.test, d.n_seeds, d.replicates) == (SEED_T, 4, 0)
+    assert d.difference == pytest.approx(np.mean(np.subtract(a_acc, b_acc)), abs=1e-12)
+    assert d.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    assert (d.low, d.high) == pytest.approx(tuple(ref.confidence_interval(0.95)), rel=1e-9)
+    # by hand: d = (1, 2, 3): mean 2, sd 1, t = 2√3 on 2 df, p = 2·P(T_2 > 3.4641) = 0.07418
+    assert seed_difference([1.0, 2.0, 3.0]).p_value == pytest.approx(0.0741799, abs=1e-6)
+
+
+def test_differences_without_spread_get_the_exact_sign_flip_whose_floor_is_two_over_two_to_the_seeds():
+    """Every seed loses exactly one example: t is not defined; the sign-flip p, enumerated here
+    over every sign pattern, is 2/2^n: 0.25 at 3 seeds, never significant at α = 0.05 below 6."""
+    for n in (2, 3, 6):
+        d = paired_difference("accuracy", _seeds([90.0 + s for s in range(n)]),
+                              _seeds([90.0 + s - 0.25 for s in range(n)]))
+        diffs = np.full(n, d.difference)
+        brute = np.mean([abs(np.mean(np.array(signs) * diffs)) >= abs(diffs.mean()) - 1e-12
+                         for signs in itertools.product([-1, 1], repeat=n)])
+        assert d.test == SIGN_FLIP and d.p_value == pytest.approx(brute) == pytest.approx(2 / 2**n)
+        assert d.low == d.high == pytest.approx(0.25)
+    same = paired_difference("accuracy", _seeds([90.0, 91.0]), _seeds([90.0, 91.0]))
+    assert (same.test, same.p_value, same.difference) == (SIGN_FLIP, 1.0, 0.0)
+
+
+def test_one_seed_is_example_noise_only_and_says_so():
+    d = paired_difference("accuracy", _seeds([90.0]), _seeds([85.0]))
+    assert d.test == EXAMPLES_ONLY and d.n_seeds == 1 and d.replicates > 0 and d.p_value < 0.05
+    with pytest.raises(ExamplesError, match="at least 2 seeds"):
+        seed_difference([1.0])
+
+
+def test_a_seed_collapses_where_it_is_no_better_than_chance_by_the_margin():
+    assert chance_level("accuracy", 10) == 10.0 and chance_level("perplexity", 65) == 65.0
+    assert chance_level("error", 4) == 75.0 and chance_level("loss", 2) == pytest.approx(math.log(2))
+    assert collapsed("accuracy", 20.0, 10.0) and not collapsed("accuracy", 20.01, 10.0)  # chance + 10 points
+    assert collapsed("error", 80.0, 90.0) and not collapsed("error", 79.9, 90.0)
+    # perplexity on the log scale: 65^0.9 = 42.86 is 90 % of a uniform guess's loss over 65 characters
+    assert collapsed("perplexity", 43.0, 65.0) and not collapsed("perplexity", 42.0, 65.0)
+    assert not collapsed("accuracy", 5.0, math.nan)  # chance unknown (a run recorded before it was tagged)
+
+
+def test_a_difference_of_accuracies_keeps_its_interval_inside_minus_100_to_100():
+    d = seed_difference([90.0, 0.0, 85.0], metric="accuracy")  # one seed collapsed: a t interval would pass 100
+    assert d.high == 100.0 and d.low > -100 and d.low == seed_difference([90.0, 0.0, 85.0]).low
+    assert seed_difference([90.0, 0.0, 85.0], metric="perplexity").high > 100  # unbounded metrics are left alone

@@ -53,14 +53,14 @@ def test_tables_aggregate_seeds_and_mark_failures(record):
     mean, std = statistics.mean([90.0, 92.0]), statistics.stdev([90.0, 92.0])
     ref_mean, ref_std = statistics.mean([96.0, 98.0]), statistics.stdev([96.0, 98.0])
     lines = {line.split("|")[3].strip(): line for line in md.splitlines() if line.startswith("| mlp")}
-    # two seeds recorded without per-example results: no interval to show (the CSV keeps the std)
-    assert f"**{mean:.2f}** (2.01 bpw, 14.0×)" in lines["rtn"]  # the best at 2 bits: bold
+    # two seeds (recorded without per-example results): their range (the CSV keeps the std and each value)
+    assert f"**{mean:.2f}** [90.00, 92.00] (2.01 bpw, 14.0×)" in lines["rtn"]  # the best at 2 bits: bold
     cells = {method: [c.strip() for c in line.split("|")[4:-1]] for method, line in lines.items()}
     assert cells["rtn"][1:] == ["95.50§ (4.00 bpw, 8.0×)", "diverged"]  # the 4-bit column's best mean, not bold
     assert cells["other"][1] == "failed"
     assert "§ diverged (a result: the mean is over the other seeds, never bold): mlp rtn at seed 0 of 2 in the " \
            "4-bit column" in md.splitlines()
-    assert f"{ref_mean:.2f} (32.00 bpw, 1.0×)" in lines["reference"]
+    assert f"{ref_mean:.2f} [96.00, 98.00] (32.00 bpw, 1.0×)" in lines["reference"]
     assert "| 70.00 (2.50 bpw†, 12.0×)" in lines["other"] and "—" in lines["other"]
     assert list(lines) == ["reference", "other", "rtn"]
     csv = pd.read_csv(out / "digits.csv")
@@ -70,10 +70,10 @@ def test_tables_aggregate_seeds_and_mark_failures(record):
         "diverged", 2, 2]
     row = csv[(csv.method == "rtn") & (csv.budget == 2)].iloc[0]
     assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std) and row["seeds"] == 2
-    assert row["n_seeds"] == 2 and math.isnan(row["ci_low"]) and bool(row["best"])
+    assert row["n_seeds"] == 2 and (row["ci_low"], row["ci_high"]) == (90.0, 92.0) and bool(row["best"])
     assert csv[csv.method == "reference"].iloc[0]["std"] == pytest.approx(ref_std)
     tex = (out / "digits.tex").read_text()
-    assert r"\toprule" in tex and r"$\pm$" in tex and "±" not in tex and r"\textbf{91.00}" in tex
+    assert r"\toprule" in tex and r"\textbf{91.00} [90.00, 92.00]" in tex and "±" not in tex
 
 
 def test_unknown_experiment_is_a_clear_error(record):

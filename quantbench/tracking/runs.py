@@ -16,6 +16,7 @@ which knows whether a rank failed or the job was cancelled (:func:`close_left_ru
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import platform
@@ -234,9 +235,10 @@ def finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: lis
     result["run_id"] = run_id
     with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
         attached = [write_json_atomic(result, Path(staging) / out.name)]
-        if examples is not None:
+        if examples is not None:  # evidence: its sha256 is recorded with the run, and checked when read
             attached.append(examples.save(Path(staging) / EXAMPLES_FILE))
-            tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"]}
+            tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"],
+                    "examples_sha256": hashlib.sha256(attached[-1].read_bytes()).hexdigest()}
         tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
                            attached + [a for a in artifacts if a])
     write_json_atomic(result, out)
