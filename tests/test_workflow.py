@@ -55,7 +55,7 @@ def test_grid_runs_end_to_end_and_tables_regenerate_from_mlflow(tmp_path):
     saved = {p.name: p.read_bytes() for p in table.parent.iterdir()}
     assert sorted(saved) == ["digits.csv", "digits.md", "digits.tex", "digits_claims.csv", "digits_claims.md",
                              "digits_size.pdf", "digits_size.png", "digits_steps.pdf", "digits_steps.png"]
-    assert "bootstrap over the test examples" in md and "No claims are stated" in saved["digits_claims.md"].decode()
+    assert "the range of the seeds' values" in md and "No claims are stated" in saved["digits_claims.md"].decode()
     shutil.rmtree(tmp_path / "results/runs")
     shutil.rmtree(table.parent)
     proc = subprocess.run([sys.executable, "-m", "quantbench.cli", "tables", "--experiment", "e2e",
