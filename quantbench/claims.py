@@ -139,12 +139,9 @@ def _cases(claim: Claim, records: dict[tuple, CellRecord], present: set[tuple]) 
     return sorted(pairs)
 
 
-def _diverged_where_other_finished(a: CellRecord | None, b: CellRecord | None, a_name: str,
-                                   b_name: str) -> dict[str, list[int]]:
-    """The seeds where each side diverged and the other finished (a loss for that side)."""
-    if a is None or b is None:
-        return {a_name: [], b_name: []}
-    return {a_name: sorted(a.diverged & set(b.values)), b_name: sorted(b.diverged & set(a.values))}
+def _lost_seeds(a: CellRecord, b: CellRecord) -> dict[str, list[int]]:
+    """By method: the seeds where it diverged and the other finished (a loss for that side)."""
+    return {a.method: sorted(a.diverged & set(b.values)), b.method: sorted(b.diverged & set(a.values))}
 
 
 def _decided_by_divergence(claim: Claim, lost: dict[str, list[int]], a: CellRecord, b: CellRecord) -> str | None:
@@ -185,9 +182,9 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                    "A_mean": a.mean if a else math.nan, "B_mean": b.mean if b else math.nan,
                    "difference": math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n_seeds": 0,
                    "n_examples": 0, "verdict": "", "reason": ""}
-            lost = _diverged_where_other_finished(a, b, a_name, b_name)
-            decided = None if a is None or b is None else _decided_by_divergence(claim, lost, a, b)
-            if a is None or b is None:
+            lost = None if a is None or b is None else _lost_seeds(a, b)
+            decided = None if lost is None else _decided_by_divergence(claim, lost, a, b)
+            if lost is None:
                 row.update(verdict=NOT_RUN, reason=f"{a_name if a is None else b_name} has no finished run")
             elif decided is not None:
                 row.update(verdict=decided, reason=_lost_reason(lost, a_name, b_name) or "diverged at every seed")

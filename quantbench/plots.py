@@ -8,9 +8,8 @@
   count as equal, :func:`pareto_front`) and significantly better (the tables' paired test) — as
   a grey staircase, points ringed; each point has the spread the tables show as an error bar (the
   seeds' range, inside the metric's range; one seed: its interval over test examples), a marker
-  of its own within its family; the cells
-  without a point (diverged, failed, not run) and those whose mean leaves out a diverged seed are
-  named in the panel's corner.
+  of its own within its family; the cells without a point (diverged, failed, not run) and those
+  whose mean leaves out a diverged seed are named in the panel's corner.
 * ``<task>_steps``: the per-step curves the task's methods declare (``Method.step_curves``: LC's
   metric of Δ(Θ) per step, DiffQ's expected bits per weight per epoch, a plugin's own), a panel
   each, one line per cell (a figure saying so when no method logged any).
