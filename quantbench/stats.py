@@ -274,15 +274,13 @@ def seed_difference(per_seed: Sequence[float], n_examples: int = 0, confidence: 
     n, mean = len(d), float(d.mean())
     if n < 2:
         raise ExamplesError(f"a test over seeds needs at least 2 seeds, got {n}")
-    spread = float(d.std(ddof=1))
     if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):  # equal up to rounding (one example each: 100/n apiece)
         return Difference(mean, mean, mean, 1.0 if mean == 0 else 2.0 / 2**n, n, n_examples, 0, confidence,
                           SIGN_FLIP)
-    half = float(t.ppf((1 + confidence) / 2, n - 1)) * spread / math.sqrt(n)
-    p = float(2 * t.sf(abs(mean) / (spread / math.sqrt(n)), n - 1))
+    low, high = t_interval(d, confidence)
+    p = float(2 * t.sf(abs(mean) / (d.std(ddof=1) / math.sqrt(n)), n - 1))
     bound = BOUNDED.get(metric, math.inf)
-    return Difference(mean, max(mean - half, -bound), min(mean + half, bound), p, n, n_examples, 0, confidence,
-                      SEED_T)
+    return Difference(mean, max(low, -bound), min(high, bound), p, n, n_examples, 0, confidence, SEED_T)
 
 
 def format_p(p: float) -> str:

@@ -201,12 +201,8 @@ def recorded(run: tuple, log_file: Path | None, step_metrics, outcome: Path | No
             tags = {"status": "diverged", "failure_reason": str(e)}
             tracker.finish_run(run_id, {}, step_metrics(), tags, logs, "FAILED")
         else:  # the reason says where: "training loss is nan at epoch 0 of LC step 11 (mu 4.1)"
-            result = {"status": "diverged", "reason": str(e), "cell_id": cell_id, "run_id": run_id}
-            with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:
-                attached = write_json_atomic(result, Path(staging) / outcome.name)
-                tracker.finish_run(run_id, {}, step_metrics(), {"status": "diverged", "diverged_at": str(e)},
-                                   [attached, *logs])
-            write_json_atomic(result, outcome)
+            result = finish(run, {"status": "diverged", "reason": str(e), "cell_id": cell_id}, outcome, {},
+                            step_metrics(), logs, {"status": "diverged", "diverged_at": str(e)})
             log.warning("%s diverged: %s; recorded as its result (run %s)", cell_id, e, run_id)
         if getattr(e, "all_ranks", False):  # recorded: the other ranks, waiting here, may exit now
             distributed.barrier()
@@ -230,7 +226,8 @@ def recorded(run: tuple, log_file: Path | None, step_metrics, outcome: Path | No
 def finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: list,
             artifacts: list[Path | None], tags: dict | None = None, examples: Examples | None = None) -> dict:
     """Close the run FINISHED (with ``metrics.json`` and the evaluation's per-example results,
-    ``examples.npz``, among its artifacts, ``tags`` added), then publish ``out``."""
+    ``examples.npz``, among its artifacts, ``tags`` added: ``status=ok`` unless they say
+    otherwise, as a divergence's do), then publish ``out``."""
     tracker, run_id, _ = run
     result["run_id"] = run_id
     with tempfile.TemporaryDirectory(prefix="quantbench-") as staging:  # outside the job's outputs
@@ -239,7 +236,7 @@ def finish(run: tuple, result: dict, out: Path, metrics: dict, step_metrics: lis
             attached.append(examples.save(Path(staging) / EXAMPLES_FILE))
             tags = {**(tags or {}), "test_split_sha256": examples.split["order_sha256"],
                     "examples_sha256": hashlib.sha256(attached[-1].read_bytes()).hexdigest()}
-        tracker.finish_run(run_id, metrics, step_metrics, {**(tags or {}), "status": "ok"},
+        tracker.finish_run(run_id, metrics, step_metrics, {"status": "ok", **(tags or {})},
                            attached + [a for a in artifacts if a])
     write_json_atomic(result, out)
     return result
