@@ -8,19 +8,28 @@ A claim compares two methods with the paired test of :mod:`quantbench.significan
         at: [1, 2]                     # budgets (default: every budget both have a run at)
         archs: [lenet300]              # default: every arch; tasks: likewise
         source: "Carreira-Perpiñán & Idelbayev 2017, Fig. 5"
-      - claim: diffq >= qat            # A >= B: A not significantly worse
-        margin: 0.5                    # ... or, with a margin m, A − B above −m (interval)
+      - claim: diffq >= qat            # A >= B: A not worse than B by more than a margin
+        margin: 0.5                    # default: the grid's tables.margins for the metric
       - claim: gpfq vs gptq            # A vs B: a comparison reported, not assumed (two-sided)
       - claim: starting point          # every method >= the method it starts from, where that is in the grid
 
 With ``g`` = A − B signed so that positive is better (the task's metric) and its (1 − α)
-interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``hi >= 0``
-(not significantly worse), or with a margin ``lo > −m``. It **fails** when A is significantly
-worse: ``g < 0`` with a Holm-adjusted p-value below α, Holm over the claim's cases. Otherwise it
-is **inconclusive**. ``A vs B`` states no direction: each case reports "A better" or "B better"
-(Holm-adjusted p below α, over the claim's cases) or "no detectable difference", and the claim is
-**reported** with those counts. A diverged seed (a result without a metric) is worse than any
-finished one: where A diverged and B finished, a claim that A is better (or not worse) **fails**
+interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``lo > −m``
+(non-inferiority: A is not worse than B by more than the margin m: the claim's ``margin``, else
+the grid's ``tables.margins`` for the metric, default 0.5 points of accuracy or error, 1 % of B's
+perplexity or loss; :func:`quantbench.stats.margin_in_units`). It **fails** when A is
+significantly worse than B by more than m (m = 0 for ``>``): ``g < −m`` with the test of
+``g = −m`` (twice its one-sided p) Holm-adjusted over the claim's cases below α. Otherwise it
+is **inconclusive**, and says how far from deciding it is: ``detectable``, the smallest true
+distance from its boundary (0, or −m) the paired t over the seeds run finds with 80 % power
+given the seeds' spread (:func:`quantbench.stats.detectable_difference`), and ``seeds_needed``,
+the seeds at which the observed distance ``g + m`` would be found so
+(:func:`quantbench.stats.seeds_needed`; none where it is on the wrong side, or one seed leaves
+the spread unknown; with no spread the sign-flip's 6 at α = 0.05). ``A vs B`` states no
+direction: each case reports "A better" or "B better" (Holm-adjusted p below α, over the
+claim's cases) or "no detectable difference" (with the same two figures for ``|g|``), and the
+claim is **reported** with those counts. A diverged seed (a result without a metric) is worse
+than any finished one: where A diverged and B finished, a claim that A is better (or not worse) **fails**
 at that case, and ``A vs B`` reads "B better"; where B diverged and A finished, that seed counts
 for A and the test runs on the seeds both finished (the reason names the seeds either way). A
 case whose cells have no finished run is **not run**, one that cannot be
@@ -43,7 +52,17 @@ import pandas as pd
 from quantbench.errors import ConfigError, ExamplesError
 from quantbench.files import write_text_atomic
 from quantbench.significance import CellRecord, compare, present_cells, read_record
-from quantbench.stats import ALPHA, format_p, holm
+from quantbench.stats import (
+    ALPHA,
+    MARGINS,
+    POWER,
+    Difference,
+    detectable_difference,
+    format_p,
+    holm,
+    margin_in_units,
+    seeds_needed,
+)
 
 STARTING_POINT = "starting point"
 _CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>|\svs\s)\s*([A-Za-z0-9_@]+)\s*$")
@@ -168,11 +187,32 @@ def _lost_reason(lost: dict[str, list[int]], a_name: str, b_name: str, tested: b
     return "; ".join(said) + ("; the test runs on the seeds both finished" if said and tested else "")
 
 
+def _margin(claim: Claim, metric: str, comparator: float, margins: dict[str, float] | None) -> float:
+    """The non-inferiority margin of an ``A >= B`` case in the metric's units: the claim's
+    ``margin``, else the grid's for the metric (``tables.margins``, :data:`quantbench.stats.MARGINS`)."""
+    margin = claim.margin if claim.margin is not None else {**MARGINS, **(margins or {})}.get(metric, 0.0)
+    return margin_in_units(metric, margin, comparator)
+
+
+def _seeds_for(d: Difference, effect: float, alpha: float) -> dict:
+    """``detectable`` (the smallest true distance from the case's boundary the seeds run find at
+    80 % power, :func:`quantbench.stats.detectable_difference`) and ``seeds_needed`` (the seeds at
+    which the observed distance ``effect`` would be found so: NaN where it is not on the claim's
+    side, or one seed leaves the seeds' spread unknown)."""
+    if d.n_seeds < 2:
+        return {}
+    needed = seeds_needed(effect, d.sd, alpha) if effect > 0 else None
+    return {"detectable": detectable_difference(d.sd, d.n_seeds, alpha),
+            "seeds_needed": math.nan if needed is None else needed}
+
+
 def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], present: set[tuple],
-                    alpha: float = ALPHA) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    alpha: float = ALPHA, margins: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cases, verdicts)``: one row per case of each claim (the difference A − B, its
-    (1 − α) interval, p-value, Holm-adjusted p, seeds, examples, verdict), and one row per
-    claim (its verdict and how many cases held, failed, were inconclusive or not run)."""
+    (1 − α) interval, p-value, Holm-adjusted p, margin, seeds, examples, for an inconclusive case
+    the detectable difference and the seeds needed, verdict), and one row per claim (its verdict
+    and how many cases held, failed, were inconclusive or not run). ``margins``: the grid's
+    non-inferiority margin per metric (``tables.margins``) for ``A >= B`` claims without their own."""
     case_rows, claim_rows = [], []
     for claim in claims:
         rows = []
@@ -181,7 +221,8 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
             row = {"claim": claim.text, "task": task, "arch": arch, "budget": budget, "A": a_name, "B": b_name,
                    "A_mean": a.mean if a else math.nan, "B_mean": b.mean if b else math.nan,
                    "difference": math.nan, "low": math.nan, "high": math.nan, "p": math.nan, "n_seeds": 0,
-                   "n_examples": 0, "verdict": "", "reason": ""}
+                   "n_examples": 0, "margin": math.nan, "detectable": math.nan, "seeds_needed": math.nan,
+                   "verdict": "", "reason": ""}
             lost = None if a is None or b is None else _lost_seeds(a, b)
             decided = None if lost is None else _decided_by_divergence(claim, lost, a, b)
             if lost is None:
@@ -196,24 +237,30 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                     row.update(verdict=REFUSED, reason=str(e))
                 else:
                     row.update(difference=d.difference, low=d.low, high=d.high, p=d.p_value, n_seeds=d.n_seeds,
-                               n_examples=d.n_examples, higher=a.higher_is_better)
+                               n_examples=d.n_examples, test=d, a=a, b=b)
             rows.append(row)
         tested = [r for r in rows if not r["verdict"]]
-        for r, p_adj in zip(tested, holm([r["p"] for r in tested]), strict=True):
-            sign = 1.0 if r.pop("higher") else -1.0
-            g, lo, hi = sign * r["difference"], min(sign * r["low"], sign * r["high"]), max(sign * r["low"],
-                                                                                            sign * r["high"])
+        for r in tested:  # g = A − B signed so that positive is better; A worse by more than m: g < −m
+            d, a, b = r.pop("test"), r.pop("a"), r.pop("b")
+            sign = 1.0 if a.higher_is_better else -1.0
+            m = _margin(claim, a.metric, b.mean, margins) if claim.relation == ">=" else 0.0
+            one_sided = d.p_below(-m) if sign > 0 else d.p_above(m)
+            r.update(g=sign * d.difference, lo=min(sign * d.low, sign * d.high), margin=m, d=d,
+                     p_worse=min(1.0, 2 * one_sided) if claim.relation != "vs" else r["p"])
+        for r, p_adj in zip(tested, holm([r["p_worse"] for r in tested]), strict=True):
+            g, lo, m, d = r.pop("g"), r.pop("lo"), r["margin"], r.pop("d")
+            r.pop("p_worse")
             r["p_holm"] = p_adj
             if claim.relation == "vs":
                 r["verdict"] = NO_DIFFERENCE if p_adj >= alpha else f"{r['A'] if g > 0 else r['B']} better"
-            elif g < 0 and p_adj < alpha:
+            elif g < -m and p_adj < alpha:
                 r["verdict"] = FAILS
-            elif claim.relation == ">" and lo > 0:
-                r["verdict"] = HOLDS
-            elif claim.relation == ">=" and (hi >= 0 if claim.margin is None else lo > -claim.margin):
+            elif lo > -m:  # '>': the interval above 0; '>=': above −margin (non-inferiority)
                 r["verdict"] = HOLDS
             else:
                 r["verdict"] = INCONCLUSIVE
+            if r["verdict"] in (INCONCLUSIVE, NO_DIFFERENCE):
+                r.update(_seeds_for(d, abs(g) if claim.relation == "vs" else g + m, alpha))
         counts = {v: sum(r["verdict"] == v for r in rows) for v in (HOLDS, FAILS, INCONCLUSIVE, NOT_RUN, REFUSED)}
         if not rows:
             verdict = "no case in this record"
@@ -233,7 +280,7 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                            "source": claim.source})
         case_rows += rows
     columns = ["claim", "task", "arch", "budget", "A", "B", "A_mean", "B_mean", "difference", "low", "high", "p",
-               "p_holm", "n_seeds", "n_examples", "verdict", "reason"]
+               "p_holm", "margin", "n_seeds", "n_examples", "detectable", "seeds_needed", "verdict", "reason"]
     return pd.DataFrame(case_rows, columns=columns), pd.DataFrame(claim_rows)
 
 
@@ -241,13 +288,18 @@ def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, t
     """The claims table: a line per claim with its verdict, then its cases."""
     lines = [f"# {title}", "",
              f"Each claim is checked on every (task, arch, budget) case it covers by the paired test of the "
-             f"tables (docs/statistics.md: a paired t over the seeds; with one seed, a bootstrap over test "
+             f"tables (docs/statistics.md: a paired t over the seeds; with no spread the exact sign-flip, which "
+             f"cannot call a difference below 6 seeds at α = 0.05; with one seed, a bootstrap over test "
              f"examples, example noise only): A − B in the task's metric with its {100 * (1 - alpha):g} % "
-             f"interval. 'A > B' holds where the interval is above 0; 'A >= B' where A is not significantly "
-             f"worse (or, with a margin, the interval is above −margin). A case fails where A is significantly "
-             f"worse (Holm over the claim's cases, α = {alpha:g}); a claim holds when all its cases hold and "
-             f"fails when any fails. 'A vs B' assumes no direction: each case is reported as A or B better "
-             f"(Holm-adjusted p below α) or no detectable difference.", ""]
+             f"interval. 'A > B' holds where the interval is above 0; 'A >= B' where it is above −margin "
+             f"(non-inferiority: A not worse than B by more than the margin). A case fails where A is "
+             f"significantly worse by more than the margin (0 for '>'; Holm over the claim's cases, "
+             f"α = {alpha:g}); a claim holds when all its cases hold and fails when any fails. 'A vs B' assumes "
+             f"no direction: each case is reported as A or B better (Holm-adjusted p below α) or no detectable "
+             f"difference. An inconclusive case gives 'detectable': the smallest true distance from its "
+             f"boundary the seeds run find with {POWER:.0%} power (their spread as measured), and 'seeds "
+             f"needed': the seeds at which the observed distance would be found so (— where it is on the wrong "
+             f"side, or one seed leaves the spread unknown).", ""]
     if verdicts.empty:
         return "\n".join(lines + ["No claims are stated for this grid (config `claims`).", ""])
     table = verdicts.rename(columns={"not run": "not_run"})
@@ -257,19 +309,23 @@ def claims_markdown(cases: pd.DataFrame, verdicts: pd.DataFrame, alpha: float, t
                       for d, lo, hi in zip(shown["difference"], shown["low"], shown["high"], strict=True)]
     shown["p"] = [format_p(p) if pd.notna(p) else "—" for p in shown["p"]]
     shown["budget"] = [f"{b:g}" for b in shown["budget"]]
+    shown["margin"] = [f"{m:.3g}" if pd.notna(m) and m > 0 else "—" for m in shown["margin"]]
+    shown["detectable"] = [f"{v:.2f}" if pd.notna(v) and math.isfinite(v) else "∞" if pd.notna(v) else "—"
+                           for v in shown["detectable"]]
+    shown["seeds needed"] = [f"{int(v)}" if pd.notna(v) else "—" for v in shown["seeds_needed"]]
     for col in ("A_mean", "B_mean"):
         shown[col] = [f"{v:.2f}" if pd.notna(v) else "—" for v in shown[col]]
-    keep = ["claim", "task", "arch", "budget", "A", "A_mean", "B", "B_mean", "A − B", "p", "n_seeds", "verdict",
-            "reason"]
+    keep = ["claim", "task", "arch", "budget", "A", "A_mean", "B", "B_mean", "A − B", "p", "margin", "n_seeds",
+            "detectable", "seeds needed", "verdict", "reason"]
     lines += [shown[keep].to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
 
 def claims_command(tracking_uri: str, experiment: str, alpha: float, claims: list[Claim],
-                   csv: Path | None = None) -> str:
+                   csv: Path | None = None, margins: dict[str, float] | None = None) -> str:
     """What ``quantbench claims --grid G`` prints: the claims table of ``experiment``'s record."""
     records, latest = read_record(tracking_uri, experiment)
-    cases, verdicts = evaluate_claims(claims, records, present_cells(latest), alpha)
+    cases, verdicts = evaluate_claims(claims, records, present_cells(latest), alpha, margins)
     refused = cases[cases["verdict"] == REFUSED]
     if len(refused):
         raise ExamplesError("; ".join(f"claim {r.claim!r} refused: {r.reason}" for r in refused.itertuples()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -66,6 +67,24 @@ def _alpha(text: str) -> float:
     from quantbench.stats import check_alpha
 
     return _number(text, check_alpha)
+
+
+def _margin(text: str) -> float:
+    """``--margin``: a number ≥ 0 (accuracy/error: points; perplexity, loss: a fraction of B's value)."""
+    from quantbench.stats import check_margin
+
+    return _number(text, check_margin)
+
+
+def _difference(text: str) -> float:
+    """``--power``'s true difference: a number above 0, in the metric's units."""
+    def check(value: float) -> float:
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"--power: {value:g} is not a difference to detect: a number above 0, in the metric's "
+                             f"units (e.g. --power 1.0 for one accuracy point)")
+        return value
+
+    return _number(text, check)
 
 
 def _record_args(p: argparse.ArgumentParser) -> None:
@@ -162,8 +181,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="bits per weight (not needed to compare with the reference)")
     p.add_argument("--alpha", type=_alpha, default=None,
                    help="level of the test (default: the grid's tables.alpha, else 0.05)")
+    p.add_argument("--margin", type=_margin, default=None, metavar="M",
+                   help="also test non-inferiority both ways and equivalence within ±M (two one-sided tests); "
+                        "accuracy/error: points; perplexity, loss, bits per token: a fraction of B's value")
+    p.add_argument("--power", type=_difference, nargs="?", const=math.nan, default=None, metavar="DIFF",
+                   help="also print the difference the seeds run detect at 80 %% power and the seeds needed to "
+                        "detect a true difference DIFF (the metric's units)")
     p.add_argument("method_a", metavar="METHOD_A", help="a method label of the grid, or 'reference'")
     p.add_argument("method_b", metavar="METHOD_B")
+
+    p = sub.add_parser("variance", help="where a record's seed-to-seed variance comes from: the seed's shared part "
+                                        "(reference, calibration draw) vs a method's own run, per column")
+    _record_args(p)
+    p.set_defaults(alpha=None)
 
     p = sub.add_parser("docs-tables", help="rewrite the docs' tables from the table CSVs they name "
                                            "(<!-- table: CSV archs=... methods=... --> blocks)")
@@ -410,7 +440,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         size_tolerance = args.size_tolerance if args.size_tolerance is not None else settings["size_tolerance"]
         alpha = args.alpha if args.alpha is not None else settings["alpha"]
         for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, size_tolerance, alpha,
-                                       None if claims is None else parse_claims(claims)):
+                                       None if claims is None else parse_claims(claims), settings.get("margins")):
             print(path)
     elif args.command == "claims":
         from quantbench.claims import claims_command
@@ -420,11 +450,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg.check_claims()
         args.experiment = None
         uri, experiment, alpha = _record(args)
-        print(claims_command(uri, experiment, alpha, cfg.claims, args.csv))
+        print(claims_command(uri, experiment, alpha, cfg.claims, args.csv, cfg["tables"]["margins"]))
     elif args.command == "compare":
         from quantbench.significance import compare_command
 
-        print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b))
+        if args.power is not None and math.isnan(args.power):
+            raise ConfigError("--power needs the difference to detect, in the metric's units "
+                              "(e.g. --power 1.0 for one accuracy point)")
+        print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b,
+                              args.margin, args.power))
+    elif args.command == "variance":
+        from quantbench.variance import variance_command
+
+        if args.grid is not None:
+            from quantbench.config import load_config
+
+            seeds = load_config(args.grid).raw["seeds"]
+            if len(seeds) < 2:
+                raise ConfigError(f"{args.grid}: config.seeds is {seeds}: a variance decomposition needs 2 or more "
+                                  f"seeds")
+        uri, experiment, _ = _record(args)
+        print(variance_command(uri, experiment))
     elif args.command == "docs-tables":
         from quantbench.doctables import stale, update
 

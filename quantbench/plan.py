@@ -16,7 +16,7 @@ The file (``format`` 1; checked against :data:`PLAN_SCHEMA` and its digests when
     cells       cell id -> reference (its reference's id), method (a label), budget, digest
     skipped     cell id -> why it is not planned
     resources   rule (reference, cell) -> arch -> what its job asks the scheduler for
-    tables      what the grid's tables are made with: size_tolerance, alpha, claims (config
+    tables      what the grid's tables are made with: size_tolerance, alpha, margins, claims (config
                 ``tables`` and ``claims``; ``quantbench tables --plan F`` reads them here)
 
 A cell's identity is its reference's with ``kind: cell``, its label, the label's params and its
@@ -72,10 +72,12 @@ PLAN_SCHEMA = {
                                                                  "additionalProperties": _OBJECT}},
         "tables": {"type": "object", "additionalProperties": False, "required": ["size_tolerance", "alpha", "claims"],
                    "properties": {"size_tolerance": {"type": "number"}, "alpha": {"type": "number"},
+                                  "margins": {"type": "object", "additionalProperties": {"type": "number"}},
                                   "claims": {"type": "array", "items": _OBJECT}}},
     },
 }
 TABLES_DEFAULTS = {"size_tolerance": 0.01, "alpha": 0.05, "claims": []}  # a plan written before it had them
+# (margins: a plan without them takes quantbench.stats.MARGINS)
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ def plan_grid(cfg: Config) -> Plan:
                 resources={rule: {arch: resources(cfg.raw, rule, arch) for arch in archs}
                            for rule in ("reference", "cell")},
                 tables={"size_tolerance": cfg["tables"]["size_tolerance"], "alpha": cfg["tables"]["alpha"],
-                        "claims": cfg["claims"]},
+                        "margins": cfg["tables"]["margins"], "claims": cfg["claims"]},
                 source=f"the plan of {cfg.name}")
 
 

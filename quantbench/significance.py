@@ -27,11 +27,19 @@ from quantbench.stats import (
     ALPHA,
     CONFIDENCE,
     EXAMPLES_FILE,
+    POWER,
+    RELATIVE_MARGIN,
+    SIGN_FLIP,
     Difference,
     Examples,
     ExamplesError,
+    detectable_difference,
     format_p,
+    margin_in_units,
     paired_difference,
+    seeds_needed,
+    sign_flip_seeds,
+    tost,
 )
 
 log = logging.getLogger("quantbench")
@@ -215,9 +223,13 @@ def _cell_or_why(records: dict, latest: pd.DataFrame, task: str, arch: str, meth
 
 
 def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str, arch: str, budget: float | None,
-                    method_a: str, method_b: str) -> str:
+                    method_a: str, method_b: str, margin: float | None = None, power: float | None = None) -> str:
     """What ``quantbench compare`` prints: both cells' means, the paired difference A − B with its
-    95 % interval and p-value, the seeds and test examples it rests on, and the verdict."""
+    95 % interval and p-value, the seeds and test examples it rests on, and the verdict; with
+    ``margin`` (the metric's margin units, :func:`quantbench.stats.margin_in_units`) the
+    non-inferiority tests both ways and equivalence (TOST) within ±m; with ``power`` (a true
+    difference, in the metric's units) the difference the seeds run detect at 80 % power and the
+    seeds needed to detect ``power``."""
     def wanted(latest: pd.DataFrame) -> pd.Series:
         method = np.where(latest["tags.kind"] == "reference", "reference", latest.get("tags.method"))
         return (latest["tags.task"] == task) & (latest["tags.arch"] == arch) & np.isin(method, [method_a, method_b])
@@ -225,7 +237,7 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
     records, latest = read_record(tracking_uri, experiment, wanted)
     a = _cell_or_why(records, latest, task, arch, method_a, budget)
     b = _cell_or_why(records, latest, task, arch, method_b, budget)
-    d = compare(a, b)
+    d = compare(a, b, confidence=1 - alpha)
     better = "higher" if a.higher_is_better else "lower"
     width = max(len(method_a), len(method_b), len("A − B"))
     pct = f"{d.confidence * 100:g} %"
@@ -239,7 +251,46 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
     lines.append(f"  {d.test}: {d.n_seeds} seed(s), each on {d.n_examples} test examples; α = {alpha:g}"
                  + (f" ({d.replicates} replicates)" if d.replicates else ""))
     if d.n_seeds < 2:
-        lines.append("  one seed in common: this says how sure the difference is on this test set, for these "
-                     "networks, not on another seed's (run 2 or more seeds for a verdict about the method)")
+        lines.append("  one seed in common: example-level noise only: this says how sure the difference is on this "
+                     "test set, for these networks, not on another seed's (run 2 or more seeds for a verdict "
+                     "about the method)")
+    elif d.test == SIGN_FLIP and d.n_seeds < sign_flip_seeds(alpha):
+        lines.append(f"  {d.n_seeds} seeds: no difference can be called at α = {alpha:g} by this test (the seeds' "
+                     f"differences are all equal: its smallest p is {2 / 2 ** d.n_seeds:g}); "
+                     f"{sign_flip_seeds(alpha)} seeds needed")
     lines.append(f"  verdict: {verdict(d, a.higher_is_better, alpha, (method_a, method_b))}")
+    if margin is not None:
+        lines += _margin_lines(d, a, b, margin, alpha)
+    if power is not None:
+        lines += _power_lines(d, power, alpha)
     return "\n".join(lines)
+
+
+def _margin_lines(d: Difference, a: CellRecord, b: CellRecord, margin: float, alpha: float) -> list[str]:
+    """Non-inferiority both ways and equivalence (TOST) within ±m, m in the metric's units."""
+    m = margin_in_units(a.metric, margin, b.mean)
+    said = f"{margin:g} of {b.method}'s {b.mean:.4g}" if a.metric in RELATIVE_MARGIN else f"{a.metric} points"
+    lines = [f"  margin m = {m:.4g} ({said})"]
+    higher = a.higher_is_better  # Δ = A − B; "A not worse by more than m": Δ > −m (lower is better: Δ < m)
+    for x, y, p in ((a, b, d.p_above(-m) if higher else d.p_below(m)),
+                    (b, a, d.p_below(m) if higher else d.p_above(-m))):
+        lines.append(f"  {x.method} not worse than {y.method} by more than m (non-inferiority, one-sided): "
+                     f"p = {format_p(p)}: {'shown' if p < alpha else 'not shown'}")
+    p = tost(d, m)
+    lines.append(f"  equivalent within ±m (two one-sided tests): p = {format_p(p)}: "
+                 + ("equivalent" if p < alpha else "not shown equivalent"))
+    return lines
+
+
+def _power_lines(d: Difference, effect: float, alpha: float) -> list[str]:
+    """What the seeds run can detect at 80 % power, and the seeds needed for ``effect``."""
+    if d.n_seeds < 2:
+        return ["  power: one seed in common: the seeds' spread is unknown (run 2 or more seeds to size the "
+                "next run)"]
+    mdd = detectable_difference(d.sd, d.n_seeds, alpha)
+    needed = seeds_needed(effect, d.sd, alpha)
+    spread = f"sd of the seeds' differences {d.sd:.4g}" if d.sd > 0 else "no spread: the sign-flip decides"
+    found = "∞ (no difference can be called)" if math.isinf(mdd) else f"{mdd:.4g}"
+    return [f"  power ({POWER:.0%}, α = {alpha:g}, {spread}): detectable with {d.n_seeds} seeds: {found}",
+            f"  seeds needed to detect a true difference of {effect:g}: "
+            + (str(needed) if needed is not None else "more than 100,000")]

@@ -6,7 +6,8 @@ bpw is at most ``budget_bits(budget) * (1 + size_tolerance)`` (default 1 %; the 
 pays for log2 3 bits; paying less than the budget is no advantage, so such a cell competes too).
 A cell above that is *over budget* and is never bold. The best mean among the competing cells of
 each (arch, budget) column is bold (ties: all of them), and so is every competing cell not
-significantly worse than it (:func:`significance_marks`). A cell whose mean ends worse than the
+significantly worse than another by more than the margin (:func:`significance_marks`: multiple
+comparisons with the best). A cell whose mean ends worse than the
 mean of the method it starts from (``Method.starts_from``, the run tag ``starts_from``) on the
 same arch and budget is marked ``below_start``. When a cell was run more than once, its latest
 run counts. A cell a plan of the record has but no run is a row of status ``not run``
@@ -25,7 +26,7 @@ import pandas as pd
 from quantbench.method import PAPER_FAMILIES, Budget
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs
-from quantbench.stats import ALPHA, ExamplesError, cell_interval, collapsed, holm
+from quantbench.stats import ALPHA, MARGINS, ExamplesError, cell_interval, collapsed, margin_in_units
 
 MISSING = "not run"  # a plan of the record has the cell, the record has no run of it
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
@@ -67,7 +68,7 @@ def _tag(g: pd.DataFrame, name: str, default: str) -> str:
 
 def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
               records: dict[tuple, CellRecord] | None = None, alpha: float = ALPHA,
-              planned: Planned | None = None) -> pd.DataFrame:
+              planned: Planned | None = None, margins: dict[str, float] | None = None) -> pd.DataFrame:
     """Long table: task, arch, method, budget -> seeds, metric mean/std, bpw, ratio, status
     (a cell ``planned`` without a run: a row of status ``not run``, :func:`unrun_rows`);
     ``seeds`` (runs), ``ok`` (finished), ``diverged`` and ``diverged_seeds`` (seeds whose method
@@ -79,8 +80,9 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     :func:`quantbench.stats.cell_interval`;
     ``records``: the cells' finished seeds, :func:`quantbench.significance.cell_records`, default:
     without per-example results),
-    ``best`` (bold: the best mean of its column, or not significantly worse than it at level
-    ``alpha``, :func:`significance_marks`) and ``p_vs_best`` (that test's Holm-adjusted p); and
+    ``best`` (bold: not significantly worse than another cell of its column by more than the
+    margin, ``margins`` per metric, at level ``alpha``: :func:`significance_marks`) and
+    ``p_vs_best`` (that test's Bonferroni-adjusted p); and
     ``starts_from`` (the method the cell starts from, "" when none), ``over_budget`` (its bpw is
     above ``budget_bits(budget) * (1 + size_tolerance)``), ``start_mean`` (the starting method's mean on the same
     task, arch and budget, when that cell finished) and ``below_start`` (the cell finished and its
@@ -134,7 +136,7 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     out["start_mean"] = [means.get((t, a, s, b), np.nan) if s else np.nan for t, a, s, b in keys]
     worse = np.where(out["higher_is_better"], out["mean"] < out["start_mean"], out["mean"] > out["start_mean"])
     out["below_start"] = worse & (out["status"] == "ok").to_numpy()
-    out = significance_marks(out, records, alpha)
+    out = significance_marks(out, records, alpha, margins)
     families = ("reference", *PAPER_FAMILIES)
     out["order"] = [families.index(f) if f in families else len(families) for f in out["family"]]
     # numbers in labels sort by value: gpfq@n32 before gpfq@n128 (a calibration axis)
@@ -175,36 +177,46 @@ def _interval(record: CellRecord | None) -> dict:
     return {"n_seeds": len(values), "ci_low": low, "ci_high": high, "ci_kind": kind}
 
 
-def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alpha: float = ALPHA) -> pd.DataFrame:
-    """``best`` and ``p_vs_best`` of every row. Within each (task, arch, budget) column, among
-    the methods' finished cells that are not over budget: the best mean is bold (ties: all of
-    them), and so is every other cell whose paired test against it
-    (:func:`quantbench.significance.compare`) has a Holm-adjusted p-value ≥ ``alpha`` — Holm over
-    the column's comparisons with its best, so the chance of calling any cell of the column
-    "significantly worse" by mistake is at most α. A cell that cannot be tested (no per-example
-    results, no seed in common) is not bold unless its mean ties the best. An over-budget cell, or
-    one whose method diverged at a seed (its mean is over the other seeds), is never bold,
-    whatever its mean."""
+def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alpha: float = ALPHA,
+                       margins: dict[str, float] | None = None) -> pd.DataFrame:
+    """``best`` and ``p_vs_best`` of every row: multiple comparisons with the best (Hsu 1996,
+    with Bonferroni's bound in place of Dunnett's constant). Within each (task, arch, budget)
+    column, among its k competing cells (finished, not over budget, no diverged seed), a cell i
+    is bold unless some cell j's paired test (:func:`quantbench.significance.compare`) shows i
+    worse than j by more than the margin m (the grid's ``tables.margins`` for the metric, in its
+    units against j's mean: :func:`quantbench.stats.margin_in_units`) at one-sided level
+    α/(k − 1): the column's truly best cell is then bold with probability at least 1 − α, and a
+    cell left plain is worse than another by more than m. Only cells better than i on the mean
+    by more than m can show that, so only they are tested; a cell that cannot be tested against
+    one of them (no per-example results, no seed in common) is not bold. The best mean is bold
+    (ties: all of them). ``p_vs_best``: the smallest such p of the cell times k − 1 (at most 1). An
+    over-budget cell, or one whose method diverged at a seed, is never bold, whatever its mean."""
     long = long.copy()
     long["best"], long["p_vs_best"] = False, np.nan
+    margins = {**MARGINS, **(margins or {})}
     eligible = ~long["over_budget"].astype(bool) & (long["diverged"] == 0)
     cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
     for (task, arch, budget), g in cells.groupby(["task", "arch", "budget"]):
-        target = g["mean"].max() if g["higher_is_better"].iloc[0] else g["mean"].min()
-        leaders = g.index[g["mean"] == target]
-        long.loc[leaders, "best"] = True
-        leader = records.get((task, arch, g.loc[leaders[0], "method"], budget))
-        tested = {}  # index label -> p of the paired test against the leader, where one could run
-        for i in g.index.difference(leaders):
-            other = records.get((task, arch, g.loc[i, "method"], budget))
-            if other is not None and leader is not None:
+        higher, metric, k = bool(g["higher_is_better"].iloc[0]), g["metric"].iloc[0], len(g)
+        sign = 1.0 if higher else -1.0
+        for i in g.index:
+            cell, worst_p, untested = records.get((task, arch, g.loc[i, "method"], budget)), math.inf, False
+            for j in g.index:
+                m = margin_in_units(metric, margins.get(metric, 0.0), g.loc[j, "mean"])
+                if sign * (g.loc[j, "mean"] - g.loc[i, "mean"]) <= m:
+                    continue  # j is not better than i by more than m on the mean: it cannot show it
+                other = records.get((task, arch, g.loc[j, "method"], budget))
                 try:
-                    tested[i] = compare(other, leader).p_value
+                    if cell is None or other is None:
+                        raise ExamplesError("no record")
+                    d = compare(cell, other)
                 except ExamplesError:
-                    pass
-        for i, p in zip(tested, holm(list(tested.values())), strict=True):
+                    untested = True  # no per-example results, no seed in common: nothing speaks for i
+                    continue
+                worst_p = min(worst_p, d.p_below(-m) if higher else d.p_above(m))
+            p = min(1.0, worst_p * (k - 1)) if math.isfinite(worst_p) else math.nan
             long.loc[i, "p_vs_best"] = p
-            long.loc[i, "best"] = p >= alpha
+            long.loc[i, "best"] = not untested and not p < alpha
     return long
 
 

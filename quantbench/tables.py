@@ -29,7 +29,7 @@ from quantbench.files import write_text_atomic
 from quantbench.method import CALIBRATION_LABEL
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
-from quantbench.stats import ALPHA, CI_EXAMPLES, SEED_RANGE, ExamplesError
+from quantbench.stats import ALPHA, CI_EXAMPLES, MARGINS, RELATIVE_MARGIN, SEED_RANGE, ExamplesError
 from quantbench.summary import MISSING, SIZE_TOLERANCE, best_rows, check_size_tolerance, summarize
 from quantbench.tracking import Tracker
 
@@ -146,15 +146,23 @@ def interval_note(part: pd.DataFrame) -> str:
     return "; ".join(said) if said else "no interval: no per-example results recorded"
 
 
+def margin_text(metric: str, margins: dict[str, float] | None) -> str:
+    """The bold's margin for ``metric`` in words: "0.5 points", "1 %" (relative) or "0"."""
+    margin = {**MARGINS, **(margins or {})}.get(metric, 0.0)
+    if not margin:
+        return "0"
+    return f"{margin * 100:g} %" if metric in RELATIVE_MARGIN else f"{margin:g} points"
+
+
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | None = None,
                  size_tolerance: float = SIZE_TOLERANCE, long: pd.DataFrame | None = None,
-                 alpha: float = ALPHA) -> list[Path]:
+                 alpha: float = ALPHA, margins: dict[str, float] | None = None) -> list[Path]:
     """Write ``<task>.{md,tex,csv}`` for every task in the record (or the given ones); a cell
     competes for the bold when its bpw is at most its budget's bits times ``1 + size_tolerance``.
     ``long``: ``summarize(runs, size_tolerance)`` when the caller has it already."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    long = summarize(runs, size_tolerance, alpha=alpha) if long is None else long
+    long = summarize(runs, size_tolerance, alpha=alpha, margins=margins) if long is None else long
     written = []
     for task in tasks or sorted(long["task"].unique()):
         part = long[long["task"] == task]
@@ -166,9 +174,10 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, tasks: list[str] | Non
         caption = (f"{task}: test {metric}{unit} ({better} is better), mean over seeds ({interval_note(part)}), "
                    f"with achieved bits per weight and compression ratio; "
                    f"bold: the best mean of each column among the cells at most {size_tolerance * 100:g} % above "
-                   f"the budget's bits per weight, and every such cell not significantly worse than it (paired t "
-                   f"over the seeds, or with one seed a paired bootstrap over test examples, Holm-corrected within "
-                   f"the column, α = {alpha:g})"
+                   f"the budget's bits per weight, and every such cell not significantly worse than another by "
+                   f"more than {margin_text(metric, margins)} (multiple comparisons with the best: paired t over "
+                   f"the seeds, or with one seed a paired bootstrap over test examples, Bonferroni within the "
+                   f"column, α = {alpha:g})"
                    + ("; 'paper': the published figure" if part["paper"].notna().any() else "")
                    + f"; {UNSERVED}: budget not served; {MISSING}: planned cell without a run; "
                    f"diverged: the method diverged at every seed (non-finite loss or weights: a result); "
@@ -243,12 +252,14 @@ def _separable(records: dict[tuple, CellRecord], size_tolerance: float, alpha: f
 
 def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
                        tasks: list[str] | None = None, size_tolerance: float = SIZE_TOLERANCE,
-                       alpha: float = ALPHA, claims: list | None = None) -> list[Path]:
+                       alpha: float = ALPHA, claims: list | None = None,
+                       margins: dict[str, float] | None = None) -> list[Path]:
     """Tables and plots of ``experiment`` from its MLflow record alone (with the runs' per-example
     results); ``size_tolerance`` (relative, config ``tables.size_tolerance``) is how far above its
     budget a cell's bpw may be and still compete in the budget's column, and which sizes the
     Pareto front counts as equal; ``alpha`` (config ``tables.alpha``) the level of the paired
-    tests behind the bold and the claims. With ``claims`` (:class:`quantbench.claims.Claim`, the
+    tests behind the bold and the claims; ``margins`` (config ``tables.margins``) the margin per
+    metric of the bold and of ``A >= B`` claims. With ``claims`` (:class:`quantbench.claims.Claim`, the
     grid's), also ``<task>_claims.{md,csv}``: their verdicts on the task's cases."""
     check_size_tolerance(size_tolerance)
     tracker = Tracker(tracking_uri)
@@ -256,11 +267,11 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     latest = latest_runs(runs)
     records = cell_records(latest, load_examples(tracker, latest[latest["tags.status"] == "ok"]))
     planned = recorded_plans(tracker, experiment)
-    long = summarize(runs, size_tolerance, records, alpha, planned)
-    written = write_tables(runs, out_dir, tasks, size_tolerance, long, alpha)
+    long = summarize(runs, size_tolerance, records, alpha, planned, margins)
+    written = write_tables(runs, out_dir, tasks, size_tolerance, long, alpha, margins)
     if claims is not None:
         written += write_claims(claims, records, present_cells(latest), out_dir,
-                                tasks or sorted(long["task"].unique()), alpha, experiment)
+                                tasks or sorted(long["task"].unique()), alpha, experiment, margins)
     return written + write_plots(long, step_histories(tracker, runs, planned), out_dir, tasks, size_tolerance,
                                  records, alpha, planned)
 
@@ -285,14 +296,15 @@ def recorded_plans(tracker: Tracker, experiment: str) -> Planned:
 
 
 def write_claims(claims: list, records: dict[tuple, CellRecord], present: set[tuple], out_dir: str | Path,
-                 tasks: list[str], alpha: float, experiment: str) -> list[Path]:
+                 tasks: list[str], alpha: float, experiment: str,
+                 margins: dict[str, float] | None = None) -> list[Path]:
     """``<task>_claims.md`` (verdicts, then the cases) and ``<task>_claims.csv`` (the cases) per task."""
     from quantbench.claims import claims_markdown, evaluate_claims
 
     written = []
     for task in tasks:
         mine = {k: r for k, r in records.items() if k[0] == task}
-        cases, verdicts = evaluate_claims(claims, mine, {c for c in present if c[0] == task}, alpha)
+        cases, verdicts = evaluate_claims(claims, mine, {c for c in present if c[0] == task}, alpha, margins)
         for suffix, text in (("md", claims_markdown(cases, verdicts, alpha, f"{experiment} / {task}: claims")),
                              ("csv", cases.to_csv(index=False))):
             written.append(write_text_atomic(Path(out_dir) / f"{task}_claims.{suffix}", text))

@@ -47,7 +47,7 @@ GRID_CLAIMS = [{"claim": "lc_adaptive > dc", "at": [2], "source": "LC paper"},
                {"claim": "opq > prune_quant_uniform", "at": [2]},
                {"claim": "lc_adaptive > dc", "at": [1]},
                {"claim": "opq >= prune_quant_uniform"},
-               {"claim": "opq >= prune_quant_uniform", "margin": 0.01}]
+               {"claim": "opq >= prune_quant_uniform", "margin": 2.0}]
 
 
 def verdicts(record) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -67,9 +67,13 @@ def test_a_claim_holds_fails_or_is_inconclusive_by_the_paired_test(record):
     assert "| holds" not in lines["gpfq > msq"] and "fails" in lines["gpfq > msq"]
     assert "inconclusive" in lines["opq > prune_quant_uniform"]
     assert "LC paper" in md
-    # A >= B: not significantly worse holds; with a margin smaller than one example, inconclusive
-    ge = cases[cases["claim"] == "opq >= prune_quant_uniform"]
-    assert sorted(ge["verdict"]) == [HOLDS, INCONCLUSIVE]
+    # A >= B is non-inferiority: one example apart on one seed, the interval reaches below the
+    # default 0.5-point margin (inconclusive); above a 2-point margin it holds
+    ge = cases[cases["claim"] == "opq >= prune_quant_uniform"].set_index("margin")
+    assert ge.loc[0.5, "verdict"] == INCONCLUSIVE and -2.0 < ge.loc[0.5, "low"] < -0.5
+    assert ge.loc[2.0, "verdict"] == HOLDS
+    # one seed: the seeds' spread is unknown, so no seeds-needed figure
+    assert ge[["detectable", "seeds_needed"]].isna().all().all()
 
 
 def test_a_comparison_reports_either_side_or_no_difference(record):
@@ -204,3 +208,34 @@ def test_a_diverged_seed_is_worse_than_any_result(claim, a, b, verdict, reason):
     cases, verdicts = evaluate_claims([parsed], {("digits", "mlp", "a", 2.0): a, ("digits", "mlp", "b", 2.0): b},
                                       present)
     assert cases[["verdict", "reason"]].values.tolist() == [[verdict, reason]]
+
+
+def test_non_inferiority_and_the_seeds_needed_over_three_seeds_as_scipy_computes_them(tmp_path):
+    """Three seeds, A a little above B with spread: 'A > B' is inconclusive and says the seeds
+    needed (the power of scipy's noncentral t, checked minimal); 'A >= B' holds where the t
+    interval's lower end (scipy's) is above −margin, and is inconclusive with a margin below it."""
+    from scipy.stats import ttest_rel
+
+    from quantbench.stats import seeds_needed, t_power
+
+    rec = Record(tmp_path, name="ni")
+    a_acc, b_acc = [0.92, 0.90, 0.93], [0.91, 0.90, 0.915]
+    for seed, (a, b) in enumerate(zip(a_acc, b_acc, strict=True)):
+        rec.run("opq", 2, seed, correctness(a, seed))
+        rec.run("prune_quant_uniform", 2, seed, correctness(b, seed))
+    pa = [100 * correctness(a, s).mean() for s, a in enumerate(a_acc)]
+    pb = [100 * correctness(b, s).mean() for s, b in enumerate(b_acc)]
+    low = ttest_rel(pa, pb).confidence_interval(0.95).low
+    d = np.subtract(pa, pb)
+    claims = [{"claim": "opq > prune_quant_uniform"}, {"claim": "opq >= prune_quant_uniform", "margin": -low + 0.1},
+              {"claim": "opq >= prune_quant_uniform", "margin": -low - 0.1}]
+    out = tmp_path / "tables"
+    tables_from_mlflow(rec.uri, "ni", out, claims=parse_claims(claims))
+    cases = pd.read_csv(out / "digits_claims.csv")
+    better, wide, narrow = (cases.iloc[i] for i in range(3))
+    assert better["verdict"] == INCONCLUSIVE and better["low"] == pytest.approx(low, rel=1e-9)
+    needed = seeds_needed(d.mean(), d.std(ddof=1))
+    assert better["seeds_needed"] == needed and t_power(d.mean(), d.std(ddof=1), needed - 1) < 0.8
+    assert t_power(better["detectable"], d.std(ddof=1), 3) == pytest.approx(0.8, abs=1e-6)
+    assert (wide["verdict"], narrow["verdict"]) == (HOLDS, INCONCLUSIVE)
+    assert narrow["seeds_needed"] == seeds_needed(d.mean() + narrow["margin"], d.std(ddof=1))

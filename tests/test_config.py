@@ -9,6 +9,7 @@ import pytest
 from quantbench.config import load_config
 from quantbench.method import ConfigError
 from quantbench.plan import plan_grid
+from quantbench.stats import MARGINS
 
 
 def test_defaults_are_filled_and_grid_expanded():
@@ -35,8 +36,8 @@ def test_default_config_file_is_valid():
 
 
 def test_the_tables_size_tolerance_defaults_to_one_percent_and_takes_its_range():
-    assert load_config({"name": "x"})["tables"] == {"size_tolerance": 0.01, "alpha": 0.05}
-    assert load_config({"name": "x", "tables": {}})["tables"] == {"size_tolerance": 0.01, "alpha": 0.05}
+    defaults = {"size_tolerance": 0.01, "alpha": 0.05, "margins": MARGINS}
+    assert load_config({"name": "x"})["tables"] == defaults == load_config({"name": "x", "tables": {}})["tables"]
     for tolerance in (1e-9, 0.05, 0.5):  # (0, 0.5]: the upper end is allowed
         cfg = load_config({"name": "x", "tables": {"size_tolerance": tolerance}})
         assert cfg["tables"]["size_tolerance"] == tolerance
@@ -96,7 +97,11 @@ def test_method_params_reach_the_cell_spec():
      r"config.tables.size_tolerance: 0.6 is greater than the maximum of 0.5"),
     ({"name": "x", "tables": {"size_tolerance": "1%"}}, r"config.tables.size_tolerance: '1%' is not of type 'number'"),
     ({"name": "x", "tables": {"tolerance": 0.1}},
-     r"config.tables: unknown key\(s\) \['tolerance'\]; allowed keys: \['alpha', 'size_tolerance'\]"),
+     r"config.tables: unknown key\(s\) \['tolerance'\]; allowed keys: \['alpha', 'margins', 'size_tolerance'\]"),
+    ({"name": "x", "tables": {"margins": {"accuracy": -0.5}}},
+     r"config.tables.margins.accuracy: -0.5 is less than the minimum of 0"),
+    ({"name": "x", "tables": {"margins": {"accuracy": float("nan")}}}, r"config.tables.margins.accuracy: .nan is not"),
+    ({"name": "x", "tables": {"margins": {"top1": 0.5}}}, r"config.tables.margins: unknown key\(s\) \['top1'\]"),
     ({"name": "x", "tables": {"alpha": 0}}, r"config.tables.alpha: 0 is less than or equal to the minimum of 0"),
     ({"name": "x", "tables": {"alpha": 0.9}}, r"config.tables.alpha: 0.9 is greater than the maximum of 0.5"),
 ])

@@ -7,6 +7,7 @@ Every error names the key path (``config.recipes.digits.lenet300.lr``) and what 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,9 +63,21 @@ def validated(source: str | Path | dict) -> dict:
     raw = copy.deepcopy(source) if isinstance(source, dict) else read_yaml(source)
     validator = _with_defaults(jsonschema.Draft7Validator)(load_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(_explain(e) for e in errors))
+    explained = [_explain(e) for e in errors] + [f"{where}: .nan is not a number" for where in _nans(raw, "config")]
+    if explained:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(explained))
     return raw
+
+
+def _nans(value, where: str) -> list[str]:
+    """The key paths of every NaN in ``value`` (YAML's ``.nan`` passes a schema's minimum: NaN < 0 is false)."""
+    if isinstance(value, float) and math.isnan(value):
+        return [where]
+    if isinstance(value, Mapping):
+        return [w for k, v in value.items() for w in _nans(v, f"{where}.{k}")]
+    if isinstance(value, list):
+        return [w for i, v in enumerate(value) for w in _nans(v, f"{where}[{i}]")]
+    return []
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -91,7 +91,7 @@ def write_plan():
 
 
 def tables_settings_digest(wildcards=None):
-    """The tables' settings (size tolerance, alpha, claims: plan.json's ``tables``) as a digest, the
+    """The tables' settings (size tolerance, alpha, margins, claims: plan.json's ``tables``) as a digest, the
     tables rule's params: changing a claim redraws the tables, and no JSON reaches a command line."""
     return content_hash(the_plan().tables)[:16]
 

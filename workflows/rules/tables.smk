@@ -20,6 +20,6 @@ rule tables:
         f"{LOGS}/tables.log",
     params:
         plan=PLAN,
-        settings=tables_settings_digest,  # size tolerance, alpha and claims are read from the plan
+        settings=tables_settings_digest,  # size tolerance, alpha, margins and claims: read from the plan
     shell:
         "quantbench tables --plan {params.plan:q} > {log:q} 2>&1"
