@@ -37,8 +37,10 @@ rule all:
 
 
 onstart:
-    # before any job runs (never in a dry run): the plan every job reads its identity from, and its
-    # record in the MLflow experiment (which this creates once, before any job writes to the store)
+    # before any job is submitted (never in a dry run): on a cluster, paper-scale training on CPUs is
+    # refused unless the grid says allow_cpu; then the plan every job reads its identity from, and
+    # its record in the MLflow experiment (which this creates once, before any job writes to it)
+    check_executor()
     write_plan()
 
 

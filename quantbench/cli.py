@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("docs-tables", help="rewrite the docs' tables from the table CSVs they name "
                                            "(<!-- table: CSV archs=... methods=... --> blocks)")
-    p.add_argument("docs", type=Path, nargs="*", help="default: README.md and docs/methods/*.md")
+    p.add_argument("docs", type=Path, nargs="*", help="default: README.md, docs/grids.md and docs/methods/*.md")
     p.add_argument("--check", action="store_true", help="only list the tables that differ (exit 1 if any)")
 
     argv = sys.argv[1:] if argv is None else argv
@@ -386,9 +386,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "methods":
         from quantbench.methods import available_methods, get_method
 
+        broken = []
         for name in available_methods():
-            cls = get_method(name)
+            try:
+                cls = get_method(name)
+            except ConfigError as e:  # a broken plugin: the others are listed all the same
+                broken.append(str(e))
+                continue
             print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
+        for reason in broken:
+            print(f"quantbench methods: error: {reason}", file=sys.stderr)
+        return 2 if broken else 0
     elif args.command == "plan":
         from quantbench.plan import Plan
         from quantbench.tracking import experiment_store
@@ -474,7 +482,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "docs-tables":
         from quantbench.doctables import stale, update
 
-        docs = args.docs or [Path("README.md"), *sorted(Path("docs/methods").glob("*.md"))]
+        docs = args.docs or [Path("README.md"), Path("docs/grids.md"), *sorted(Path("docs/methods").glob("*.md"))]
         if args.check:
             found = [line for doc in docs for line in stale(doc, Path("."))]
             print("\n".join(found) or "every table is its CSV's")

@@ -11,6 +11,7 @@ names both places.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 from collections.abc import Callable
@@ -83,7 +84,10 @@ class Registry:
         old = self._items.get(ep.name)
         if old is not None and old is not obj:
             raise ConfigError(f"{where} takes the name of {_place(old)}; {self.kind} names must be unique")
-        self.register(obj, ep.name)
+        try:
+            self.register(obj, ep.name)
+        except TypeError as e:  # the contract (a Method subclass, its Params a dataclass), said once
+            raise ConfigError(f"{where}: {e}") from None
 
 
 BUILDER_INPUTS = ("input_shape", "num_classes", "root", "download")  # supplied by the harness, not the config
@@ -101,8 +105,14 @@ def check_kwargs(fn: Callable, kwargs: dict, where: str) -> None:
 
 
 def _is_method(name: str, obj: Any) -> None:
+    """The plugin contract checked where a method is registered (docs/adding-a-method.md): a
+    :class:`Method` subclass whose ``Params`` is a dataclass (its fields are the config keys)."""
     if not (isinstance(obj, type) and issubclass(obj, Method)):
-        raise TypeError(f"method {name!r}: {_place(obj)} is not a Method subclass")
+        raise TypeError(f"{_place(obj)} is not a Method subclass (expected a class deriving from "
+                        f"quantbench.method.Method with compress(ref, budget, ctx) -> CompressedModel)")
+    if not dataclasses.is_dataclass(obj.Params):
+        raise TypeError(f"{_place(obj)}.Params is not a dataclass (its fields are the config keys "
+                        f"method_params.{name}.<field>: decorate it with @dataclasses.dataclass)")
     obj.name = name
 
 

@@ -303,6 +303,10 @@ def _compress_and_evaluate(spec: JobSpec, ctx: RunContext, run: tuple | None, re
         times["time_compress_s"] = time.perf_counter() - t0
         if not distributed.is_main():
             return {"status": "ok", "cell_id": job.cell_id, "rank": distributed.rank()}
+        if not isinstance(compressed, CompressedModel):  # the plugin contract, before anything uses it
+            raise ConfigError(f"method {job.method!r} ({method_cls.__module__}.{method_cls.__qualname__}).compress "
+                              f"returned {type(compressed).__name__}, expected a CompressedModel (return "
+                              f"ctx.assemble(ref, records); docs/adding-a-method.md)")
         compressed.check_finite()  # a method that diverged: caught before anything is packed
         artifact.parent.mkdir(parents=True, exist_ok=True)
         file_bytes = compressed.save(artifact)

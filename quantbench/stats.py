@@ -22,8 +22,9 @@ was drawn.
   ``t = d̄ / (s_d/√n)`` on n − 1 degrees of freedom, interval ``d̄ ± t_{(1+c)/2, n−1}·s_d/√n``
   (:data:`SEED_T`); where the ``d_s`` are all equal (no spread: t is not defined) the exact
   sign-flip permutation over the seeds, whose smallest p is ``2/2^n`` (0.25 at 3 seeds: no
-  difference can be called below 6, and its interval is then the whole range; :data:`SIGN_FLIP`). Example noise alone is not evidence about another seed: with one seed
-  only, a paired bootstrap over the test examples (:data:`EXAMPLES_ONLY`, labelled as such): a
+  difference can be called below 6, and its interval is then the whole range; :data:`SIGN_FLIP`).
+  Example noise alone is not evidence about another seed: with one seed only, a paired
+  bootstrap over the test examples (:data:`EXAMPLES_ONLY`, labelled as such): a
   replicate draws the examples with replacement (the same draw for both cells), the interval is
   the replicates' percentiles and the two-sided p-value
   ``2·(min(#{d* < 0}, #{d* > 0}) + #{d* = 0}/2 + 1)/(B + 1)`` (at most 1; ties at 0 half on each

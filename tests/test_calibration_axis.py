@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from test_significance import Record, correctness
+from helpers.records import Record, correctness
 
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
@@ -39,8 +39,8 @@ def test_methods_that_calibrate_run_once_per_size_and_the_others_once():
     ({"samples": [32, 5000]}, r"config.calibration.samples\[1\]: 5000 is more than the 1797 training examples "
                               r"task digits has"),
     ({"samples": [0]}, r"config.calibration.samples\[0\]: 0 is less than the minimum of 1"),
-    ({"samples": [32], "source": "heldout"}, r"config.calibration.source: 'heldout': tasks \['digits'\] have no "
-                                             r"heldout split"),
+    ({"samples": [32], "source": "heldout"}, r"config.calibration.source: 'heldout' is not allowed; allowed "
+                                             r"values: \['train'\]"),
     ({"samples": [32], "source": "test"}, r"config.calibration.source: 'test' is not allowed"),
     ({"samples": []}, r"config.calibration.samples: \[\] should be non-empty"),
 ])

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_significance import SPLIT, Record, correctness
+from helpers.records import SPLIT, Record, correctness
 
 from quantbench.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, evaluate_claims, parse_claims
 from quantbench.cli import main

@@ -62,14 +62,23 @@ def dry_run(tmp_path: Path, grid: Path, *args: str, slurm: bool = True) -> subpr
     """``snakemake -n -p`` of ``grid`` under profiles/slurm (``slurm``) or locally, SLURM's commands
     replaced by :func:`fake_slurm`'s: the slurm executor plugin is loaded and its settings validated
     (it asks ``scontrol show config`` for MinJobAge and does without), nothing is submitted."""
-    profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")] if slurm else ["--cores", "2"]
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(grid), *profile, "-n", "-p", *args,
-           "--config", f"results_dir={tmp_path / 'results'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=fake_slurm(tmp_path))
-    called = (tmp_path / "slurm-called").read_text().splitlines() if (tmp_path / "slurm-called").exists() else []
+    proc, called = start(tmp_path, grid, "-n", "-p", *args, slurm=slurm)
     assert set(called) <= {"scontrol show config"}, called
     return proc
+
+
+def start(tmp_path: Path, grid: Path, *args: str, slurm: bool = True) -> tuple[subprocess.CompletedProcess, list]:
+    """Snakemake on ``grid`` (a real start unless ``args`` has -n) under profiles/slurm or locally,
+    SLURM's commands replaced by :func:`fake_slurm`'s (each fails: no job is ever accepted); the
+    process and the SLURM commands it called."""
+    profile = ["--workflow-profile", str(REPO / "profiles" / "slurm")] if slurm else ["--cores", "2"]
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(grid), *profile, *args,
+           "--config", f"results_dir={tmp_path / 'results'}"]
+    (tmp_path / "slurm-called").unlink(missing_ok=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=fake_slurm(tmp_path))
+    called = (tmp_path / "slurm-called").read_text().splitlines() if (tmp_path / "slurm-called").exists() else []
+    return proc, called
 
 
 def planned_jobs(output: str) -> dict[tuple[str, str], dict]:
@@ -144,24 +153,31 @@ def _cifar_grid(tmp_path: Path, **extra) -> Path:
 
 @pytest.mark.slow
 def test_training_a_paper_scale_task_on_cpus_under_slurm_is_refused_naming_the_key(tmp_path):
-    """The reference (30 epochs, gpu 0) is refused under profiles/slurm with the key to set; the cells
-    ask for a GPU and are not named. allow_cpu lets it through; a local dry run never refuses."""
+    """Started under profiles/slurm, the grid is refused before any job is submitted (no sbatch):
+    the reference (30 epochs, gpu 0) with the key to set; the cells ask for a GPU and are not named.
+    allow_cpu lets it through to submission; a local run, or a dry run (which never starts the
+    grid: Snakemake runs its own dry-run executor), is never refused."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
     grid = _cifar_grid(tmp_path)
-    refused = dry_run(tmp_path, grid)
+    refused, called = start(tmp_path, grid)
     assert refused.returncode != 0
     message = refused.stdout + refused.stderr
     assert "under the slurm executor these jobs would train a paper-scale task on CPUs" in message
     assert "config.resources.archs.resnet20.reference.gpu (now 0): cifar10/resnet20 reference (30 epochs" in message
     assert "resnet20.cell.gpu" not in message and "config.allow_cpu: true" in message
-    assert str(grid) in message and "rule reference" not in message  # at planning: the grid's file, no job
+    assert str(grid) in message and set(called) == {"scontrol show config"}  # nothing submitted: no sinfo, sbatch
+    assert "Job submission failed" not in message
 
-    allowed = dry_run(tmp_path, _cifar_grid(tmp_path, allow_cpu=True))
-    assert allowed.returncode == 0, allowed.stderr[-3000:]
-    assert planned_jobs(allowed.stdout + allowed.stderr)[("reference", "resnet20")]["resources"]["gpu"] == 0
+    allowed, called = start(tmp_path, _cifar_grid(tmp_path, allow_cpu=True))
+    assert "paper-scale task on CPUs" not in allowed.stdout + allowed.stderr
+    assert "Job submission failed" in allowed.stderr, allowed.stderr[-3000:]  # submitted (the fake SLURM fails it)
+    assert any(c.split()[0] in ("sinfo", "sbatch") for c in called)
+    planned = dry_run(tmp_path, _cifar_grid(tmp_path, allow_cpu=True))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    assert planned_jobs(planned.stdout + planned.stderr)[("reference", "resnet20")]["resources"]["gpu"] == 0
 
-    local = dry_run(tmp_path, _cifar_grid(tmp_path), slurm=False)
-    assert local.returncode == 0, local.stderr[-3000:]
+    for local in (dry_run(tmp_path, _cifar_grid(tmp_path), slurm=False), dry_run(tmp_path, _cifar_grid(tmp_path))):
+        assert local.returncode == 0, local.stderr[-3000:]
 
 
 @pytest.mark.parametrize("changes,key", [

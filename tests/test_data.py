@@ -192,3 +192,13 @@ def test_the_shuffled_order_is_the_one_a_seeded_dataloader_gives():
                                                     generator=torch.Generator().manual_seed(seed))])
         assert torch.equal(ours, plain)
     assert torch.equal(torch.cat([y for _, y in task.loader("test", 5)]), torch.arange(37))
+
+
+@pytest.mark.parametrize("pin_memory, cuda, pinned", [(True, True, True), (False, True, False), (True, False, False)])
+def test_batches_are_pinned_only_where_asked_and_a_gpu_is_there(monkeypatch, pin_memory, cuda, pinned):
+    """config ``loaders.<task>.pin_memory``: page-locked batches for copies to a GPU, never without one."""
+    from quantbench.data import Pipeline, Task
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    task = Task("jitter", _Jitter(), _Jitter(), (3,), 4, pipeline=Pipeline(pin_memory=pin_memory))
+    assert task.loader("train", 4, seed=0).pin_memory is pinned

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import compress_digits
+from helpers.jobs import compress_digits
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -157,6 +157,27 @@ def test_fixed_lambda_keeps_lambda(digits_reference):
     ctx = RunContext(task, "lenet300", kwargs, seed=0, show_progress=False)
     cls(params).compress(ref, Budget(2), ctx)
     assert {v for k, v, _ in ctx.step_metrics if k == "diffq/lambda"} == {7.0}
+
+
+def test_the_controller_rate_is_the_step_of_lambdas_update(digits_reference):
+    """λ ← λ·exp(η (bpw − target)/target) after every step: with η = 0 λ stays where it starts;
+    with η > 0 it grows while the widths (from init_bits 8) are above a 3-bit target."""
+    _, _, still = _run("diffq", 3.0, digits_reference, epochs=2, control_rate=0.0, size_penalty=2.0)
+    assert {v for k, v, _ in still.step_metrics if k == "diffq/lambda"} == {2.0}
+    _, _, moving = _run("diffq", 3.0, digits_reference, epochs=2, control_rate=0.05, size_penalty=2.0)
+    assert [v for k, v, _ in moving.step_metrics if k == "diffq/lambda"][0] > 2.0
+
+
+def test_the_bit_widths_learn_at_bits_lr(digits_reference):
+    """Without the controller's projection, the widths move only by their own optimizer: at
+    bits_lr 0 every group keeps init_bits; at the default rate they spread."""
+    def widths(bits_lr: float) -> np.ndarray:
+        cm, _, _ = _run("diffq", 3.0, digits_reference, epochs=2, budget_control=False, bits_lr=bits_lr,
+                        init_bits=6.0)
+        return np.concatenate([r.group_bits for r in cm.records.values() if getattr(r, "group_bits", None) is not None])
+
+    assert set(widths(0.0).tolist()) == {6}
+    assert len(set(widths(0.05).tolist())) > 1
 
 
 def test_the_result_does_not_depend_on_the_reference_s_train_or_eval_mode(digits_reference):

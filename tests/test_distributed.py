@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import job_args
+from helpers.jobs import job_args
 
 from quantbench.config import load_config
 from quantbench.config.resources import resources

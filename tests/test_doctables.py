@@ -12,7 +12,7 @@ from quantbench.cli import main
 from quantbench.doctables import BLOCK, render, stale, update
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs" / "methods").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "grids.md", *sorted((ROOT / "docs" / "methods").glob("*.md"))]
 
 
 def test_every_table_in_the_docs_is_its_csvs():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import job_args
+from helpers.jobs import job_args
 
 from quantbench.config import Cell, load_config
 from quantbench.format import CompressedModel, FormatError

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.data import Inputs
 from torch import nn
 
 from quantbench.data import Task
@@ -123,17 +124,6 @@ def test_conv_rows_match_an_explicit_unfold():
     assert torch.equal(layer_rows(dil, x[:, :3], 0), explicit_patches(x[:, :3], dil, 0))
 
 
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], 0
-
-
 def test_conv_network_quantized_like_the_explicit_computation():
     """A grouped, strided conv as the first layer: the method's codes equal GPFQ run on the
     explicitly unfolded calibration patches (X~ = X for the first layer)."""
@@ -141,7 +131,7 @@ def test_conv_network_quantized_like_the_explicit_computation():
     model = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2), nn.ReLU(), nn.Flatten(),
                           nn.Linear(6 * 4 * 4, 3))
     x = torch.randn(24, 4, 8, 8)
-    task = Task("toy", _Data(x), _Data(x[:4]), (4, 8, 8), 3)
+    task = Task("toy", Inputs(x), Inputs(x[:4]), (4, 8, 8), 3)
     ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
     params = GPFQParams(calib_samples=24, calib_batch=10, scale_factor=1.2)
     records = quantize_network(model, 7, params, ctx, memoryless=False)
@@ -165,7 +155,7 @@ def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
     x = torch.randn(20, 3, 6, 6)
-    task = Task("toy", _Data(x), _Data(x[:4]), (3, 6, 6), 5)
+    task = Task("toy", Inputs(x), Inputs(x[:4]), (3, 6, 6), 5)
     params = GPFQParams(calib_samples=20, calib_batch=20)
     whole = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
     monkeypatch.setattr(ptq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_gpfq import _Data
+from helpers.data import Inputs
 from torch import nn
 
 from quantbench.data import Task
@@ -86,7 +86,7 @@ def test_network_layers_use_the_inputs_of_the_quantized_prefix():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 3))
     x = torch.randn(40, 4, 5, 5)
-    task = Task("toy", _Data(x), _Data(x[:4]), (4, 5, 5), 3)
+    task = Task("toy", Inputs(x), Inputs(x[:4]), (4, 5, 5), 3)
     params = GPTQParams(calib_samples=40, calib_batch=16, per_channel=True)
     records = quantize_network(model, 4, params, RunContext(task, "toy", {}, seed=0, show_progress=False))
     assert set(records) == {"0.weight", "3.weight"}

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import compress_digits
+from helpers.jobs import compress_digits
 
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method

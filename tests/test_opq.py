@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import compress_digits
+from helpers.jobs import compress_digits
 
 from quantbench.methods.opq import (
     _STEPS,

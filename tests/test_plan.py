@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import job_args
+from helpers.jobs import job_args
 
 from quantbench.config import Cell, load_config
 from quantbench.errors import ConfigError

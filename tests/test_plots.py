@@ -76,14 +76,33 @@ def test_a_point_about_as_small_and_far_worse_is_not_on_the_front():
     assert list(pareto_front(size, -metric, False, SIZE_TOLERANCE)) == [1, 3]
 
 
-def test_plots_are_written_as_png_and_pdf(tmp_path):
+def test_plots_are_written_as_png_and_pdf_and_draw_what_the_table_says(tmp_path, monkeypatch):
+    import quantbench.plots as plots
+
+    drawn, save = [], plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, *args: drawn.append(fig) or save(fig, *args))
     long = pd.DataFrame({
         "task": "digits", "arch": ["mlp"] * 4, "method": ["reference", "a", "a", "b"], "budget": [np.nan, 1, 2, 2],
         "metric": "accuracy", "mean": [97.0, 80.0, 95.0, 90.0], "status": "ok", "size_kib": [100.0, 4.0, 7.0, 7.5],
-        "bpw": [32.0, 1.0, 2.0, 2.1], "family": ["reference", "LC", "LC", "DiffQ"], "higher_is_better": True})
+        "bpw": [32.0, 1.0, 2.0, 2.1], "family": ["reference", "LC", "LC", "DiffQ"], "higher_is_better": True,
+        "ci_low": [96.0, 70.0, 94.0, 85.0], "ci_high": [98.0, 85.0, 96.0, 92.0]})
     paths = size_plot(long, "digits", tmp_path, SIZE_TOLERANCE)
     assert sorted(p.name for p in paths) == ["digits_size.pdf", "digits_size.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+    ax = drawn[0].axes[0]
+    methods = {c.get_label(): c for c in ax.containers}  # errorbar: (data line, caps, bars) per method
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # a line per method through its budgets, the reference dashed at its mean, and the front: b (2.1 bpw,
+    # 90) is larger and worse than a at 2 bits
+    a, b = methods["a"].lines[0], methods["b"].lines[0]
+    assert (list(a.get_xdata()), list(a.get_ydata())) == ([1.0, 2.0], [80.0, 95.0])
+    assert (list(b.get_xdata()), list(b.get_ydata())) == ([2.1], [90.0])
+    assert list(lines["reference (fp32)"].get_ydata()) == [97.0, 97.0] and lines["reference (fp32)"].get_ls() == "--"
+    assert (list(lines["Pareto front"].get_xdata()), list(lines["Pareto front"].get_ydata())) == ([1.0, 2.0],
+                                                                                                  [80.0, 95.0])
+    # each point's bar is the cell's spread, as the table prints it: a from 70 to 85 at 1 bit, 94 to 96 at 2
+    bars = [seg[:, 1].tolist() for seg in methods["a"].lines[2][0].get_segments()]
+    assert bars == [[70.0, 85.0], [94.0, 96.0]]
     histories = pd.DataFrame({"task": "digits", "cell_id": "digits/mlp/lc/b1/s0", "key": "lc/accuracy",
                               "step": [0, 1, 2], "value": [50.0, 80.0, 90.0]})
     curves = [StepCurve("lc/{metric}", "LC step", "{metric}"), StepCurve("mine/x", "my step", "x")]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import job_args, write_run
+from helpers.jobs import job_args
+from helpers.records import write_run
 from PIL import Image
 
 from quantbench.config import load_config
@@ -230,7 +231,7 @@ def test_the_paper_grids_start_from_pretrained_imagenet_references():
     ("torchvision:ResNet50_Weights.IMAGENET1K_V1", "resnet50", {}),
 ])
 def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arch_params):
-    from quantbench.models.pretrained import load_state, torchvision_weights
+    from quantbench.models.pretrained import torchvision_weights
 
     weights = torchvision_weights(source.partition(":")[2])
     builder = {"alexnet": torchvision.models.alexnet, "vgg16": torchvision.models.vgg16,
@@ -238,7 +239,21 @@ def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arc
     with torch.device("meta"):
         theirs = builder(weights=None).state_dict()
         ours = build_model(arch, (3, 224, 224), len(weights.meta["categories"]), **arch_params)
-    load_state(ours, theirs, source)  # raises naming any key or shape that does not fit
+    _fits_key_for_key(ours, theirs, source)
+
+
+def _fits_key_for_key(ours: torch.nn.Module, theirs: dict, source: str) -> None:
+    """Every key and shape of ``theirs`` is ours, and load_state takes it; one key fewer or one
+    shape wrong, and it refuses naming it."""
+    from quantbench.models.pretrained import WeightsError, load_state
+
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in theirs.items()}
+    load_state(ours, theirs, source)
+    first = next(iter(theirs))
+    with pytest.raises(WeightsError, match=rf"missing keys \['{first}'\]"):
+        load_state(ours, {k: v for k, v in theirs.items() if k != first}, source)
+    with pytest.raises(WeightsError, match=rf"shapes \['{first}: \(1,\) for"):
+        load_state(ours, {**theirs, first: torch.zeros(1, device="meta")}, source)
 
 
 @pytest.mark.parametrize("model,arch,arch_params", [
@@ -248,12 +263,10 @@ def test_our_builders_take_torchvision_state_dicts_key_for_key(source, arch, arc
 def test_our_builders_take_timm_state_dicts_key_for_key(model, arch, arch_params):
     import timm
 
-    from quantbench.models.pretrained import load_state
-
     with torch.device("meta"):
         theirs = timm.create_model(model, pretrained=False).state_dict()
         ours = build_model(arch, (3, 224, 224), 1000, **arch_params)
-    load_state(ours, theirs, model)
+    _fits_key_for_key(ours, theirs, model)
 
 
 def test_the_published_figures_reach_the_paper_columns_of_the_gpfq_table(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compress_digits
+from helpers.jobs import compress_digits
 
 from quantbench.method import Budget
 from quantbench.methods import get_method

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -54,9 +55,9 @@ def test_cell_evaluates_the_packed_artifact_and_is_deterministic(jobs, tmp_path)
     runs = Tracker(cfg.tracking_uri()).runs("tiny")
     cells = runs[runs["tags.kind"] == "cell"]
     assert len(cells) == 2 and set(cells["tags.cell_id"]) == {cell.id}
-    assert set(cells["tags.config_hash"]) and cells["params.method"].iloc[0] == "rtn"
-    # the identity is the params and the hash; where things live is only tagged
-    assert cells["tags.config_hash"].iloc[0] == plan_grid(cfg).identity(cell).digest()[:16]
+    assert set(cells["params.method"]) == {"rtn"}
+    # the identity is the params and the hash (both runs the same); where things live is only tagged
+    assert set(cells["tags.config_hash"]) == {plan_grid(cfg).identity(cell).digest()[:16]}
     assert "params.results_dir" not in cells and cells["tags.results_dir"].iloc[0] == cfg["results_dir"]
     assert (cells["tags.method_package"].iloc[0], cells["tags.method_module"].iloc[0]) == ("quantbench",
                                                                                           "quantbench.methods.rtn.RTN")
@@ -72,3 +73,27 @@ def test_diverged_reference_fails_its_job_and_records_why(jobs, tmp_path):
     runs = Tracker(cfg.tracking_uri()).runs("tiny")
     assert list(runs["status"]) == ["FAILED"] and list(runs["tags.status"]) == ["diverged"]
     assert "loss is" in runs["tags.failure_reason"].iloc[0]
+
+
+@pytest.mark.parametrize("settings, factors", [
+    # cosine to 0 over the epochs: ½(1 + cos(π t/T))
+    ({"epochs": 4}, [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
+    # step: × gamma at each milestone
+    ({"epochs": 5, "lr_schedule": "step", "milestones": [2, 4], "gamma": 0.1}, [1.0, 1.0, 0.1, 0.1, 0.01]),
+    ({"epochs": 3, "lr_schedule": "constant"}, [1.0, 1.0, 1.0]),
+    # linear warm-up (e + 1)/(w + 1), then the schedule over the epochs left
+    ({"epochs": 4, "warmup_epochs": 2, "lr_schedule": "cosine"}, [1 / 3, 2 / 3, 1.0, 0.5]),
+])
+def test_the_reference_schedules_set_the_learning_rate_of_each_epoch(settings, factors):
+    import torch
+
+    from quantbench.train import TrainSettings, make_schedule
+
+    s = TrainSettings(lr=0.2, **settings)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=s.lr)
+    schedule, seen = make_schedule(opt, s), []
+    for _ in range(s.epochs):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    assert seen == pytest.approx([0.2 * f for f in factors], rel=1e-12)

@@ -7,7 +7,7 @@ import statistics
 
 import pandas as pd
 import pytest
-from conftest import write_run
+from helpers.records import write_run
 
 from quantbench.cli import main
 from quantbench.summary import best_rows, summarize

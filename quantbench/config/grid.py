@@ -24,7 +24,6 @@ from quantbench.train import TrainSettings
 # 1,797 and 10,000 examples by task_params: their whole set is the bound), for config.calibration.
 TRAIN_SIZES = {"digits": 1797, "mnist_t10k": 10000, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000,
                "cifar100": 50000, "imagenet": 1281167}
-CALIBRATION_SOURCES = {"train"}  # the splits a calibration sample may come from (tasks have train and test)
 
 
 @dataclass(frozen=True)
@@ -162,17 +161,13 @@ def _check_pretrained(settings: TrainSettings, where: str) -> None:
 def calibration_variants(raw: dict) -> None:
     """The ``calibration`` axis as variants (in ``raw["variants"]``, in place): ``<method>@n<samples>``
     with ``calib_samples: samples`` for every method of the grid that calibrates (``Method.calibrated``);
-    a source no task has, or a size above a task's training examples (:data:`TRAIN_SIZES`), is refused."""
+    a size above a task's training examples (:data:`TRAIN_SIZES`) is refused (the schema allows the
+    train split only: tasks have train and test, and calibrating on test would leak)."""
     from quantbench.methods import get_method
 
     axis = raw["calibration"]
     if not axis.get("samples"):  # no axis (the schema fills in the source alone)
         return
-    source = axis.get("source", "train")
-    if source not in CALIBRATION_SOURCES:
-        raise ConfigError(f"config.calibration.source: {source!r}: tasks {raw['tasks']} have no {source} split "
-                          f"(quantbench's tasks have train and test, and calibrating on test would leak into the "
-                          f"evaluation); allowed values: {sorted(CALIBRATION_SOURCES)}")
     for i, n in enumerate(axis["samples"]):
         for task in raw["tasks"]:
             if n > TRAIN_SIZES.get(task, n):

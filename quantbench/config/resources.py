@@ -15,7 +15,7 @@ from typing import Any
 from quantbench.errors import ConfigError
 
 # Tasks whose training is GPU work at paper size: under a cluster executor a job that trains on one
-# of them with gpu 0 is refused at planning unless the grid says allow_cpu (cpu_training_jobs).
+# of them with gpu 0 is refused when the grid starts unless the grid says allow_cpu (cpu_training_jobs).
 PAPER_SCALE_TASKS = ("cifar10", "cifar100", "imagenet", "wikitext103")
 DEFAULTS = {"mem_mb": 2000, "runtime": 60, "gpu": 0, "nodes": 1}  # and threads: config threads
 
@@ -101,8 +101,8 @@ def cpu_training_jobs(cfg: Any) -> dict[str, list[str]]:
 
 def check_cluster_gpus(cfg: Any, executor: str) -> None:
     """Refuse (ConfigError naming each key to set) a grid whose paper-scale training jobs would run
-    on CPUs under the cluster ``executor``, unless it says ``allow_cpu: true``; planning calls it for
-    a non-local executor only (a local run is never refused)."""
+    on CPUs under the cluster ``executor``, unless it says ``allow_cpu: true``; the Snakefile's
+    onstart handler calls it for a non-local executor only (a local run is never refused)."""
     found = {} if cfg.raw["allow_cpu"] else cpu_training_jobs(cfg)
     if found:
         keys = "\n".join(f"  {key} (now 0): {'; '.join(jobs)}" for key, jobs in found.items())

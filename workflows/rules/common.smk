@@ -7,10 +7,8 @@ import functools
 import json
 import os
 import subprocess
-import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
@@ -26,32 +24,24 @@ def _config_source():
     return (", ".join(files) or "no config file") + overrides
 
 
-def cluster_executor():
-    """The executor's name when this run submits its jobs to a cluster (a non-local executor, such
-    as the SLURM profile's), else None. Snakemake 9 picks the executor (--executor, or a profile's
-    ``executor:``) before it reads this file but gives it to the workflow only when the DAG runs,
-    and a dry run (-n) then runs Snakemake's local 'dryrun' executor instead; so the executor asked
-    for is read from the command line as Snakemake parsed it (``args`` of snakemake.cli.args_to_api,
-    which calls us). A job running on a cluster node (exec mode remote) and Snakemake's Python API
-    (no command line) count as local."""
-    if not workflow.is_main_process:
-        return None
-    frame = sys._getframe()
-    while frame is not None and not (frame.f_code.co_name == "args_to_api"
-                                     and frame.f_globals.get("__name__") == "snakemake.cli"):
-        frame = frame.f_back
-    name = getattr(frame.f_locals.get("args"), "executor", None) if frame is not None else None
-    if name is None or ExecutorPluginRegistry().get_plugin(name).common_settings.local_exec:
-        return None
-    return name
+def check_executor():
+    """The onstart handler's first work: refuse a grid whose paper-scale training jobs would run on
+    CPUs under a cluster executor (quantbench.config.resources.check_cluster_gpus), before any job
+    is submitted. Snakemake has chosen the executor by then (``workflow.executor_plugin``: the
+    SLURM profile's ``executor: slurm``, or --executor); a local executor, a job running on a
+    cluster node, and a dry run (which never starts the grid) are not checked."""
+    plugin = workflow.executor_plugin
+    if not workflow.is_main_process or plugin is None or plugin.common_settings.local_exec:
+        return
+    try:
+        check_cluster_gpus(CFG, plugin.name)
+    except ConfigError as e:
+        raise WorkflowError(f"{_config_source()}: {e}") from None
 
 
 try:
     # the grid: its file (or the default's), with the --config overrides read as YAML would
     CFG = load_config(merged_config(config, typed_overrides(workflow.config_settings.config)))
-    # on a cluster, paper-scale training on CPUs is refused unless the grid says allow_cpu
-    if executor := cluster_executor():
-        check_cluster_gpus(CFG, executor)
 except ConfigError as e:
     raise WorkflowError(f"{_config_source()}: {e}") from None
 
@@ -59,6 +49,7 @@ RESULTS = str(CFG.results)
 EXP = CFG.name
 RUNS = f"{RESULTS}/runs/{EXP}"
 LOGS = f"{RESULTS}/logs/{EXP}"
+TABLES = f"{RESULTS}/tables/{EXP}"
 PLAN = f"{RUNS}/{PLAN_FILE}"
 
 
@@ -112,8 +103,8 @@ def end_of_grid(failed):
         os.makedirs(LOGS, exist_ok=True)
         with open(f"{LOGS}/tables-onerror.log", "w") as log:
             made = subprocess.run(tables_argv(), stdout=log, stderr=subprocess.STDOUT).returncode == 0
-        logger.error(f"quantbench: tables and plots {'written to ' + RESULTS + '/tables/' + EXP if made else 'failed'}"
-                     f" (log: {LOGS}/tables-onerror.log)")
+        outcome = f"written to {TABLES}" if made else "failed"
+        logger.error(f"quantbench: tables and plots {outcome} (log: {LOGS}/tables-onerror.log)")
     for line in cell_outcomes():
         (logger.error if line.startswith("failed") else logger.warning)(f"quantbench: {line}")
 
@@ -152,16 +143,16 @@ def cell_file(cell):
 
 
 def table_files(exts=("md", "csv", "tex")):
-    return expand(f"{RESULTS}/tables/{EXP}/{{task}}.{{ext}}", task=CFG["tasks"], ext=list(exts))
+    return expand(f"{TABLES}/{{task}}.{{ext}}", task=CFG["tasks"], ext=list(exts))
 
 
 def claims_files(ext):
-    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_claims.{ext}", task=CFG["tasks"])
+    return expand(f"{TABLES}/{{task}}_claims.{ext}", task=CFG["tasks"])
 
 
 def plot_files(ext):
     plots = ["size", "steps"] + (["calibration"] if CFG["calibration"].get("samples") else [])
-    return expand(f"{RESULTS}/tables/{EXP}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=plots)
+    return expand(f"{TABLES}/{{task}}_{{plot}}.{ext}", task=CFG["tasks"], plot=plots)
 
 
 def batch_files(batch, name):
