@@ -15,7 +15,7 @@ Targets (issue #17): QAT and LSQ <= 1.3x, DiffQ <= 1.6x, the LC L step <= 1.2x.
 The default is the paper's input size with a small batch (the CPU's); on a GPU use --batch 128 (AMP
 is the methods' own business: the reference recipe uses it on CUDA). A smaller --image shrinks the
 convolutions but not the per-weight work (fake quantization, DiffQ's noise, the optimizer), so the
-ratios grow: docs/architecture.md gives both.
+ratios grow: benchmarks/README.md gives both.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return _dispatch(args)
+        return COMMANDS[args.command](args)
     except (ConfigError, ExamplesError, LookupError, FileNotFoundError) as e:
         print(f"quantbench {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -357,140 +357,190 @@ def _summary(result: dict) -> str:
     return json.dumps({k: result.get(k) for k in keys})
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "validate":
-        from quantbench.config import load_config
+def _validate(args: argparse.Namespace) -> int:
+    """Validate a config and print the grid it plans (or its plan.json)."""
+    from quantbench.config import load_config
 
-        cfg = load_config(args.config)
-        cfg.check_claims()
-        if args.json:
-            from quantbench.plan import plan_grid
+    cfg = load_config(args.config)
+    cfg.check_claims()
+    if args.json:
+        from quantbench.plan import plan_grid
 
-            print(plan_grid(cfg).to_json(), end="")
-        else:
-            print(cfg.describe())
-    elif args.command == "fetch-weights":
-        from quantbench.config import load_config
-        from quantbench.models.pretrained import fetch
-
-        cfg = load_config(args.config)
-        sources = {}
-        for task, arch in dict.fromkeys((task, arch) for task, arch, _ in cfg.references()):
-            settings = cfg.train_settings(task, arch)
-            if settings.pretrained:
-                sources.setdefault((settings.pretrained, settings.pretrained_sha256), []).append(f"{task}/{arch}")
-        for (source, sha256), pairs in sources.items():
-            print(f"{source} ({', '.join(pairs)}): {fetch(source, sha256)}")
-        if not sources:
-            print(f"{args.config}: no reference of this grid is pretrained; nothing to fetch")
-    elif args.command == "methods":
-        from quantbench.methods import available_methods, get_method
-
-        broken = []
-        for name in available_methods():
-            try:
-                cls = get_method(name)
-            except ConfigError as e:  # a broken plugin: the others are listed all the same
-                broken.append(str(e))
-                continue
-            print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
-        for reason in broken:
-            print(f"quantbench methods: error: {reason}", file=sys.stderr)
-        return 2 if broken else 0
-    elif args.command == "plan":
-        from quantbench.plan import Plan
-        from quantbench.tracking import experiment_store
-
-        plan = Plan.load(args.plan)
-        tracker, exp_id = experiment_store(plan.context)
-        run_id, new = tracker.record_plan(exp_id, args.plan, plan.sha256())
-        print(f"MLflow experiment {plan.context.experiment!r} (id {exp_id}) at {tracker.uri}: plan of "
-              f"{len(plan.cells)} cells, "
-              f"{len(plan.references)} references and {len(plan.skipped)} skipped cells "
-              f"{'recorded as' if new else 'already recorded in'} run {run_id}")
-    elif args.command in ("reference", "cell"):
-        from quantbench import distributed, runner
-        from quantbench.plan import Plan
-
-        if getattr(args, "batch", False):
-            return _run_batch(args)
-        spec = Plan.load(args.plan).spec(args.job, args.digest[0])
-        if spec.identity.kind != args.command:
-            raise ConfigError(f"--job {args.job} is a {spec.identity.kind} job; quantbench {args.command} runs a "
-                              f"{args.command}")
-        if getattr(args, "launch_argv", None) is not None:
-            return _launch(args, spec)
-        common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)
-        try:
-            if args.command == "reference":
-                result = runner.run_reference(spec, **common)
-            else:
-                result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
-        finally:
-            distributed.shutdown()
-        if "rank" not in result:  # rank 0 (or the only process)
-            print(_summary(result))
-    elif args.command == "tables":
-        from quantbench.claims import parse_claims
-        from quantbench.plan import TABLES_DEFAULTS, Plan
-        from quantbench.tables import tables_from_mlflow
-        from quantbench.tracking import resolve_tracking_uri
-
-        settings, results, uri, claims = dict(TABLES_DEFAULTS), Path("results"), args.tracking_uri, args.claims
-        if args.plan is not None:
-            plan = Plan.load(args.plan)
-            settings, results = plan.tables, Path(plan.context.results_dir)
-            args.experiment, uri = plan.context.experiment, uri or plan.context.tracking_uri
-            claims = plan.tables["claims"] if claims is None else claims
-        results = args.results_dir or results
-        uri = resolve_tracking_uri(uri, results)
-        out_dir = args.out_dir or results / "tables" / args.experiment
-        size_tolerance = args.size_tolerance if args.size_tolerance is not None else settings["size_tolerance"]
-        alpha = args.alpha if args.alpha is not None else settings["alpha"]
-        for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, size_tolerance, alpha,
-                                       None if claims is None else parse_claims(claims), settings.get("margins")):
-            print(path)
-    elif args.command == "claims":
-        from quantbench.claims import claims_command
-        from quantbench.config import load_config
-
-        cfg = load_config(args.grid)
-        cfg.check_claims()
-        args.experiment = None
-        uri, experiment, alpha = _record(args)
-        print(claims_command(uri, experiment, alpha, cfg.claims, args.csv, cfg["tables"]["margins"]))
-    elif args.command == "compare":
-        from quantbench.significance import compare_command
-
-        if args.power is not None and math.isnan(args.power):
-            raise ConfigError("--power needs the difference to detect, in the metric's units "
-                              "(e.g. --power 1.0 for one accuracy point)")
-        print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b,
-                              args.margin, args.power))
-    elif args.command == "variance":
-        from quantbench.variance import variance_command
-
-        if args.grid is not None:
-            from quantbench.config import load_config
-
-            seeds = load_config(args.grid).raw["seeds"]
-            if len(seeds) < 2:
-                raise ConfigError(f"{args.grid}: config.seeds is {seeds}: a variance decomposition needs 2 or more "
-                                  f"seeds")
-        uri, experiment, _ = _record(args)
-        print(variance_command(uri, experiment))
-    elif args.command == "docs-tables":
-        from quantbench.doctables import stale, update
-
-        docs = args.docs or [Path("README.md"), Path("docs/grids.md"), *sorted(Path("docs/methods").glob("*.md"))]
-        if args.check:
-            found = [line for doc in docs for line in stale(doc, Path("."))]
-            print("\n".join(found) or "every table is its CSV's")
-            return 1 if found else 0
-        for doc in docs:
-            if update(doc, Path(".")):
-                print(f"rewrote {doc}")
+        print(plan_grid(cfg).to_json(), end="")
+    else:
+        print(cfg.describe())
     return 0
+
+
+def _fetch_weights(args: argparse.Namespace) -> int:
+    """Download a grid's pretrained reference weights into the libraries' caches."""
+    from quantbench.config import load_config
+    from quantbench.models.pretrained import fetch
+
+    cfg = load_config(args.config)
+    sources = {}
+    for task, arch in dict.fromkeys((task, arch) for task, arch, _ in cfg.references()):
+        settings = cfg.train_settings(task, arch)
+        if settings.pretrained:
+            sources.setdefault((settings.pretrained, settings.pretrained_sha256), []).append(f"{task}/{arch}")
+    for (source, sha256), pairs in sources.items():
+        print(f"{source} ({', '.join(pairs)}): {fetch(source, sha256)}")
+    if not sources:
+        print(f"{args.config}: no reference of this grid is pretrained; nothing to fetch")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    """List the registered methods; a broken plugin is named and the others still listed (exit 2)."""
+    from quantbench.methods import available_methods, get_method
+
+    broken = []
+    for name in available_methods():
+        try:
+            cls = get_method(name)
+        except ConfigError as e:  # a broken plugin: the others are listed all the same
+            broken.append(str(e))
+            continue
+        print(f"{name:24s} {cls.__module__}.{cls.__qualname__}")
+    for reason in broken:
+        print(f"quantbench methods: error: {reason}", file=sys.stderr)
+    return 2 if broken else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Record a grid's plan.json in its MLflow experiment."""
+    from quantbench.plan import Plan
+    from quantbench.tracking import experiment_store
+
+    plan = Plan.load(args.plan)
+    tracker, exp_id = experiment_store(plan.context)
+    run_id, new = tracker.record_plan(exp_id, args.plan, plan.sha256())
+    print(f"MLflow experiment {plan.context.experiment!r} (id {exp_id}) at {tracker.uri}: plan of "
+          f"{len(plan.cells)} cells, "
+          f"{len(plan.references)} references and {len(plan.skipped)} skipped cells "
+          f"{'recorded as' if new else 'already recorded in'} run {run_id}")
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    """Run one reference or cell job (or a batch of cells)."""
+    from quantbench import distributed, runner
+    from quantbench.plan import Plan
+
+    if getattr(args, "batch", False):
+        return _run_batch(args)
+    spec = Plan.load(args.plan).spec(args.job, args.digest[0])
+    if spec.identity.kind != args.command:
+        raise ConfigError(f"--job {args.job} is a {spec.identity.kind} job; quantbench {args.command} runs a "
+                          f"{args.command}")
+    if getattr(args, "launch_argv", None) is not None:
+        return _launch(args, spec)
+    common = dict(out=args.out, log_file=args.log, threads=args.threads, show_progress=not args.no_progress)
+    try:
+        if args.command == "reference":
+            result = runner.run_reference(spec, **common)
+        else:
+            result = runner.run_cell(spec, args.reference, artifact=args.artifact, **common)
+    finally:
+        distributed.shutdown()
+    if "rank" not in result:  # rank 0 (or the only process)
+        print(_summary(result))
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    """Regenerate the tables, plots and claims of an experiment from MLflow."""
+    from quantbench.claims import parse_claims
+    from quantbench.plan import TABLES_DEFAULTS, Plan
+    from quantbench.tables import tables_from_mlflow
+    from quantbench.tracking import resolve_tracking_uri
+
+    settings, results, uri, claims = dict(TABLES_DEFAULTS), Path("results"), args.tracking_uri, args.claims
+    if args.plan is not None:
+        plan = Plan.load(args.plan)
+        settings, results = plan.tables, Path(plan.context.results_dir)
+        args.experiment, uri = plan.context.experiment, uri or plan.context.tracking_uri
+        claims = plan.tables["claims"] if claims is None else claims
+    results = args.results_dir or results
+    uri = resolve_tracking_uri(uri, results)
+    out_dir = args.out_dir or results / "tables" / args.experiment
+    size_tolerance = args.size_tolerance if args.size_tolerance is not None else settings["size_tolerance"]
+    alpha = args.alpha if args.alpha is not None else settings["alpha"]
+    for path in tables_from_mlflow(uri, args.experiment, out_dir, args.task, size_tolerance, alpha,
+                                   None if claims is None else parse_claims(claims), settings.get("margins")):
+        print(path)
+    return 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    """Check a grid's claims against its record."""
+    from quantbench.claims import claims_command
+    from quantbench.config import load_config
+
+    cfg = load_config(args.grid)
+    cfg.check_claims()
+    args.experiment = None
+    uri, experiment, alpha = _record(args)
+    print(claims_command(uri, experiment, alpha, cfg.claims, args.csv, cfg["tables"]["margins"]))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """The paired difference of two cells, with margins and power on request."""
+    from quantbench.significance import compare_command
+
+    if args.power is not None and math.isnan(args.power):
+        raise ConfigError("--power needs the difference to detect, in the metric's units "
+                          "(e.g. --power 1.0 for one accuracy point)")
+    print(compare_command(*_record(args), args.task, args.arch, args.budget, args.method_a, args.method_b,
+                          args.margin, args.power))
+    return 0
+
+
+def _variance(args: argparse.Namespace) -> int:
+    """Where a record's seed-to-seed variance comes from."""
+    from quantbench.variance import variance_command
+
+    if args.grid is not None:
+        from quantbench.config import load_config
+
+        seeds = load_config(args.grid).raw["seeds"]
+        if len(seeds) < 2:
+            raise ConfigError(f"{args.grid}: config.seeds is {seeds}: a variance decomposition needs 2 or more "
+                              f"seeds")
+    uri, experiment, _ = _record(args)
+    print(variance_command(uri, experiment))
+    return 0
+
+
+def _docs_tables(args: argparse.Namespace) -> int:
+    """Rewrite (or --check) the docs' tables from their CSVs."""
+    from quantbench.doctables import stale, update
+
+    docs = args.docs or [Path("README.md"), Path("docs/grids.md"), *sorted(Path("docs/methods").glob("*.md"))]
+    if args.check:
+        found = [line for doc in docs for line in stale(doc, Path("."))]
+        print("\n".join(found) or "every table is its CSV's")
+        return 1 if found else 0
+    for doc in docs:
+        if update(doc, Path(".")):
+            print(f"rewrote {doc}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {  # one function per subcommand
+    "validate": _validate,
+    "fetch-weights": _fetch_weights,
+    "methods": _methods,
+    "plan": _plan,
+    "reference": _job,
+    "cell": _job,
+    "tables": _tables,
+    "claims": _claims,
+    "compare": _compare,
+    "variance": _variance,
+    "docs-tables": _docs_tables,
+}
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ class CompressedModel:
                    if (role is None or r.role == role) and (not quantized_only or isinstance(r, QuantizedTensor)))
 
     def stats(self) -> dict[str, float]:
-        """Size figures reported for every run (docs/architecture.md, "The compressed-model format": Reported)."""
+        """Size figures reported for every run (docs/format.md, "Reported")."""
         quant = [r for r in self.records.values() if isinstance(r, QuantizedTensor)]
         n_quant = sum(r.numel for r in quant)
         n_params = sum(r.numel for r in self.records.values() if r.role == "param")
