@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
-from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.method import Budget, Method, Progress, RunContext, compressible, plain
 from quantbench.methods import ptq
 from quantbench.registry import register_method
 from quantbench.uniform import round_to_grid
@@ -100,17 +100,18 @@ def gpfq_layer(w: torch.Tensor, g: torch.Tensor, h: torch.Tensor, grid: AffineGr
 
 
 @torch.no_grad()
-def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext, memoryless: bool
-                     ) -> dict[str, QuantizedTensor]:
-    """GPFQ (or MSQ when ``memoryless``) of every linear/conv weight of ``ref``, in forward order."""
+def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, batches: list[torch.Tensor], gen: torch.Generator,
+                     memoryless: bool, progress: Progress = plain) -> dict[str, QuantizedTensor]:
+    """GPFQ (or MSQ when ``memoryless``) of every linear/conv weight of ``ref`` (not changed), in
+    forward order, from the calibration input ``batches`` (MSQ: none needed); ``gen`` draws SPFQ's
+    stochastic rounding."""
     original = copy.deepcopy(ref).eval()
     quant = copy.deepcopy(ref).eval()
     modules, orig_modules = dict(quant.named_modules()), dict(original.named_modules())
-    order = ptq.forward_order(quant, ptq.quantizable_layers(quant, compressible(quant)), ctx)
-    gen = ctx.generator(1)
-    batches = ptq.calibration_batches(ctx, p.calib_samples, p.calib_batch)
+    layers = ptq.quantizable_layers(quant, compressible(quant))
+    order = ptq.forward_order(quant, layers, batches[0][:1]) if batches else layers  # MSQ needs no data
     records = {}
-    for mod_name in ctx.progress(order, desc="GPFQ layers" if not memoryless else "MSQ layers"):
+    for mod_name in progress(order, desc="GPFQ layers" if not memoryless else "MSQ layers"):
         module = modules[mod_name]
         w = module.weight.detach().double()
         grid, qmax = alphabet(w, levels, p.scale_factor, p.per_channel)
@@ -138,6 +139,13 @@ def quantize_network(ref: nn.Module, levels: int, p: GPFQParams, ctx: RunContext
     return records
 
 
+def _from_context(ref: nn.Module, budget: Budget, p: GPFQParams, ctx: RunContext, memoryless: bool
+                  ) -> dict[str, QuantizedTensor]:
+    """The harness's call: the cell's calibration draw, its generator, its progress bars."""
+    batches = ptq.calibration_batches(ctx, p.calib_samples, p.calib_batch)
+    return quantize_network(ref, budget.levels, p, batches, ctx.generator(1), memoryless, ctx.progress)
+
+
 class _Alphabet(Method):
     family = "post-training"
     Params = GPFQParams
@@ -156,7 +164,7 @@ class GPFQ(_Alphabet):
     calibrated = True
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=False))
+        return ctx.assemble(ref, _from_context(ref, budget, self.params, ctx, memoryless=False))
 
 
 @register_method("msq")
@@ -164,4 +172,4 @@ class MSQ(_Alphabet):
     """Memoryless scalar quantization: every weight rounded to the GPFQ alphabet."""
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx, memoryless=True))
+        return ctx.assemble(ref, _from_context(ref, budget, self.params, ctx, memoryless=True))

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
-from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.method import Budget, Method, Progress, RunContext, compressible, plain
 from quantbench.methods import ptq
 from quantbench.methods.rtn import RTN
 from quantbench.registry import register_method
@@ -93,14 +93,15 @@ def gptq_layer(w: torch.Tensor, h: torch.Tensor, grid: AffineGrid, qmax: int, da
 
 
 @torch.no_grad()
-def quantize_network(ref: nn.Module, levels: int, p: GPTQParams, ctx: RunContext) -> dict[str, QuantizedTensor]:
-    """GPTQ of every linear/conv weight of ``ref``, in forward order, each on its K-level uniform grid."""
+def quantize_network(ref: nn.Module, levels: int, p: GPTQParams, batches: list[torch.Tensor],
+                     progress: Progress = plain) -> dict[str, QuantizedTensor]:
+    """GPTQ of every linear/conv weight of ``ref`` (not changed), in forward order, each on its
+    K-level uniform grid, from the calibration input ``batches``."""
     quant = copy.deepcopy(ref).eval()
     modules = dict(quant.named_modules())
-    order = ptq.forward_order(quant, ptq.quantizable_layers(quant, compressible(quant)), ctx)
-    batches = ptq.calibration_batches(ctx, p.calib_samples, p.calib_batch)
+    order = ptq.forward_order(quant, ptq.quantizable_layers(quant, compressible(quant)), batches[0][:1])
     records = {}
-    for mod_name in ctx.progress(order, desc="GPTQ layers"):
+    for mod_name in progress(order, desc="GPTQ layers"):
         module = modules[mod_name]
         w = module.weight.detach().double()
         grid = uniform_grid(w, levels, p.scheme, p.per_channel)
@@ -136,4 +137,5 @@ class GPTQ(Method):
         return RTN.serves(budget, params)
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, ctx))
+        batches = ptq.calibration_batches(ctx, self.params.calib_samples, self.params.calib_batch)
+        return ctx.assemble(ref, quantize_network(ref, budget.levels, self.params, batches, ctx.progress))

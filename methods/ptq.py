@@ -30,14 +30,14 @@ def calibration_batches(ctx: RunContext, samples: int, batch: int) -> list[torch
     return [x[i:i + batch].to(ctx.device) for i in range(0, n, batch)]
 
 
-def forward_order(model: nn.Module, mod_names: list[str], ctx: RunContext) -> list[str]:
-    """``mod_names`` in the order a forward pass calls them (modules it does not call last)."""
+def forward_order(model: nn.Module, mod_names: list[str], example: torch.Tensor) -> list[str]:
+    """``mod_names`` in the order a forward pass on ``example`` calls them (modules it does not call last)."""
     called: list[str] = []
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_hook(lambda m, a, o, n=n: called.append(n)) for n in mod_names]
     try:
         with torch.no_grad():
-            model(calibration_batches(ctx, 1, 1)[0])
+            model(example)
     finally:
         for hd in handles:
             hd.remove()

@@ -113,7 +113,8 @@ def _record(args: argparse.Namespace) -> tuple[str, str, float]:
     return resolve_tracking_uri(uri, results), experiment, (args.alpha or alpha)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with its options (the docs' commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="quantbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -199,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                                            "(<!-- table: CSV archs=... methods=... --> blocks)")
     p.add_argument("docs", type=Path, nargs="*", help="default: README.md, docs/grids.md and docs/methods/*.md")
     p.add_argument("--check", action="store_true", help="only list the tables that differ (exit 1 if any)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly

@@ -77,6 +77,37 @@ def derive_seed(seed: int, stream: int, offset: int = 0) -> int:
     return int(np.random.SeedSequence((seed, stream, offset)).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+Progress = typing.Callable[..., Iterator]  # progress(iterable, desc=..., total=...): the iterable, maybe with a bar
+
+
+def plain(iterable: Iterable, desc: str = "", total: int | None = None) -> Iterator:
+    """A :data:`Progress` that shows nothing (the library's default)."""
+    return iter(iterable)
+
+
+def assemble(ref: nn.Module, quantized: dict[str, QuantizedTensor], arch: str = "",
+             arch_kwargs: dict | None = None) -> CompressedModel:
+    """The compressed model of ``ref``: the ``quantized`` records, every other state entry kept
+    dense (fp32); ``arch``/``arch_kwargs`` name the builder that rebuilds it ("" for a model of
+    one's own: :meth:`CompressedModel.to_dense` then takes an instance of it)."""
+    params = dict(ref.named_parameters())
+    tied = tied_keys(ref)
+    records = {}
+    for name, tensor in ref.state_dict().items():
+        if name in tied:
+            continue
+        if name in quantized:
+            records[name] = quantized[name]
+        else:
+            t = tensor.detach().cpu()
+            dtype = "int64" if not t.is_floating_point() else "float32"
+            records[name] = DenseTensor(t.numpy(), dtype=dtype, role="param" if name in params else "buffer")
+    unknown = set(quantized) - set(records)
+    if unknown:
+        raise KeyError(f"quantized records for tensors the model does not have: {sorted(unknown)}")
+    return CompressedModel(arch, dict(arch_kwargs or {}), records)
+
+
 @dataclass
 class RunContext:
     """What the harness hands a method: data, device, seed, metric logger, progress bars."""
@@ -101,23 +132,8 @@ class RunContext:
         return torch.Generator().manual_seed(derive_seed(self.seed, GENERATOR, offset))
 
     def assemble(self, ref: nn.Module, quantized: dict[str, QuantizedTensor]) -> CompressedModel:
-        """The compressed model: ``quantized`` records, every other state entry kept dense (fp32)."""
-        params = dict(ref.named_parameters())
-        tied = tied_keys(ref)
-        records = {}
-        for name, tensor in ref.state_dict().items():
-            if name in tied:
-                continue
-            if name in quantized:
-                records[name] = quantized[name]
-            else:
-                t = tensor.detach().cpu()
-                dtype = "int64" if not t.is_floating_point() else "float32"
-                records[name] = DenseTensor(t.numpy(), dtype=dtype, role="param" if name in params else "buffer")
-        unknown = set(quantized) - set(records)
-        if unknown:
-            raise KeyError(f"quantized records for tensors the model does not have: {sorted(unknown)}")
-        return CompressedModel(self.arch, self.arch_kwargs, records)
+        """The compressed model of the cell's arch (:func:`assemble`)."""
+        return assemble(ref, quantized, self.arch, self.arch_kwargs)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from quantbench.format import QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, quantize_network
-from quantbench.methods.ptq import layer_rows
+from quantbench.methods.ptq import calibration_batches, layer_rows
 from quantbench.uniform import round_to_grid
 
 
@@ -134,7 +134,8 @@ def test_conv_network_quantized_like_the_explicit_computation():
     task = Task("toy", Inputs(x), Inputs(x[:4]), (4, 8, 8), 3)
     ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
     params = GPFQParams(calib_samples=24, calib_batch=10, scale_factor=1.2)
-    records = quantize_network(model, 7, params, ctx, memoryless=False)
+    batches = calibration_batches(ctx, params.calib_samples, params.calib_batch)
+    records = quantize_network(model, 7, params, batches, ctx.generator(1), memoryless=False)
     conv = model[0]
     idx = torch.randperm(24, generator=ctx.generator(0))
     calib = x[idx].double()
@@ -157,10 +158,12 @@ def test_layer_rows_in_blocks_give_the_same_codes(monkeypatch):
     x = torch.randn(20, 3, 6, 6)
     task = Task("toy", Inputs(x), Inputs(x[:4]), (3, 6, 6), 5)
     params = GPFQParams(calib_samples=20, calib_batch=20)
-    whole = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
+    batches = calibration_batches(ctx, params.calib_samples, params.calib_batch)
+    whole = quantize_network(model, 8, params, batches, ctx.generator(1), False)
     monkeypatch.setattr(ptq, "ROWS_BUDGET", 3 * 9 * 36 * 3)  # three samples per block: 7 blocks of a batch of 20
     assert len(ptq.row_blocks(model[0], x)) == 7
-    blocks = quantize_network(model, 8, params, RunContext(task, "toy", {}, seed=0, show_progress=False), False)
+    blocks = quantize_network(model, 8, params, batches, ctx.generator(1), False)
     for name in whole:
         assert np.array_equal(whole[name].codes, blocks[name].codes), name
 

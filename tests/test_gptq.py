@@ -12,7 +12,7 @@ from quantbench.data import Task
 from quantbench.format import AffineGrid
 from quantbench.method import RunContext
 from quantbench.methods.gptq import GPTQParams, SingularHessian, gptq_layer, quantize_network
-from quantbench.methods.ptq import layer_rows
+from quantbench.methods.ptq import calibration_batches, layer_rows
 from quantbench.uniform import nearest_code, uniform_grid
 
 
@@ -88,7 +88,8 @@ def test_network_layers_use_the_inputs_of_the_quantized_prefix():
     x = torch.randn(40, 4, 5, 5)
     task = Task("toy", Inputs(x), Inputs(x[:4]), (4, 5, 5), 3)
     params = GPTQParams(calib_samples=40, calib_batch=16, per_channel=True)
-    records = quantize_network(model, 4, params, RunContext(task, "toy", {}, seed=0, show_progress=False))
+    ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
+    records = quantize_network(model, 4, params, calibration_batches(ctx, params.calib_samples, params.calib_batch))
     assert set(records) == {"0.weight", "3.weight"}
     conv = model[0]
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))  # the calibration sample's order

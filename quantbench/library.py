@@ -1,0 +1,105 @@
+"""The methods as library calls on a model of one's own: no grid, no task, no MLflow.
+
+    from quantbench import library
+
+    packed = library.gptq(model, calibration, bits=2)        # post-training, from calibration inputs
+    packed = library.rtn(model, bits=4, per_channel=True)    # no data
+    packed.save("model.qbc")                                 # the file whose size the harness reports
+    dense = CompressedModel.load("model.qbc").to_dense(fresh_model)   # the network rebuilt from it
+
+Each call compresses every Linear/Conv2d weight of ``model`` (which it does not change) at
+``bits`` bits per weight — K = 2^bits levels, 3 at 1.58 — and returns a
+:class:`~quantbench.format.CompressedModel`: its records, its exact size in bits
+(``stats()``), the file (``save``) and the network (``to_dense``). ``calibration`` is an iterable
+of input batches (tensors on the model's device). ``params`` are the method's own parameters, by
+the names and with the checks a grid's ``method_params.<method>`` has (docs/methods/<method>.md);
+``calib_samples`` and ``calib_batch`` size the grid's draw and are not used here: the batches
+given are the calibration set. These are the harness's own functions: on the same model and
+batches a grid's cell packs the same records (tests/test_library.py). A bad argument is refused
+before any work, naming it (:class:`~quantbench.errors.ConfigError`). docs/library.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from quantbench.errors import ConfigError
+from quantbench.format import CompressedModel
+from quantbench.method import GENERATOR, Budget, assemble, compressible, derive_seed, make_params
+from quantbench.methods import get_method
+
+__all__ = ["gpfq", "gptq", "msq", "rtn"]
+
+
+def rtn(model: nn.Module, bits: float, **params) -> CompressedModel:
+    """Uniform round-to-nearest (docs/methods/rtn.md): ``scheme``, ``per_channel``, ``float_dtype``."""
+    p, budget = _checked("rtn", model, bits, params)
+    from quantbench.uniform import quantize_uniform
+
+    state = model.state_dict()
+    return assemble(model, {name: quantize_uniform(state[name], budget.levels, p.scheme, p.per_channel,
+                                                   p.float_dtype) for name in compressible(model)})
+
+
+def msq(model: nn.Module, bits: float, **params) -> CompressedModel:
+    """Memoryless scalar quantization on GPFQ's alphabet (docs/methods/gpfq.md): no data."""
+    from quantbench.methods.gpfq import quantize_network
+
+    p, budget = _checked("msq", model, bits, params)
+    return assemble(model, quantize_network(model, budget.levels, p, [], torch.Generator(), memoryless=True))
+
+
+def gpfq(model: nn.Module, calibration: Iterable[torch.Tensor], bits: float, seed: int = 0,
+         **params) -> CompressedModel:
+    """GPFQ, greedy path-following (docs/methods/gpfq.md); ``rounding: stochastic`` (SPFQ) draws
+    from ``seed`` as a grid's cell of that seed does."""
+    from quantbench.methods.gpfq import quantize_network
+
+    p, budget = _checked("gpfq", model, bits, params)
+    batches = _batches("gpfq", calibration)
+    gen = torch.Generator().manual_seed(derive_seed(seed, GENERATOR, 1))
+    return assemble(model, quantize_network(model, budget.levels, p, batches, gen, memoryless=False))
+
+
+def gptq(model: nn.Module, calibration: Iterable[torch.Tensor], bits: float, **params) -> CompressedModel:
+    """GPTQ/OPTQ on RTN's grid (docs/methods/gptq.md): ``damp``, ``block``, ``act_order``, ``scheme``,
+    ``per_channel``."""
+    from quantbench.methods.gptq import quantize_network
+
+    p, budget = _checked("gptq", model, bits, params)
+    return assemble(model, quantize_network(model, budget.levels, p, _batches("gptq", calibration)))
+
+
+def _checked(method: str, model: nn.Module, bits: float, params: dict):
+    """``(params, budget)`` of a call, each argument checked before any work."""
+    cls = get_method(method)
+    p = make_params(cls.Params, params, f"{method}(**params)")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{method}(model): expected a torch.nn.Module, got {type(model).__name__}")
+    if not compressible(model):
+        raise ConfigError(f"{method}(model): {type(model).__name__} has no Linear or Conv weight to quantize")
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
+        raise ConfigError(f"{method}(bits={bits!r}): expected a number of bits per weight above 0")
+    budget = Budget(float(bits))
+    if not cls.serves(budget, p):
+        raise ConfigError(f"{method}(bits={bits:g}): {method} does not serve {bits:g} bits per weight with these "
+                          f"params (docs/methods/{cls.__module__.rpartition('.')[2]}.md)")
+    return p, budget
+
+
+def _batches(method: str, calibration: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    """The calibration batches as a list, each a tensor; an empty iterable or another type is refused."""
+    if isinstance(calibration, torch.Tensor):
+        raise ConfigError(f"{method}(calibration): expected an iterable of input batches, got one tensor "
+                          f"(wrap it: [x])")
+    batches = list(calibration)
+    if not batches:
+        raise ConfigError(f"{method}(calibration): no batches; expected an iterable of input tensors")
+    wrong = next((type(b).__name__ for b in batches if not isinstance(b, torch.Tensor)), None)
+    if wrong is not None:
+        raise ConfigError(f"{method}(calibration): expected input tensors, got a {wrong} (labels are not needed: "
+                          f"pass the inputs x alone)")
+    return batches
