@@ -31,7 +31,7 @@ from quantbench.format import CompressedModel
 from quantbench.method import GENERATOR, Budget, assemble, compressible, derive_seed, make_params
 from quantbench.methods import get_method
 
-__all__ = ["gpfq", "gptq", "msq", "rtn"]
+__all__ = ["LC", "gpfq", "gptq", "msq", "rtn"]
 
 
 def rtn(model: nn.Module, bits: float, **params) -> CompressedModel:
@@ -71,6 +71,81 @@ def gptq(model: nn.Module, calibration: Iterable[torch.Tensor], bits: float, **p
 
     p, budget = _checked("gptq", model, bits, params)
     return assemble(model, quantize_network(model, budget.levels, p, _batches("gptq", calibration)))
+
+
+class LC:
+    """Learning-compression (Carreira-Perpiñán & Idelbayev; docs/methods/lc.md) driven by one's own
+    training loop. The L step is the loop, on its loss plus :meth:`penalty`; the C step is
+    :meth:`c_step`::
+
+        lc = library.LC(model, bits=2)            # Θ from direct compression of the weights, λ = 0
+        for k in range(steps):
+            lc.mu = mu0 * growth**k               # the penalty's μ for this step
+            for x, y in data:                     # the L step: min L(w) + μ/2 ‖w − Δ(Θ) − λ/μ‖²
+                (criterion(model(x), y) + lc.penalty()).backward(); opt.step(); opt.zero_grad()
+            lc.c_step()                           # Θ = argmin ‖w − λ/μ − Δ(Θ)‖²; λ ← λ − μ (w − Δ(Θ))
+        packed = lc.finalize()                    # the records of Δ(Θ), every other tensor dense
+
+    ``model`` is trained in place (its compressible weights are w); ``codebook``: adaptive (exact
+    1-D k-means, 2^bits levels), binary, scaled_binary, ternary or pow2; ``multipliers``: the
+    augmented Lagrangian (λ) or the quadratic penalty alone; ``shared_codebook``: one codebook for
+    all the weights. The harness's LC cell is this loop with its schedule (tests/test_library.py)."""
+
+    def __init__(self, model: nn.Module, bits: float, codebook: str = "adaptive", mu: float = 1e-3,
+                 multipliers: bool = True, shared_codebook: bool = False, kmeans: str = "auto") -> None:
+        from quantbench.methods.lc.algorithm import ParamView, c_step, decompress
+        from quantbench.methods.lc.methods import make_cstep, serves
+
+        if not isinstance(model, nn.Module) or not compressible(model):
+            raise ConfigError(f"LC(model): expected a torch.nn.Module with Linear or Conv weights, got "
+                              f"{type(model).__name__}")
+        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
+            raise ConfigError(f"LC(bits={bits!r}): expected a number of bits per weight above 0")
+        kinds = ("adaptive", "binary", "scaled_binary", "ternary", "pow2")
+        if codebook not in kinds:
+            raise ConfigError(f"LC(codebook={codebook!r}): expected one of {list(kinds)}")
+        budget = Budget(float(bits))
+        if not serves(codebook, budget):
+            raise ConfigError(f"LC(bits={bits:g}): the {codebook} codebook does not serve {bits:g} bits per weight "
+                              f"(docs/methods/lc.md)")
+        if not mu > 0:
+            raise ConfigError(f"LC(mu={mu!r}): expected μ above 0")
+        self.model, self.mu, self.multipliers = model, float(mu), multipliers
+        self.view = ParamView(model, shared_codebook)
+        self.csteps = [make_cstep(codebook, budget, kmeans) for _ in self.view.groups]
+        params = dict(model.named_parameters())
+        self.w = {n: params[n] for n in self.view.names}
+        self._c_step, self._decompress = c_step, decompress
+        self.projections = c_step(self.view, self.csteps, self.w)  # direct compression: μ → 0, λ = 0
+        self.q = decompress(self.view, self.projections, self.w)
+        self.lam = {n: torch.zeros_like(t) for n, t in self.w.items()}
+
+    def penalty(self) -> torch.Tensor:
+        """μ/2 Σ ‖w − Δ(Θ) − λ/μ‖² over the compressed weights (add it to the loss of the L step)."""
+        from quantbench.methods.lc.algorithm import penalty
+
+        with torch.no_grad():
+            lam_over_mu = {n: self.lam[n] / self.mu for n in self.view.names}
+        return sum(penalty(self.w[n], self.q[n], lam_over_mu[n], self.mu) for n in self.view.names)
+
+    @torch.no_grad()
+    def c_step(self) -> None:
+        """Θ = argmin ‖w − λ/μ − Δ(Θ)‖² (the codebook's exact projection), then λ ← λ − μ (w − Δ(Θ))."""
+        from quantbench.methods.lc.algorithm import update_multipliers
+
+        self.projections = self._c_step(self.view, self.csteps,
+                                        {n: self.w[n] - self.lam[n] / self.mu for n in self.view.names})
+        self.q = self._decompress(self.view, self.projections, self.w)
+        if self.multipliers:
+            self.lam = {n: update_multipliers(self.lam[n], self.w[n].detach(), self.q[n], self.mu)
+                        for n in self.view.names}
+
+    def finalize(self) -> CompressedModel:
+        """The compressed model: Δ(Θ) of the last C step as records, every other tensor of the model dense."""
+        from quantbench.methods.lc.algorithm import records
+
+        shapes = {n: p.shape for n, p in self.model.named_parameters()}
+        return assemble(self.model, records(self.view, self.csteps, self.projections, shapes))
 
 
 def _checked(method: str, model: nn.Module, bits: float, params: dict):

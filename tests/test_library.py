@@ -50,7 +50,7 @@ def test_the_library_page_runs_as_written(tmp_path, monkeypatch):
     """Every python block of docs/library.md, in order, in one namespace; the file it writes is
     read back by the harness's reader and evaluates to what the packed model's weights give."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)  # the page writes model.qbc where it runs
     namespace: dict = {}
     for block in blocks:
@@ -67,6 +67,12 @@ def test_the_library_page_runs_as_written(tmp_path, monkeypatch):
     for name in ("ternary", "memoryless", "baseline"):
         assert isinstance(namespace[name], CompressedModel)
     assert len(np.unique(namespace["ternary"].records["3.weight"].codes)) <= 3
+    lc_packed = namespace["lc_packed"]
+    for name in ("0.weight", "2.weight"):  # the trained weights sit on their 4-value codebooks
+        record = lc_packed.records[name]
+        assert len(record.codebook.values) == 4 and set(np.unique(record.codes)) <= {0, 1, 2, 3}
+    # 2-bit codes and two 4-value float32 codebooks over its 640 weights
+    assert lc_packed.stats()["bpw"] == pytest.approx(2 + 2 * 4 * 32 / 640)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -84,3 +90,43 @@ def test_a_bad_argument_is_refused_naming_it(call, message):
     model = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ConfigError, match=message):
         call(model, [torch.randn(5, 4)])
+
+
+@pytest.mark.parametrize("method, bits", [("lc_adaptive", 2), ("lc_ternary", 1.58)])
+def test_the_lc_object_in_the_cells_schedule_packs_what_the_cell_packs(digits_reference, method, bits):
+    """library.LC driven by a loop with the harness's schedule (μ_k, the L step's epochs and data
+    order) gives the records of the grid's LC cell, code for code."""
+    import copy
+
+    from quantbench.method import DATA_ORDER, derive_seed
+    from quantbench.train import make_optimizer, train_epoch
+
+    task, kwargs, ref = digits_reference
+    cls = get_method(method)
+    p = make_params(cls.Params, {"steps": 3, "epochs_per_step": 1}, method)
+    cell = cls(p).compress(ref, Budget(bits), RunContext(task, "lenet300", kwargs, seed=0, show_progress=False))
+    model = copy.deepcopy(ref).requires_grad_(True)
+    lc = library.LC(model, bits, codebook=cls.codebook, mu=p.mu0, multipliers=p.multipliers, kmeans=p.kmeans)
+    for k in range(p.steps):
+        lc.mu = p.mu0 * p.mu_growth**k
+        opt = make_optimizer(model.parameters(), p.optimizer, p.lr * p.lr_decay**k, p.momentum)
+        for epoch in range(p.epochs_per_step):
+            train_epoch(model, task, opt, p.batch_size, derive_seed(0, DATA_ORDER, k * 101 + epoch),
+                        torch.device("cpu"), penalty=lc.penalty, grad_clip=p.grad_clip, epoch=epoch)
+        lc.c_step()
+    mine = lc.finalize()
+    for name, record in cell.records.items():
+        if isinstance(record, QuantizedTensor):
+            assert np.array_equal(mine.records[name].codes, record.codes), name
+            assert np.array_equal(mine.records[name].codebook.values, record.codebook.values), name
+    assert mine.stats() == cell.stats()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bits": 3, "codebook": "binary"}, r"LC\(bits=3\): the binary codebook does not serve 3 bits"),
+    ({"bits": 2, "codebook": "octal"}, r"LC\(codebook='octal'\): expected one of"),
+    ({"bits": 2, "mu": 0.0}, r"LC\(mu=0.0\): expected μ above 0"),
+])
+def test_the_lc_object_refuses_what_it_cannot_do_naming_the_argument(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        library.LC(nn.Sequential(nn.Linear(4, 3)), **kwargs)
