@@ -30,6 +30,11 @@ from quantbench.errors import ConfigError
 from quantbench.format import CompressedModel
 from quantbench.method import GENERATOR, Budget, assemble, compressible, derive_seed, make_params
 from quantbench.methods import get_method
+from quantbench.methods import gpfq as gpfq_method
+from quantbench.methods import gptq as gptq_method
+from quantbench.methods.lc import algorithm as lc_algorithm
+from quantbench.methods.lc.methods import make_cstep, serves
+from quantbench.uniform import quantize_uniform
 
 __all__ = ["LC", "gpfq", "gptq", "msq", "rtn"]
 
@@ -37,8 +42,6 @@ __all__ = ["LC", "gpfq", "gptq", "msq", "rtn"]
 def rtn(model: nn.Module, bits: float, **params) -> CompressedModel:
     """Uniform round-to-nearest (docs/methods/rtn.md): ``scheme``, ``per_channel``, ``float_dtype``."""
     p, budget = _checked("rtn", model, bits, params)
-    from quantbench.uniform import quantize_uniform
-
     state = model.state_dict()
     return assemble(model, {name: quantize_uniform(state[name], budget.levels, p.scheme, p.per_channel,
                                                    p.float_dtype) for name in compressible(model)})
@@ -46,31 +49,26 @@ def rtn(model: nn.Module, bits: float, **params) -> CompressedModel:
 
 def msq(model: nn.Module, bits: float, **params) -> CompressedModel:
     """Memoryless scalar quantization on GPFQ's alphabet (docs/methods/gpfq.md): no data."""
-    from quantbench.methods.gpfq import quantize_network
-
     p, budget = _checked("msq", model, bits, params)
-    return assemble(model, quantize_network(model, budget.levels, p, [], torch.Generator(), memoryless=True))
+    return assemble(model, gpfq_method.quantize_network(model, budget.levels, p, [], torch.Generator(),
+                                                        memoryless=True))
 
 
 def gpfq(model: nn.Module, calibration: Iterable[torch.Tensor], bits: float, seed: int = 0,
          **params) -> CompressedModel:
     """GPFQ, greedy path-following (docs/methods/gpfq.md); ``rounding: stochastic`` (SPFQ) draws
     from ``seed`` as a grid's cell of that seed does."""
-    from quantbench.methods.gpfq import quantize_network
-
     p, budget = _checked("gpfq", model, bits, params)
     batches = _batches("gpfq", calibration)
-    gen = torch.Generator().manual_seed(derive_seed(seed, GENERATOR, 1))
-    return assemble(model, quantize_network(model, budget.levels, p, batches, gen, memoryless=False))
+    gen = torch.Generator().manual_seed(derive_seed(seed, GENERATOR, 1))  # a cell's ctx.generator(1)
+    return assemble(model, gpfq_method.quantize_network(model, budget.levels, p, batches, gen, memoryless=False))
 
 
 def gptq(model: nn.Module, calibration: Iterable[torch.Tensor], bits: float, **params) -> CompressedModel:
     """GPTQ/OPTQ on RTN's grid (docs/methods/gptq.md): ``damp``, ``block``, ``act_order``, ``scheme``,
     ``per_channel``."""
-    from quantbench.methods.gptq import quantize_network
-
     p, budget = _checked("gptq", model, bits, params)
-    return assemble(model, quantize_network(model, budget.levels, p, _batches("gptq", calibration)))
+    return assemble(model, gptq_method.quantize_network(model, budget.levels, p, _batches("gptq", calibration)))
 
 
 class LC:
@@ -93,9 +91,6 @@ class LC:
 
     def __init__(self, model: nn.Module, bits: float, codebook: str = "adaptive", mu: float = 1e-3,
                  multipliers: bool = True, shared_codebook: bool = False, kmeans: str = "auto") -> None:
-        from quantbench.methods.lc.algorithm import ParamView, c_step, decompress
-        from quantbench.methods.lc.methods import make_cstep, serves
-
         if not isinstance(model, nn.Module) or not compressible(model):
             raise ConfigError(f"LC(model): expected a torch.nn.Module with Linear or Conv weights, got "
                               f"{type(model).__name__}")
@@ -111,41 +106,34 @@ class LC:
         if not mu > 0:
             raise ConfigError(f"LC(mu={mu!r}): expected μ above 0")
         self.model, self.mu, self.multipliers = model, float(mu), multipliers
-        self.view = ParamView(model, shared_codebook)
+        self.view = lc_algorithm.ParamView(model, shared_codebook)
         self.csteps = [make_cstep(codebook, budget, kmeans) for _ in self.view.groups]
         params = dict(model.named_parameters())
         self.w = {n: params[n] for n in self.view.names}
-        self._c_step, self._decompress = c_step, decompress
-        self.projections = c_step(self.view, self.csteps, self.w)  # direct compression: μ → 0, λ = 0
-        self.q = decompress(self.view, self.projections, self.w)
+        self.projections = lc_algorithm.c_step(self.view, self.csteps, self.w)  # direct compression: μ → 0, λ = 0
+        self.q = lc_algorithm.decompress(self.view, self.projections, self.w)
         self.lam = {n: torch.zeros_like(t) for n, t in self.w.items()}
 
     def penalty(self) -> torch.Tensor:
         """μ/2 Σ ‖w − Δ(Θ) − λ/μ‖² over the compressed weights (add it to the loss of the L step)."""
-        from quantbench.methods.lc.algorithm import penalty
-
         with torch.no_grad():
             lam_over_mu = {n: self.lam[n] / self.mu for n in self.view.names}
-        return sum(penalty(self.w[n], self.q[n], lam_over_mu[n], self.mu) for n in self.view.names)
+        return sum(lc_algorithm.penalty(self.w[n], self.q[n], lam_over_mu[n], self.mu) for n in self.view.names)
 
     @torch.no_grad()
     def c_step(self) -> None:
         """Θ = argmin ‖w − λ/μ − Δ(Θ)‖² (the codebook's exact projection), then λ ← λ − μ (w − Δ(Θ))."""
-        from quantbench.methods.lc.algorithm import update_multipliers
-
-        self.projections = self._c_step(self.view, self.csteps,
-                                        {n: self.w[n] - self.lam[n] / self.mu for n in self.view.names})
-        self.q = self._decompress(self.view, self.projections, self.w)
+        self.projections = lc_algorithm.c_step(self.view, self.csteps,
+                                               {n: self.w[n] - self.lam[n] / self.mu for n in self.view.names})
+        self.q = lc_algorithm.decompress(self.view, self.projections, self.w)
         if self.multipliers:
-            self.lam = {n: update_multipliers(self.lam[n], self.w[n].detach(), self.q[n], self.mu)
+            self.lam = {n: lc_algorithm.update_multipliers(self.lam[n], self.w[n].detach(), self.q[n], self.mu)
                         for n in self.view.names}
 
     def finalize(self) -> CompressedModel:
         """The compressed model: Δ(Θ) of the last C step as records, every other tensor of the model dense."""
-        from quantbench.methods.lc.algorithm import records
-
         shapes = {n: p.shape for n, p in self.model.named_parameters()}
-        return assemble(self.model, records(self.view, self.csteps, self.projections, shapes))
+        return assemble(self.model, lc_algorithm.records(self.view, self.csteps, self.projections, shapes))
 
 
 def _checked(method: str, model: nn.Module, bits: float, params: dict):
