@@ -103,9 +103,7 @@ class LC:
         if not serves(codebook, budget):
             raise ConfigError(f"LC(bits={bits:g}): the {codebook} codebook does not serve {bits:g} bits per weight "
                               f"(docs/methods/lc.md)")
-        if not mu > 0:
-            raise ConfigError(f"LC(mu={mu!r}): expected μ above 0")
-        self.model, self.mu, self.multipliers = model, float(mu), multipliers
+        self.model, self.multipliers, self.mu = model, multipliers, mu
         self.view = lc_algorithm.ParamView(model, shared_codebook)
         self.csteps = [make_cstep(codebook, budget, kmeans) for _ in self.view.groups]
         params = dict(model.named_parameters())
@@ -114,11 +112,25 @@ class LC:
         self.q = lc_algorithm.decompress(self.view, self.projections, self.w)
         self.lam = {n: torch.zeros_like(t) for n, t in self.w.items()}
 
+    @property
+    def mu(self) -> float:
+        """The penalty's μ (set it before each L step; it grows from step to step)."""
+        return self._mu
+
+    @mu.setter
+    def mu(self, value: float) -> None:
+        if not value > 0:
+            raise ConfigError(f"LC(mu={value!r}): expected μ above 0")
+        self._mu, self._lam_over_mu = float(value), None
+
     def penalty(self) -> torch.Tensor:
-        """μ/2 Σ ‖w − Δ(Θ) − λ/μ‖² over the compressed weights (add it to the loss of the L step)."""
-        with torch.no_grad():
-            lam_over_mu = {n: self.lam[n] / self.mu for n in self.view.names}
-        return sum(lc_algorithm.penalty(self.w[n], self.q[n], lam_over_mu[n], self.mu) for n in self.view.names)
+        """μ/2 Σ ‖w − Δ(Θ) − λ/μ‖² over the compressed weights (add it to the loss of the L step);
+        λ/μ is computed once per (μ, λ), not per batch."""
+        if self._lam_over_mu is None:
+            with torch.no_grad():
+                self._lam_over_mu = {n: self.lam[n] / self.mu for n in self.view.names}
+        return sum(lc_algorithm.penalty(self.w[n], self.q[n], self._lam_over_mu[n], self.mu)
+                   for n in self.view.names)
 
     @torch.no_grad()
     def c_step(self) -> None:
@@ -129,6 +141,7 @@ class LC:
         if self.multipliers:
             self.lam = {n: lc_algorithm.update_multipliers(self.lam[n], self.w[n].detach(), self.q[n], self.mu)
                         for n in self.view.names}
+            self._lam_over_mu = None
 
     def finalize(self) -> CompressedModel:
         """The compressed model: Δ(Θ) of the last C step as records, every other tensor of the model dense."""
