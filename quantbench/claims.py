@@ -54,11 +54,11 @@ from quantbench.files import write_text_atomic
 from quantbench.significance import CellRecord, compare, present_cells, read_record
 from quantbench.stats import (
     ALPHA,
-    MARGINS,
     POWER,
     Difference,
     detectable_difference,
     format_p,
+    grid_margin,
     holm,
     margin_in_units,
     seeds_needed,
@@ -190,7 +190,7 @@ def _lost_reason(lost: dict[str, list[int]], a_name: str, b_name: str, tested: b
 def _margin(claim: Claim, metric: str, comparator: float, margins: dict[str, float] | None) -> float:
     """The non-inferiority margin of an ``A >= B`` case in the metric's units: the claim's
     ``margin``, else the grid's for the metric (``tables.margins``, :data:`quantbench.stats.MARGINS`)."""
-    margin = claim.margin if claim.margin is not None else {**MARGINS, **(margins or {})}.get(metric, 0.0)
+    margin = claim.margin if claim.margin is not None else grid_margin(metric, margins)
     return margin_in_units(metric, margin, comparator)
 
 
@@ -215,7 +215,7 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
     non-inferiority margin per metric (``tables.margins``) for ``A >= B`` claims without their own."""
     case_rows, claim_rows = [], []
     for claim in claims:
-        rows = []
+        rows, tested = [], []  # tested: (row, the test, A, B) of each case the paired test decides
         for task, arch, budget, a_name, b_name in _cases(claim, records, present):
             a, b = records.get((task, arch, a_name, budget)), records.get((task, arch, b_name, budget))
             row = {"claim": claim.text, "task": task, "arch": arch, "budget": budget, "A": a_name, "B": b_name,
@@ -236,20 +236,18 @@ def evaluate_claims(claims: list[Claim], records: dict[tuple, CellRecord], prese
                 except ExamplesError as e:  # no per-example results, or different examples: no test
                     row.update(verdict=REFUSED, reason=str(e))
                 else:
+                    m = _margin(claim, a.metric, b.mean, margins) if claim.relation == ">=" else 0.0
                     row.update(difference=d.difference, low=d.low, high=d.high, p=d.p_value, n_seeds=d.n_seeds,
-                               n_examples=d.n_examples, test=d, a=a, b=b)
+                               n_examples=d.n_examples, margin=m)
+                    tested.append((row, d, a.higher_is_better))
             rows.append(row)
-        tested = [r for r in rows if not r["verdict"]]
-        for r in tested:  # g = A − B signed so that positive is better; A worse by more than m: g < −m
-            d, a, b = r.pop("test"), r.pop("a"), r.pop("b")
-            sign = 1.0 if a.higher_is_better else -1.0
-            m = _margin(claim, a.metric, b.mean, margins) if claim.relation == ">=" else 0.0
-            one_sided = d.p_below(-m) if sign > 0 else d.p_above(m)
-            r.update(g=sign * d.difference, lo=min(sign * d.low, sign * d.high), margin=m, d=d,
-                     p_worse=min(1.0, 2 * one_sided) if claim.relation != "vs" else r["p"])
-        for r, p_adj in zip(tested, holm([r["p_worse"] for r in tested]), strict=True):
-            g, lo, m, d = r.pop("g"), r.pop("lo"), r["margin"], r.pop("d")
-            r.pop("p_worse")
+        # g = A − B signed so that positive is better; A worse by more than m: g < −m, tested at g = −m
+        against = [r["p"] if claim.relation == "vs"
+                   else min(1.0, 2 * (d.p_below(-r["margin"]) if higher else d.p_above(r["margin"])))
+                   for r, d, higher in tested]
+        for (r, d, higher), p_adj in zip(tested, holm(against), strict=True):
+            sign, m = (1.0 if higher else -1.0), r["margin"]
+            g, lo = sign * d.difference, min(sign * d.low, sign * d.high)
             r["p_holm"] = p_adj
             if claim.relation == "vs":
                 r["verdict"] = NO_DIFFERENCE if p_adj >= alpha else f"{r['A'] if g > 0 else r['B']} better"

@@ -405,6 +405,12 @@ def check_margin(value: float, where: str = "") -> float:
     return float(value)
 
 
+def grid_margin(metric: str, margins: dict[str, float] | None = None) -> float:
+    """The margin for ``metric``: the grid's (``tables.margins``; a plan written before it had
+    them has none), else :data:`MARGINS`; 0 for a metric with none."""
+    return {**MARGINS, **(margins or {})}.get(metric, 0.0)
+
+
 def margin_in_units(metric: str, margin: float, comparator: float) -> float:
     """A margin in the metric's own units: as given for accuracy and error (points); for a metric
     of :data:`RELATIVE_MARGIN` that fraction of the comparator's value ``|m_B|`` (1 % of B's perplexity)."""

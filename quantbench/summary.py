@@ -26,7 +26,7 @@ import pandas as pd
 from quantbench.method import PAPER_FAMILIES, Budget
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs
-from quantbench.stats import ALPHA, MARGINS, ExamplesError, cell_interval, collapsed, margin_in_units
+from quantbench.stats import ALPHA, ExamplesError, cell_interval, collapsed, grid_margin, margin_in_units
 
 MISSING = "not run"  # a plan of the record has the cell, the record has no run of it
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
@@ -193,16 +193,16 @@ def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alp
     over-budget cell, or one whose method diverged at a seed, is never bold, whatever its mean."""
     long = long.copy()
     long["best"], long["p_vs_best"] = False, np.nan
-    margins = {**MARGINS, **(margins or {})}
     eligible = ~long["over_budget"].astype(bool) & (long["diverged"] == 0)
     cells = long[(long["method"] != "reference") & (long["status"] == "ok") & long["mean"].notna() & eligible]
     for (task, arch, budget), g in cells.groupby(["task", "arch", "budget"]):
         higher, metric, k = bool(g["higher_is_better"].iloc[0]), g["metric"].iloc[0], len(g)
+        margin = grid_margin(metric, margins)
         sign = 1.0 if higher else -1.0
         for i in g.index:
             cell, worst_p, untested = records.get((task, arch, g.loc[i, "method"], budget)), math.inf, False
             for j in g.index:
-                m = margin_in_units(metric, margins.get(metric, 0.0), g.loc[j, "mean"])
+                m = margin_in_units(metric, margin, g.loc[j, "mean"])
                 if sign * (g.loc[j, "mean"] - g.loc[i, "mean"]) <= m:
                     continue  # j is not better than i by more than m on the mean: it cannot show it
                 other = records.get((task, arch, g.loc[j, "method"], budget))

@@ -29,7 +29,7 @@ from quantbench.files import write_text_atomic
 from quantbench.method import CALIBRATION_LABEL
 from quantbench.plan import Planned
 from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
-from quantbench.stats import ALPHA, CI_EXAMPLES, MARGINS, RELATIVE_MARGIN, SEED_RANGE, ExamplesError
+from quantbench.stats import ALPHA, CI_EXAMPLES, RELATIVE_MARGIN, SEED_RANGE, ExamplesError, grid_margin
 from quantbench.summary import MISSING, SIZE_TOLERANCE, best_rows, check_size_tolerance, summarize
 from quantbench.tracking import Tracker
 
@@ -148,7 +148,7 @@ def interval_note(part: pd.DataFrame) -> str:
 
 def margin_text(metric: str, margins: dict[str, float] | None) -> str:
     """The bold's margin for ``metric`` in words: "0.5 points", "1 %" (relative) or "0"."""
-    margin = {**MARGINS, **(margins or {})}.get(metric, 0.0)
+    margin = grid_margin(metric, margins)
     if not margin:
         return "0"
     return f"{margin * 100:g} %" if metric in RELATIVE_MARGIN else f"{margin:g} points"
