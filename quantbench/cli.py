@@ -97,16 +97,24 @@ def _record_args(p: argparse.ArgumentParser) -> None:
                    help="default: the grid's, else MLFLOW_TRACKING_URI, else <results-dir>/mlflow.db")
 
 
+def _grid(args: argparse.Namespace):
+    """The grid ``--grid`` names, loaded once per command (None without one)."""
+    if getattr(args, "grid", None) is None:
+        return None
+    if getattr(args, "_cfg", None) is None:
+        from quantbench.config import load_config
+
+        args._cfg = load_config(args.grid)
+    return args._cfg
+
+
 def _record(args: argparse.Namespace) -> tuple[str, str, float]:
     """``(tracking URI, experiment, alpha)`` named by :func:`_record_args`'s options."""
     from quantbench.tracking import resolve_tracking_uri
 
     alpha, results, uri = 0.05, Path("results"), args.tracking_uri
     experiment = args.experiment
-    if args.grid is not None:
-        from quantbench.config import load_config
-
-        cfg = load_config(args.grid)
+    if (cfg := _grid(args)) is not None:
         experiment, results, alpha = cfg.name, Path(cfg.results), cfg["tables"]["alpha"]
         uri = uri or cfg["tracking_uri"]
     results = args.results_dir or results
@@ -480,9 +488,8 @@ def _tables(args: argparse.Namespace) -> int:
 def _claims(args: argparse.Namespace) -> int:
     """Check a grid's claims against its record."""
     from quantbench.claims import claims_command
-    from quantbench.config import load_config
 
-    cfg = load_config(args.grid)
+    cfg = _grid(args)
     cfg.check_claims()
     args.experiment = None
     uri, experiment, alpha = _record(args)
@@ -506,10 +513,8 @@ def _variance(args: argparse.Namespace) -> int:
     """Where a record's seed-to-seed variance comes from."""
     from quantbench.variance import variance_command
 
-    if args.grid is not None:
-        from quantbench.config import load_config
-
-        seeds = load_config(args.grid).raw["seeds"]
+    if (cfg := _grid(args)) is not None:
+        seeds = cfg.raw["seeds"]
         if len(seeds) < 2:
             raise ConfigError(f"{args.grid}: config.seeds is {seeds}: a variance decomposition needs 2 or more "
                               f"seeds")

@@ -21,6 +21,7 @@ before any work, naming it (:class:`~quantbench.errors.ConfigError`). docs/libra
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 
 import torch
@@ -33,7 +34,7 @@ from quantbench.methods import get_method
 from quantbench.methods import gpfq as gpfq_method
 from quantbench.methods import gptq as gptq_method
 from quantbench.methods.lc import algorithm as lc_algorithm
-from quantbench.methods.lc.methods import make_cstep, serves
+from quantbench.methods.lc.methods import CodebookKind, make_cstep, serves
 from quantbench.uniform import quantize_uniform
 
 __all__ = ["LC", "gpfq", "gptq", "msq", "rtn"]
@@ -91,12 +92,9 @@ class LC:
 
     def __init__(self, model: nn.Module, bits: float, codebook: str = "adaptive", mu: float = 1e-3,
                  multipliers: bool = True, shared_codebook: bool = False, kmeans: str = "auto") -> None:
-        if not isinstance(model, nn.Module) or not compressible(model):
-            raise ConfigError(f"LC(model): expected a torch.nn.Module with Linear or Conv weights, got "
-                              f"{type(model).__name__}")
-        if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
-            raise ConfigError(f"LC(bits={bits!r}): expected a number of bits per weight above 0")
-        kinds = ("adaptive", "binary", "scaled_binary", "ternary", "pow2")
+        _check_model("LC", model)
+        _check_bits("LC", bits)
+        kinds = typing.get_args(CodebookKind)
         if codebook not in kinds:
             raise ConfigError(f"LC(codebook={codebook!r}): expected one of {list(kinds)}")
         budget = Budget(float(bits))
@@ -153,17 +151,25 @@ def _checked(method: str, model: nn.Module, bits: float, params: dict):
     """``(params, budget)`` of a call, each argument checked before any work."""
     cls = get_method(method)
     p = make_params(cls.Params, params, f"{method}(**params)")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{method}(model): expected a torch.nn.Module, got {type(model).__name__}")
-    if not compressible(model):
-        raise ConfigError(f"{method}(model): {type(model).__name__} has no Linear or Conv weight to quantize")
-    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
-        raise ConfigError(f"{method}(bits={bits!r}): expected a number of bits per weight above 0")
+    _check_model(method, model)
+    _check_bits(method, bits)
     budget = Budget(float(bits))
     if not cls.serves(budget, p):
         raise ConfigError(f"{method}(bits={bits:g}): {method} does not serve {bits:g} bits per weight with these "
                           f"params (docs/methods/{cls.__module__.rpartition('.')[2]}.md)")
     return p, budget
+
+
+def _check_model(call: str, model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{call}(model): expected a torch.nn.Module, got {type(model).__name__}")
+    if not compressible(model):
+        raise ConfigError(f"{call}(model): {type(model).__name__} has no Linear or Conv weight to quantize")
+
+
+def _check_bits(call: str, bits: float) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
+        raise ConfigError(f"{call}(bits={bits!r}): expected a number of bits per weight above 0")
 
 
 def _batches(method: str, calibration: Iterable[torch.Tensor]) -> list[torch.Tensor]:
