@@ -26,7 +26,7 @@ from quantbench.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
 
 GRID = Path(__file__).resolve().parent.parent / "workflows" / "config" / "default.yaml"
-OLD = {"steps": 11, "epochs_per_step": 1, "mu0": 0.002, "mu_growth": 2.0}
+OLD = {"steps": 11, "epochs": 1, "mu0": 0.002, "mu_growth": 2.0}
 
 
 def main() -> None:

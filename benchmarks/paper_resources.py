@@ -11,7 +11,7 @@ they scale: post-training passes (GPFQ, MSQ: one pass per calibration sample, ti
 ``calib_samples / 64``; OPQ's one-shot allocation and DC: once per job); their peak GPU memory is
 what docs/cluster.md says each arch needs of a GPU. A
 training job's time is its full schedule (reference: the recipe's epochs; cell: the most epochs
-any training method of the grid runs, LC/iDC ``steps x epochs_per_step``) over the task's training
+any training method of the grid runs, LC/iDC ``steps x epochs``) over the task's training
 set at an assumed rate (:data:`RATE`, one H100 with the job's loader workers), times
 :data:`METHOD_FACTOR` for a method's step (fake quantization, penalties, noise: ``train_step.py``
 measured 1.00-1.16x the plain step at 224x224 and up to 2.2x at 64x64, on CPU), plus a fixed
@@ -35,6 +35,7 @@ import sys
 from pathlib import Path
 
 from quantbench.config import TRAIN_SIZES, Config, load_config, task_archs
+from quantbench.method import make_params
 from quantbench.methods import get_method
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"
@@ -104,7 +105,8 @@ def epochs_of(method: str, params: dict) -> int:
     """Training epochs of a method's cell (0: post-training)."""
     if not get_method(method).trains:
         return 0
-    return params["epochs"] if "epochs" in params else params["steps"] * params["epochs_per_step"]
+    p = make_params(get_method(method).Params, params, method)
+    return p.steps * p.epochs if hasattr(p, "steps") else p.epochs
 
 
 def estimates(cfg: Config, task: str, arch: str) -> list[Estimate]:

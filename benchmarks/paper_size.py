@@ -79,7 +79,7 @@ def reference_epoch_seconds(model: torch.nn.Module, task: Task, settings: TrainS
 
 def short_schedule(method_params: dict, fields: set[str], epochs: int, steps: int) -> dict:
     """The grid's parameters with the schedule cut down (epochs, LC steps, calibration size)."""
-    cut = {"epochs": epochs, "steps": steps, "epochs_per_step": 1, "calib_samples": 64}
+    cut = {"epochs": 1 if "steps" in fields else epochs, "steps": steps, "calib_samples": 64}  # LC: steps x 1 epoch
     return {**method_params, **{k: v for k, v in cut.items() if k in fields}}
 
 

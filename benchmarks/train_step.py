@@ -39,7 +39,7 @@ METHODS = {  # one epoch of training, the rest minimal
     "qat": {"epochs": 1},
     "lsq": {"epochs": 1},
     "diffq": {"epochs": 1, "group_size": 16},
-    "lc_adaptive": {"steps": 1, "epochs_per_step": 1},
+    "lc_adaptive": {"steps": 1, "epochs": 1},
     "opq": {"epochs": 1},
 }
 

@@ -48,11 +48,15 @@ from quantbench.method import (
     Method,
     RunContext,
     StepCurve,
+    Trainer,
+    assemble,
+    check_bits,
+    check_model,
     compressible,
     derive_seed,
 )
 from quantbench.registry import register_method
-from quantbench.train import make_optimizer, straight_through, train_epoch
+from quantbench.train import Schedule, make_optimizer, make_schedule, straight_through, train_epoch
 
 RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
 
@@ -208,40 +212,6 @@ class PseudoQuantizer(nn.Module):
         return _RangeNoise.apply(w.reshape(-1), levels, eps, self.group_size).view_as(w)
 
 
-@dataclass
-class DiffQParams:
-    group_size: int = 16  # g consecutive weights share a bit width (0: one per tensor)
-    min_bits: float = 1.0
-    max_bits: float = 15.0
-    init_bits: float = 8.0
-    noise: Literal["uniform", "gaussian"] = "uniform"  # the paper: uniform; authors' code: gaussian
-    min_size: float = 0.0  # MB: smaller weights stay dense (fp32)
-    epochs: int = 20
-    optimizer: Literal["sgd", "adam"] = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    batch_size: int = 64
-    bits_lr: float = 0.05  # Adam learning rate of the bit-width logits
-    size_penalty: float = 1.0  # λ (initial λ when the controller is on), per MB
-    budget_control: bool = True  # steer λ so the final bpw meets the budget
-    control_rate: float = 0.05  # η of the controller
-    final_fraction: float = 0.5  # the last ⌊fraction · epochs + ½⌋ epochs train at the frozen widths
-    final_forward: Literal["quantized", "noise"] = "quantized"  # their training forward (see the module doc)
-
-
-def _view(model: nn.Module, p: DiffQParams) -> list[str]:
-    params = dict(model.named_parameters())
-    return [n for n in compressible(model) if params[n].numel() * 4 / 2**20 >= p.min_size]
-
-
-def _quantizers(model: nn.Module, names: list[str]) -> dict[str, PseudoQuantizer]:
-    out = {}
-    for n in names:
-        mod = model.get_submodule(n.rpartition(".")[0])
-        out[n] = mod.parametrizations.weight[0]
-    return out
-
-
 def expected_bpw(quantizers: dict[str, PseudoQuantizer]) -> torch.Tensor:
     """Bits per quantized weight of the current (continuous) widths, side information included."""
     return sum(q.size_bits() for q in quantizers.values()) / sum(q.numel for q in quantizers.values())
@@ -270,6 +240,118 @@ def project_to_budget(quantizers: dict[str, PseudoQuantizer], target: float, ite
     return lo
 
 
+class DiffQTraining(Trainer):
+    """DiffQ on ``model``, trained in place by one's own loop: a :class:`PseudoQuantizer`
+    parametrization on every compressible weight of at least ``min_size`` MB (smaller ones stay
+    dense), so ``model(x)`` is w̃ = w + Δ ε in training mode and true quantization in eval mode;
+    :meth:`penalty` is λ · size in MB (λ = ``size_penalty``; :class:`SizeController` steers it to a
+    budget). Train :attr:`weights` with your optimizer and :attr:`logits` (the bit widths) with
+    their own (the authors: Adam). The noise is drawn from ``seed`` as a grid's cell of that seed
+    draws it. Build it on the model's device."""
+
+    def __init__(self, model: nn.Module, group_size: int = 16, min_bits: float = 1.0, max_bits: float = 15.0,
+                 init_bits: float = 8.0, noise: Literal["uniform", "gaussian"] = "uniform", min_size: float = 0.0,
+                 size_penalty: float = 1.0, seed: int = 0) -> None:
+        check_model("DiffQ", model)
+        if not 0 < min_bits < init_bits < max_bits:
+            raise ConfigError(f"DiffQ(min_bits={min_bits!r}, init_bits={init_bits!r}, max_bits={max_bits!r}): "
+                              f"expected 0 < min_bits < init_bits < max_bits")
+        if noise not in ("uniform", "gaussian"):
+            raise ConfigError(f"DiffQ(noise={noise!r}): expected 'uniform' or 'gaussian'")
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 0:
+            raise ConfigError(f"DiffQ(group_size={group_size!r}): expected an integer >= 0 (0: one width per tensor)")
+        super().__init__(model)
+        model.train()  # registering a parametrization runs it: in training mode, whatever the model's mode
+        params = dict(model.named_parameters())
+        names = [n for n in compressible(model) if params[n].numel() * 4 / 2**20 >= min_size]
+        if not names:
+            raise ConfigError(f"DiffQ(min_size={min_size!r}): no weight of {type(model).__name__} is that large")
+        self.dense_bits = 32 * sum(par.numel() for n, par in params.items() if n not in names)
+        device = params[names[0]].device
+        gen = torch.Generator(device=device).manual_seed(derive_seed(seed, GENERATOR, 17))
+        self.quantizers: dict[str, PseudoQuantizer] = {}
+        for n in names:
+            mod = model.get_submodule(n.rpartition(".")[0])
+            quantizer = PseudoQuantizer(mod.weight.numel(), group_size, min_bits, max_bits, init_bits, noise,
+                                        gen).to(mod.weight.device)
+            parametrize.register_parametrization(mod, "weight", quantizer)
+            self.quantizers[n] = mod.parametrizations.weight[0]
+        self.logits = [q.logit for q in self.quantizers.values()]
+        self.weights = [par for n, par in model.named_parameters() if not n.endswith(".logit")]
+        self.lam = torch.tensor(size_penalty, device=device)  # λ stays on the device: no sync per step
+
+    def penalty(self) -> torch.Tensor:
+        """λ · size in MB: Σ of the quantized tensors' :meth:`PseudoQuantizer.size_bits` and 32 bits
+        per dense weight, / (8 · 2^20)."""
+        return self.lam * (sum(q.size_bits() for q in self.quantizers.values()) + self.dense_bits) / (8 * 2**20)
+
+    def expected_bpw(self) -> torch.Tensor:
+        """Bits per quantized weight of the current widths, side information included."""
+        return expected_bpw(self.quantizers)
+
+    def freeze(self, quantized_training: bool = True) -> None:
+        """Train at the current rounded widths from now on (:meth:`PseudoQuantizer.freeze`); leave
+        the size term out of the loss then."""
+        for q in self.quantizers.values():
+            q.freeze(quantized_training)
+
+    def records(self) -> dict[str, QuantizedTensor]:
+        """True quantization of each weight at its rounded widths (puts the model in eval mode)."""
+        self.model.eval()
+        return {n: range_record(self.model.get_submodule(n.rpartition(".")[0]).parametrizations.weight.original,
+                                q.rounded_bits(), q.group_size) for n, q in self.quantizers.items()}
+
+    def finalize(self) -> CompressedModel:
+        """The compressed model; the parametrizations are removed, the model keeps the quantized
+        weights (what the packed file gives, up to float32 rounding)."""
+        records = self.records()
+        for n in self.quantizers:
+            parametrize.remove_parametrizations(self.model.get_submodule(n.rpartition(".")[0]), "weight",
+                                                leave_parametrized=True)
+        return assemble(self.model, records)
+
+
+class SizeController:
+    """Our budget controller for :class:`DiffQTraining` at ``bits`` per quantized weight:
+    :meth:`step` after every optimizer step, λ ← λ · exp(η (bpw − target) / target), with bpw the
+    expected bits per quantized weight; :meth:`project` at the end of every epoch shifts all logits
+    by the largest common δ with rounded bpw <= target (bisection), so the widths meet the budget."""
+
+    def __init__(self, diffq: DiffQTraining, bits: float, rate: float = 0.05) -> None:
+        check_bits("SizeController", bits)
+        if not rate >= 0:
+            raise ConfigError(f"SizeController(rate={rate!r}): expected a rate >= 0 (0: λ stays)")
+        self.diffq, self.target, self.rate = diffq, float(bits), rate
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """λ ← λ · exp(η (bpw − target) / target)"""
+        self.diffq.lam.mul_(torch.exp(self.rate * (self.diffq.expected_bpw() - self.target) / self.target))
+
+    def project(self) -> float:
+        """Shift the logits onto the budget; returns δ."""
+        return project_to_budget(self.diffq.quantizers, self.target)
+
+
+@dataclass
+class DiffQParams(Schedule):
+    group_size: int = 16  # g consecutive weights share a bit width (0: one per tensor)
+    min_bits: float = 1.0
+    max_bits: float = 15.0
+    init_bits: float = 8.0
+    noise: Literal["uniform", "gaussian"] = "uniform"  # the paper: uniform; authors' code: gaussian
+    min_size: float = 0.0  # MB: smaller weights stay dense (fp32)
+    epochs: int = 20
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1e-3
+    bits_lr: float = 0.05  # Adam learning rate of the bit-width logits
+    size_penalty: float = 1.0  # λ (initial λ when the controller is on), per MB
+    budget_control: bool = True  # steer λ so the final bpw meets the budget
+    control_rate: float = 0.05  # η of the controller
+    final_fraction: float = 0.5  # the last ⌊fraction · epochs + ½⌋ epochs train at the frozen widths
+    final_forward: Literal["quantized", "noise"] = "quantized"  # their training forward (see the module doc)
+
+
 @register_method("diffq")
 class DiffQ(Method):
     """DiffQ with the budget controller (``budget_control: false``: fixed λ = ``size_penalty``)."""
@@ -287,60 +369,36 @@ class DiffQ(Method):
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
-        model = copy.deepcopy(ref)
-        model.to(ctx.device).train()  # registering a parametrization runs it: in training mode, whatever ref's mode
-        names = _view(model, p)
-        dense_bits = 32 * sum(par.numel() for n, par in model.named_parameters() if n not in names)
-        gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, GENERATOR, 17))
-        for n in names:
-            mod = model.get_submodule(n.rpartition(".")[0])
-            quantizer = PseudoQuantizer(mod.weight.numel(), p.group_size, p.min_bits, p.max_bits, p.init_bits,
-                                        p.noise, gen).to(mod.weight.device)
-            parametrize.register_parametrization(mod, "weight", quantizer)
-        quantizers = _quantizers(model, names)
-        logits = [q.logit for q in quantizers.values()]
-        weights = [par for n, par in model.named_parameters() if not n.endswith(".logit")]
-        opt = make_optimizer(weights, p.optimizer, p.lr, p.momentum)
-        opt_bits = make_optimizer(logits, "adam", p.bits_lr)
-        lam = torch.tensor(p.size_penalty, device=ctx.device)  # λ stays on the device: no sync per step
-
-        def size_penalty() -> torch.Tensor:
-            return lam * (sum(q.size_bits() for q in quantizers.values()) + dense_bits) / (8 * 2**20)
-
-        @torch.no_grad()
-        def control() -> None:
-            """λ ← λ · exp(η (bpw − target) / target)"""
-            lam.mul_(torch.exp(p.control_rate * (expected_bpw(quantizers) - budget.bits) / budget.bits))
-
         if not 0.0 <= p.final_fraction <= 1.0:
             raise ConfigError(f"diffq.final_fraction: expected a fraction in [0, 1], got {p.final_fraction}")
+        dq = DiffQTraining(copy.deepcopy(ref).to(ctx.device), p.group_size, p.min_bits, p.max_bits, p.init_bits,
+                           p.noise, p.min_size, p.size_penalty, ctx.seed)
+        control = SizeController(dq, budget.bits, p.control_rate) if p.budget_control else None
+        opt = p.make_optimizer(dq.weights)
+        sched = make_schedule(opt, p)
+        opt_bits = make_optimizer(dq.logits, "adam", p.bits_lr)
         first_final = p.epochs - math.floor(p.final_fraction * p.epochs + 0.5)
         for epoch in ctx.progress(range(p.epochs), desc="DiffQ epochs"):
             frozen = epoch >= first_final
             if epoch == first_final:
-                if p.budget_control and epoch == 0:
-                    project_to_budget(quantizers, budget.bits)  # no epoch has projected yet
-                for q in quantizers.values():
-                    q.freeze(p.final_forward == "quantized")
-            loss = train_epoch(model, ctx.task, [opt] if frozen else [opt, opt_bits], p.batch_size,
+                if control is not None and epoch == 0:
+                    control.project()  # no epoch has projected yet
+                dq.freeze(p.final_forward == "quantized")
+            loss = train_epoch(dq.model, ctx.task, [opt] if frozen else [opt, opt_bits], p.batch_size,
                                derive_seed(ctx.seed, DATA_ORDER, epoch), ctx.device,
-                               penalty=None if frozen else size_penalty,
-                               after_step=control if p.budget_control and not frozen else None, epoch=epoch)
-            if p.budget_control and not frozen:
-                ctx.log_metric("diffq/shift", project_to_budget(quantizers, budget.bits), epoch)
+                               penalty=None if frozen else dq.penalty,
+                               after_step=control.step if control is not None and not frozen else None,
+                               grad_clip=p.grad_clip, epoch=epoch)
+            sched.step()
+            if control is not None and not frozen:
+                ctx.log_metric("diffq/shift", control.project(), epoch)
             with torch.no_grad():
                 ctx.log_metric("diffq/train_loss", loss, epoch)
-                ctx.log_metric("diffq/lambda", float(lam), epoch)
-                ctx.log_metric("diffq/bpw", float(expected_bpw(quantizers)), epoch)
-                for n, q in quantizers.items():
+                ctx.log_metric("diffq/lambda", float(dq.lam), epoch)
+                ctx.log_metric("diffq/bpw", float(dq.expected_bpw()), epoch)
+                for n, q in dq.quantizers.items():
                     ctx.log_metric(f"diffq/bits/{n}", float(q.bits().mean()), epoch)
-        model.eval()
-        records = {}
-        for n, q in quantizers.items():
-            mod = model.get_submodule(n.rpartition(".")[0])
-            records[n] = range_record(mod.parametrizations.weight.original, q.rounded_bits(), q.group_size)
-            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
-        return ctx.assemble(model, records)
+        return ctx.as_cell(dq.finalize())
 
 
 @dataclass

@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantbench.errors import ConfigError
 from quantbench.format import COUNT_BITS, Codebook, CompressedModel, QuantizedTensor
-from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.method import Budget, Method, QuantizedForward, RunContext, check_bits, check_model, compressible
 from quantbench.registry import register_method
-from quantbench.train import straight_through, train_quantized
+from quantbench.train import Schedule, fit_trainer, straight_through
 
 MAX_BITS = 10
 P_GRID = np.unique(np.concatenate([np.geomspace(1e-3, 1.0, 600), np.linspace(0.01, 1.0, 400)]))
@@ -213,39 +214,58 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
     return out
 
 
-def finetune(model: nn.Module, records: dict[str, QuantizedTensor], allocs: dict[str, Allocation],
-             scales: dict[str, torch.Tensor], ctx: RunContext, p) -> dict[str, QuantizedTensor]:
-    """Masks, codebooks and channel scales fixed; weights trained through the quantizer (STE);
-    pruned weights stay 0 (their gradient is masked)."""
-    masks = {n: np.ones(r.numel, bool) if r.mask is None else r.mask for n, r in records.items()}
-    params = dict(model.named_parameters())
-    on_device: dict[str, tuple[torch.Tensor, ...]] = {}  # built once, on the weights' device and dtype
-    for n, w in ((n, params[n]) for n in records):
-        values = torch.as_tensor(shared_codebook(allocs[n])).to(w)
-        on_device[n] = (values, (values[1:] + values[:-1]) / 2, scales[n].to(w)[:, None],
-                        torch.as_tensor(masks[n]).reshape(w.shape).to(w))
+class OPQTraining(QuantizedForward):
+    """OPQ on ``model`` at ``bits`` per weight: the analytic allocation (``uniform``: the same k and
+    keep fraction in every layer, the ablation), then, if trained, finetuning with masks, codebooks
+    and channel scales fixed: the forward is the nearest codebook value times b_c, 0 where pruned,
+    ∂/∂w := 1 (STE) on the kept weights. Build it on the model's device; :meth:`records` prune and
+    quantize the current weights with the fixed masks (untrained: the one-shot result)."""
 
-    def quantized(n: str, w: torch.Tensor) -> torch.Tensor:
+    def __init__(self, model: nn.Module, bits: float, uniform: bool = False) -> None:
+        check_model("OPQ", model)
+        budget = check_bits("OPQ", bits)
+        if not serves(budget):
+            raise ConfigError(f"OPQ(bits={bits!r}): expected bits per weight in [{MIN_BITS}, {MAX_BITS}]")
+        super().__init__(model)
+        stats = layer_stats(model)
+        allocs = (uniform_allocation if uniform else allocate)(stats, budget.bits)
+        self.allocations = {s.name: a for s, a in zip(stats, allocs, strict=True)}
+        self.scales = {n: channel_scales(self._params[n]) for n in self.names}
+        masks = {n: make_record(self._params[n], a, scales=self.scales[n]).mask for n, a in self.allocations.items()}
+        self.masks = {n: np.ones(self._params[n].numel(), bool) if m is None else m for n, m in masks.items()}
+        self._fixed: dict[str, tuple[torch.Tensor, ...]] = {}  # built once, on the weights' device and dtype
+        for n in self.names:
+            w = self._params[n]
+            values = torch.as_tensor(shared_codebook(self.allocations[n])).to(w)
+            self._fixed[n] = (values, (values[1:] + values[:-1]) / 2, self.scales[n].to(w)[:, None],
+                              torch.as_tensor(self.masks[n]).reshape(w.shape).to(w))
+
+    def quantize(self, name: str, w: torch.Tensor) -> torch.Tensor:
         """make_record's projection, on the weights' device: nearest codebook value times b_c, 0 where pruned."""
-        values, mid, b, keep = on_device[n]
+        values, mid, b, keep = self._fixed[name]
         v = (w.detach().reshape(w.shape[0], -1) / b).contiguous()
         q = (values[torch.searchsorted(mid, v)] * b).reshape(w.shape)
         return straight_through(w, q) * keep
 
-    train_quantized(model, ctx.task, quantized, list(records), epochs=p.epochs, optimizer=p.optimizer, lr=p.lr,
-                    momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
-                    progress=lambda it: ctx.progress(it, desc="OPQ finetune"),
-                    log=lambda loss, epoch: ctx.log_metric("opq/train_loss", loss, epoch))
-    return {n: make_record(params[n], allocs[n], masks[n], scales[n]) for n in records}
+    def records(self) -> dict[str, QuantizedTensor]:
+        return {n: make_record(self._params[n], self.allocations[n], self.masks[n], self.scales[n])
+                for n in self.names}
+
+
+MIN_BITS = 0.05
+
+
+def serves(budget: Budget) -> bool:
+    """Budgets OPQ's allocation is searched over (a budget below its side information is refused by it)."""
+    return MIN_BITS <= budget.bits <= MAX_BITS
 
 
 @dataclass
-class OPQParams:
-    epochs: int = 10  # finetuning epochs (opq, prune_quant_uniform)
-    optimizer: Literal["sgd", "adam"] = "adam"
+class OPQParams(Schedule):
+    """The finetuning schedule (opq, prune_quant_uniform)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = 1e-3
-    momentum: float = 0.9
-    batch_size: int = 64
 
 
 class _OPQBase(Method):
@@ -257,22 +277,16 @@ class _OPQBase(Method):
 
     @classmethod
     def serves(cls, budget: Budget, params: OPQParams) -> bool:
-        return 0.05 <= budget.bits <= MAX_BITS
+        return serves(budget)
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        model = copy.deepcopy(ref).to(ctx.device)
-        stats = layer_stats(model)
-        allocs = (uniform_allocation if self.uniform else allocate)(stats, budget.bits)
-        params = dict(model.named_parameters())
-        by_name = {s.name: a for s, a in zip(stats, allocs, strict=True)}
-        scales = {n: channel_scales(params[n]) for n in by_name}
-        records = {n: make_record(params[n], by_name[n], scales=scales[n]) for n in by_name}
-        for s, a in zip(stats, allocs, strict=True):
-            ctx.log_metric(f"opq/bits/{s.name}", a.bits, 0)
-            ctx.log_metric(f"opq/keep/{s.name}", a.keep, 0)
-        if self.finetuned and self.params.epochs:
-            records = finetune(model, records, by_name, scales, ctx, self.params)
-        return ctx.assemble(model, records)
+        trainer = OPQTraining(copy.deepcopy(ref).to(ctx.device), budget.bits, self.uniform)
+        for name, a in trainer.allocations.items():
+            ctx.log_metric(f"opq/bits/{name}", a.bits, 0)
+            ctx.log_metric(f"opq/keep/{name}", a.keep, 0)
+        if self.finetuned:
+            fit_trainer(trainer, ctx, self.params, "opq", desc="OPQ finetune", forward=trainer)
+        return ctx.as_cell(trainer.finalize())
 
 
 @register_method("opq")

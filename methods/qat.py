@@ -1,8 +1,9 @@
 """Quantization-aware training baselines: QAT with the straight-through estimator (Bengio et al.
 2013; Jacob et al. 2018) and LSQ (Esser et al., arXiv 1902.08153), both at b bits per weight.
 
-Both train from the reference for ``epochs`` epochs with every linear/conv weight w replaced, in
-the forward pass, by a quantized ŵ (:func:`quantbench.train.train_quantized`):
+Both train from the reference on their :class:`~quantbench.train.Schedule` with every linear/conv
+weight w replaced, in the forward pass, by a quantized ŵ (:class:`QuantizedForward`; the library's
+``QAT`` and ``LSQ`` trainers, docs/library.md):
 
 * ``qat``: ŵ = the min-max round-to-nearest weights of ``rtn`` (2^b levels on [min w, max w],
   per tensor or per output channel), recomputed every step; ∂ŵ/∂w := 1 (STE);
@@ -19,78 +20,47 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from quantbench.errors import ConfigError
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
-from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.method import Budget, Method, QuantizedForward, RunContext, check_bits, check_model
 from quantbench.registry import register_method
-from quantbench.train import straight_through, train_quantized
+from quantbench.train import Schedule, fit_trainer, straight_through
 from quantbench.uniform import fake_quantize_uniform, quantize_uniform, round_to_grid
 
 
-@dataclass
-class TrainingParams:
-    """The training schedule both share."""
-
-    epochs: int = 10
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    batch_size: int = 64
+def whole_bits(call: str, model: nn.Module, bits: int, low: int) -> int:
+    """``bits`` checked for a call that serves whole ``low``..16 bits (else ConfigError)."""
+    check_model(call, model)
+    budget = check_bits(call, bits)
+    if budget.int_bits is None or not low <= budget.int_bits <= 16:
+        raise ConfigError(f"{call}(bits={bits!r}): expected a whole number of bits in [{low}, 16]")
+    return budget.int_bits
 
 
-@dataclass
-class QATParams(TrainingParams):
-    per_channel: bool = False  # one min-max range per output channel (default: per tensor)
+class QATTraining(QuantizedForward):
+    """QAT: ŵ = the min-max round-to-nearest weights (2^b levels, per tensor or per output channel),
+    recomputed every step, ∂ŵ/∂w := 1 (STE). :meth:`records` are ``rtn``'s of the trained weights."""
 
+    low: ClassVar[int] = 1
 
-class _QuantizedTraining(Method):
-    """Training through quantized weights from the reference, at an integer budget of ``low``..16 bits."""
+    def __init__(self, model: nn.Module, bits: int, per_channel: bool = False) -> None:
+        bits = whole_bits("QAT", model, bits, self.low)
+        super().__init__(model)
+        self.bits = bits
+        self.per_channel = per_channel
 
-    family = "DiffQ"
-    trains = True
-    starts_from = "rtn"
-    low: ClassVar[int] = 2  # the fewest bits it serves
+    def quantize(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        return straight_through(w, fake_quantize_uniform(w, 2**self.bits, "minmax", self.per_channel))
 
-    @classmethod
-    def serves(cls, budget: Budget, params: TrainingParams) -> bool:
-        return budget.int_bits is not None and cls.low <= budget.int_bits <= 16
-
-    def train_through(self, model: nn.Module, ctx: RunContext,
-                      forward_weights: Callable[[str, torch.Tensor], torch.Tensor],
-                      extra_params: Iterable[torch.Tensor] = ()) -> None:
-        """The method's epochs through ``forward_weights``; the bar reads "<NAME> epochs" and the
-        mean task loss of each epoch is logged as ``<name>/train_loss``."""
-        p, name = self.params, self.name
-        train_quantized(model, ctx.task, forward_weights, compressible(model), epochs=p.epochs, optimizer=p.optimizer,
-                        lr=p.lr, momentum=p.momentum, batch_size=p.batch_size, seed=ctx.seed, device=ctx.device,
-                        extra_params=extra_params, progress=lambda it: ctx.progress(it, desc=f"{name.upper()} epochs"),
-                        log=lambda loss, epoch: ctx.log_metric(f"{name}/train_loss", loss, epoch))
-
-
-@register_method("qat")
-class QAT(_QuantizedTraining):
-    """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
-
-    Params = QATParams
-    low = 1
-
-    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        p, bits = self.params, budget.int_bits
-        model = copy.deepcopy(ref).to(ctx.device)
-
-        def fake(name: str, w: torch.Tensor) -> torch.Tensor:
-            return straight_through(w, fake_quantize_uniform(w, 2**bits, "minmax", p.per_channel))
-
-        self.train_through(model, ctx, fake)
-        state = model.state_dict()
-        return ctx.assemble(model, {n: quantize_uniform(state[n].cpu(), 2**bits, "minmax", p.per_channel)
-                                    for n in compressible(model)})
+    def records(self) -> dict[str, QuantizedTensor]:
+        state = self.model.state_dict()
+        return {n: quantize_uniform(state[n].cpu(), 2**self.bits, "minmax", self.per_channel) for n in self.names}
 
 
 class _LSQ(torch.autograd.Function):
@@ -122,26 +92,73 @@ def lsq_quantize(w: torch.Tensor, s: torch.Tensor, bits: int, grad_scale: float)
     return _LSQ.apply(w, s, 2 ** (bits - 1), 2 ** (bits - 1) - 1, grad_scale)
 
 
+class LSQTraining(QuantizedForward):
+    """LSQ: a learned step s per tensor, initialised to 2 mean|w| / √Q_P, trained with the weights
+    (:meth:`parameters` holds the steps after the model's). :meth:`records` store
+    round(clamp(w/s, −Q_N, Q_P)) + Q_N on the grid s · (code − Q_N)."""
+
+    low: ClassVar[int] = 2
+
+    def __init__(self, model: nn.Module, bits: int) -> None:
+        bits = whole_bits("LSQ", model, bits, self.low)
+        super().__init__(model)
+        self.bits = bits
+        qp = 2 ** (self.bits - 1) - 1
+        self.steps = nn.ParameterList(
+            [nn.Parameter(2 * self._params[n].detach().abs().mean() / math.sqrt(qp)) for n in self.names])
+        self.scales = [1 / math.sqrt(self._params[n].numel() * qp) for n in self.names]
+        self._index = {n: i for i, n in enumerate(self.names)}
+
+    def quantize(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        i = self._index[name]
+        return lsq_quantize(w, self.steps[i], self.bits, self.scales[i])
+
+    def records(self) -> dict[str, QuantizedTensor]:
+        out = {}
+        for n, step in zip(self.names, self.steps, strict=True):
+            grid = AffineGrid([float(step.detach())], [2 ** (self.bits - 1)])
+            grid.round_to_storage("float32")
+            out[n] = QuantizedTensor(tuple(self._params[n].shape),
+                                     round_to_grid(self._params[n].detach().cpu(), grid, 2**self.bits - 1),
+                                     grid, bits=self.bits)
+        return out
+
+
+@dataclass
+class QATParams(Schedule):
+    per_channel: bool = False  # one min-max range per output channel (default: per tensor)
+
+
+class _QuantizedTraining(Method):
+    """Training through quantized weights from the reference, at an integer budget of ``low``..16 bits."""
+
+    family = "DiffQ"
+    trains = True
+    starts_from = "rtn"
+    Params = Schedule
+    trainer: ClassVar[type[QATTraining] | type[LSQTraining]]
+
+    @classmethod
+    def serves(cls, budget: Budget, params: Schedule) -> bool:
+        return budget.int_bits is not None and cls.trainer.low <= budget.int_bits <= 16
+
+    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
+        options = {"per_channel": self.params.per_channel} if isinstance(self.params, QATParams) else {}
+        trainer = self.trainer(copy.deepcopy(ref).to(ctx.device), budget.int_bits, **options)
+        fit_trainer(trainer, ctx, self.params, self.name, forward=trainer)
+        return ctx.as_cell(trainer.finalize())
+
+
+@register_method("qat")
+class QAT(_QuantizedTraining):
+    """Uniform quantization-aware training at b bits (min-max range, straight-through estimator)."""
+
+    Params = QATParams
+    trainer = QATTraining
+
+
 @register_method("lsq")
 class LSQ(_QuantizedTraining):
     """Learned step-size quantization (Esser et al., arXiv 1902.08153) at b bits, per tensor."""
 
-    Params = TrainingParams
-
-    def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        bits = budget.int_bits
-        model = copy.deepcopy(ref).to(ctx.device)
-        names = compressible(model)
-        params = dict(model.named_parameters())
-        qp = 2 ** (bits - 1) - 1
-        steps = {n: nn.Parameter(2 * params[n].detach().abs().mean() / math.sqrt(qp)) for n in names}
-        scales = {n: 1 / math.sqrt(params[n].numel() * qp) for n in names}
-        self.train_through(model, ctx, lambda n, w: lsq_quantize(w, steps[n], bits, scales[n]),
-                           extra_params=steps.values())
-        records = {}
-        for n in names:  # codes round(clamp(w/s, −Q_N, Q_P)) + Q_N on the grid s · (code − Q_N)
-            grid = AffineGrid([float(steps[n].detach())], [2 ** (bits - 1)])
-            grid.round_to_storage("float32")
-            records[n] = QuantizedTensor(tuple(params[n].shape), round_to_grid(params[n].cpu(), grid, 2**bits - 1),
-                                         grid, bits=bits)
-        return ctx.assemble(model, records)
+    trainer = LSQTraining

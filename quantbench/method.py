@@ -135,6 +135,10 @@ class RunContext:
         """The compressed model of the cell's arch (:func:`assemble`)."""
         return assemble(ref, quantized, self.arch, self.arch_kwargs)
 
+    def as_cell(self, packed: CompressedModel) -> CompressedModel:
+        """``packed`` (a library call's result, of a model of one's own) as the cell's arch."""
+        return CompressedModel(self.arch, dict(self.arch_kwargs), packed.records)
+
 
 @dataclass(frozen=True)
 class StepCurve:
@@ -190,6 +194,73 @@ class Method:
         raise NotImplementedError
 
 
+class Trainer(nn.Module):
+    """A training-based method driven by one's own loop (docs/library.md)::
+
+        trainer = Method(model, bits, ...)          # model: trained in place
+        opt = torch.optim.SGD(trainer.parameters(), lr=...)
+        for x, y in data:
+            loss = criterion(trainer(x), y) + trainer.penalty()
+            opt.zero_grad(); loss.backward(); opt.step()
+        packed = trainer.finalize()                 # the CompressedModel of the trained model
+
+    ``trainer(x)`` is the network in training: ``model`` with its weights as the method forwards
+    them (fake-quantized, noisy, or the weights themselves); ``parameters()`` what it trains (the
+    model's, plus the method's own, e.g. LSQ's step sizes); ``penalty()`` the term added to the loss
+    (0 where the method adds none). A subclass implements :meth:`records`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def penalty(self) -> torch.Tensor:
+        return torch.zeros(())
+
+    def records(self) -> dict[str, QuantizedTensor]:
+        """The quantized records of the trained weights."""
+        raise NotImplementedError
+
+    def finalize(self) -> CompressedModel:
+        """The compressed model: :meth:`records`, every other tensor of the model dense."""
+        return assemble(self.model, self.records())
+
+
+class QuantizedForward(Trainer):
+    """A :class:`Trainer` whose forward is ``model``'s with each compressible weight w replaced by
+    :meth:`quantize` (name, w), through ``torch.func.functional_call``: ``model``'s own parameters
+    stay what they are, and tied weights stay tied."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.names = compressible(model)
+        self._params = dict(model.named_parameters())
+
+    def quantize(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = {n: self.quantize(n, self._params[n]) for n in self.names}
+        return torch.func.functional_call(self.model, weights, (x,))
+
+
+def check_model(call: str, model: nn.Module) -> None:
+    """A library call's ``model``: an ``nn.Module`` with a Linear or Conv weight (else ConfigError)."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{call}(model): expected a torch.nn.Module, got {type(model).__name__}")
+    if not compressible(model):
+        raise ConfigError(f"{call}(model): {type(model).__name__} has no Linear or Conv weight to quantize")
+
+
+def check_bits(call: str, bits: float) -> Budget:
+    """A library call's ``bits``: a number above 0 (else ConfigError), as a :class:`Budget`."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not bits > 0:
+        raise ConfigError(f"{call}(bits={bits!r}): expected a number of bits per weight above 0")
+    return Budget(float(bits))
+
+
 def compressible(model: nn.Module) -> list[str]:
     """The parameters quantized by default: weights of linear and conv layers, each under its
     first name in ``named_parameters`` (a weight tied to an embedding is listed once, by that name)."""
@@ -213,7 +284,10 @@ def make_params(params_cls: type, overrides: dict, where: str) -> Any:
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown parameter; allowed: {sorted(fields)}")
         _check_type(value, hints[key], f"{where}.{key}")
-    return params_cls(**(overrides or {}))
+    try:
+        return params_cls(**(overrides or {}))
+    except ConfigError as e:  # a check of the dataclass's own (Schedule's ranges): "key: ..."
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,34 +19,76 @@ from tqdm.auto import tqdm
 
 from quantbench import distributed
 from quantbench.data import Task
+from quantbench.errors import ConfigError
 from quantbench.files import write_atomic
-from quantbench.method import DATA_ORDER, REFERENCE_DATA_ORDER, derive_seed
+from quantbench.method import DATA_ORDER, REFERENCE_DATA_ORDER, RunContext, Trainer, derive_seed
 
 
 @dataclass
-class TrainSettings:
-    """Reference training recipe (config: ``reference``, per (task, arch) ``recipes``).
+class Schedule:
+    """A training schedule, the one of every training method and of the reference (config: the
+    method's ``method_params.<method>`` keys, the reference's ``reference`` / ``recipes``).
 
-    ``lr_schedule``: cosine to 0 over ``epochs``, constant, or step (× ``gamma`` at each epoch in
-    ``milestones``), after ``warmup_epochs`` of linear warm-up. ``amp``: mixed precision on CUDA
-    (bfloat16 autocast where the GPU has it; float16 autocast with loss scaling, ``GradScaler``, where
-    it does not: V100, T4), none on CPU. ``grad_clip``: max global gradient norm (0: none). ``pretrained``: published
+    ``epochs`` over the training split in batches of ``batch_size``; ``optimizer`` SGD (with
+    ``momentum``), Adam or AdamW at ``lr`` with ``weight_decay``; ``lr_schedule`` the per-epoch
+    factor: constant, cosine to 0 over ``epochs``, or step (× ``gamma`` at each epoch in
+    ``milestones``), after ``warmup_epochs`` of linear warm-up; ``grad_clip`` the max global gradient
+    norm of an update (0: none). Checked when made: a value out of range is a ConfigError naming it.
+    The defaults are the methods' (a short constant-rate finetune); the reference's are
+    :class:`TrainSettings`'."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "constant", "step"] = "constant"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": (self.epochs >= 0, "an integer >= 0"),
+            "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "lr": (self.lr > 0, "a learning rate above 0"),
+            "momentum": (0 <= self.momentum < 1, "a momentum in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, "a weight decay >= 0"),
+            "gamma": (self.gamma > 0, "a factor above 0"),
+            "warmup_epochs": (0 <= self.warmup_epochs <= self.epochs, f"an integer in [0, epochs = {self.epochs}]"),
+            "milestones": (all(0 < m <= self.epochs for m in self.milestones)
+                           and list(self.milestones) == sorted(set(self.milestones)),
+                           f"increasing epochs in (0, epochs = {self.epochs}]"),
+            "grad_clip": (self.grad_clip >= 0, "a norm >= 0 (0: no clipping)"),
+        }
+        for key, (ok, expected) in checks.items():
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is out of range; expected {expected}")
+
+    def make_optimizer(self, params, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+        """The optimizer at ``lr · lr_scale`` (:func:`make_optimizer`)."""
+        lr = self.lr if lr_scale == 1.0 else self.lr * lr_scale
+        return make_optimizer(params, self.optimizer, lr, self.momentum, self.weight_decay)
+
+
+@dataclass
+class TrainSettings(Schedule):
+    """The reference's training recipe (config: ``reference``, per (task, arch) ``recipes``): a
+    :class:`Schedule` with the reference's defaults (cosine, weight decay), and
+
+    ``amp``: mixed precision on CUDA (bfloat16 autocast where the GPU has it; float16 autocast with
+    loss scaling, ``GradScaler``, where it does not: V100, T4), none on CPU. ``pretrained``: published
     weights to load instead of training (``torchvision:<Enum>.<name>``, ``timm:<model>.<tag>``, or a
     path / URL with ``pretrained_sha256``; :mod:`quantbench.models.pretrained`); the other keys are then unused.
     """
 
     epochs: int = 30
-    batch_size: int = 64
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = 0.05
-    momentum: float = 0.9
     weight_decay: float = 0.0005
     lr_schedule: Literal["cosine", "constant", "step"] = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: int = 0
     amp: bool = True
-    grad_clip: float = 0.0
     pretrained: str = ""
     pretrained_sha256: str = ""
 
@@ -92,7 +134,7 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.9, weight_d
     raise ValueError(f"unknown optimizer {name!r}; allowed: ['sgd', 'adam', 'adamw']")
 
 
-def make_schedule(opt: torch.optim.Optimizer, s: TrainSettings) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(opt: torch.optim.Optimizer, s: Schedule) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch learning-rate factor: linear warm-up, then cosine / constant / step decay."""
     def factor(epoch: int) -> float:
         if epoch < s.warmup_epochs:
@@ -239,41 +281,55 @@ def straight_through(w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return _StraightThrough.apply(w, q)
 
 
-def train_quantized(model: nn.Module, task: Task, forward_weights: Callable[[str, torch.Tensor], torch.Tensor],
-                    names: list[str], *, epochs: int, optimizer: str, lr: float, momentum: float, batch_size: int,
-                    seed: int, device: torch.device, extra_params=(), progress=range,
-                    log: Callable[[float, int], None] | None = None) -> None:
-    """Train ``model`` with each parameter in ``names`` replaced, in the forward pass, by
-    ``forward_weights(name, parameter)`` (a fake-quantized weight, usually via the STE)."""
-    params = dict(model.named_parameters())
-    opt = make_optimizer(list(model.parameters()) + list(extra_params), optimizer, lr, momentum)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(model, {n: forward_weights(n, params[n]) for n in names}, (x,))
-
-    for epoch in progress(range(epochs)):
-        loss = train_epoch(model, task, opt, batch_size, derive_seed(seed, DATA_ORDER, epoch), device,
-                           forward=forward, epoch=epoch)
+def fit(model: nn.Module, task: Task, s: Schedule, seed: int, device: torch.device, *,
+        params: Iterable[torch.Tensor] | None = None, forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        penalty: Callable[[], torch.Tensor] | None = None, after_step: Callable[[], None] | None = None,
+        stream: int = DATA_ORDER, order: Callable[[int], int] = lambda epoch: epoch, lr_scale: float = 1.0,
+        amp: torch.dtype | None = None, progress: Callable[[Iterable], Iterable] = iter,
+        log: Callable[[float, int], None] | None = None) -> list[float]:
+    """Train ``model`` in place on the schedule ``s``: its optimizer over ``params`` (default: the
+    model's) at ``lr · lr_scale``, its per-epoch learning-rate factor, its clipping; epoch e's batch
+    order is ``derive_seed(seed, stream, order(e))``. ``forward``, ``penalty``, ``after_step`` and
+    ``amp``: :func:`train_epoch`'s. Each epoch's mean task loss is passed to ``log(loss, epoch)``
+    and returned."""
+    opt = s.make_optimizer(model.parameters() if params is None else params, lr_scale)
+    sched = make_schedule(opt, s)
+    scaler = grad_scaler(device, amp)
+    history = []
+    for epoch in progress(range(s.epochs)):
+        history.append(train_epoch(model, task, opt, s.batch_size, derive_seed(seed, stream, order(epoch)), device,
+                                   forward=forward, penalty=penalty, after_step=after_step, amp=amp,
+                                   grad_clip=s.grad_clip, epoch=epoch, scaler=scaler))
+        sched.step()
         if log is not None:
-            log(loss, epoch)
+            log(history[-1], epoch)
+    return history
+
+
+def fit_trainer(trainer: Trainer, ctx: RunContext, schedule: Schedule, name: str, *,
+                desc: str | None = None, **kwargs) -> list[float]:
+    """The harness's loop around a library :class:`~quantbench.method.Trainer`: :func:`fit` of
+    ``schedule`` on the cell's training split and seed, over ``trainer.parameters()``; ``kwargs``
+    go to :func:`fit` (``forward=trainer`` where its forward is not the model's own, ``penalty``,
+    ...). The bar reads ``desc`` ("<NAME> epochs") and each epoch's mean task loss is logged as
+    ``<name>/train_loss``."""
+    return fit(trainer.model, ctx.task, schedule, ctx.seed, ctx.device, params=trainer.parameters(),
+               progress=lambda it: ctx.progress(it, desc=desc or f"{name.upper()} epochs"),
+               log=lambda loss, epoch: ctx.log_metric(f"{name}/train_loss", loss, epoch), **kwargs)
 
 
 def train(model: nn.Module, task: Task, s: TrainSettings, seed: int, device: torch.device,
           show_progress: bool = True) -> list[float]:
     """Train ``model`` in place (the reference recipe); returns the mean training loss per epoch."""
     model.to(device)
-    opt = make_optimizer(model.parameters(), s.optimizer, s.lr, s.momentum, s.weight_decay)
-    sched = make_schedule(opt, s)
-    amp = amp_dtype(device, s.amp)
-    scaler = grad_scaler(device, amp)
-    history = []
-    bar = tqdm(range(s.epochs), desc="train", disable=not show_progress, mininterval=2.0)
-    for epoch in bar:
-        order = derive_seed(seed, REFERENCE_DATA_ORDER, epoch)
-        history.append(train_epoch(model, task, opt, s.batch_size, order, device, amp=amp, grad_clip=s.grad_clip,
-                                   epoch=epoch, scaler=scaler))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
-        sched.step()
+    bar = tqdm(desc="train", total=s.epochs, disable=not show_progress, mininterval=2.0)
+
+    def log(loss: float, epoch: int) -> None:
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.4f}")
+
+    history = fit(model, task, s, seed, device, stream=REFERENCE_DATA_ORDER, amp=amp_dtype(device, s.amp), log=log)
+    bar.close()
     return history
 
 

@@ -144,7 +144,7 @@ def test_paper_grid_jobs_are_submitted_for_their_resources(path, tmp_path):
 def _cifar_grid(tmp_path: Path, **extra) -> Path:
     """resnet20 on CIFAR-10: a reference trained by its recipe, dc (post-training) and lc_adaptive (trains)."""
     grid = {"name": "cpu", "tasks": ["cifar10"], "archs": ["resnet20"], "methods": ["dc", "lc_adaptive"],
-            "budgets": [1], "method_params": {"lc_adaptive": {"steps": 2, "epochs_per_step": 1}},
+            "budgets": [1], "method_params": {"lc_adaptive": {"steps": 2, "epochs": 1}},
             "resources": {"archs": {"resnet20": {"cell": {"gpu": 1}}}}, **extra}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "ddp"
 TRAINING_METHODS = ["qat", "lsq", "diffq", "lc_adaptive", "idc", "opq"]
 ONE_EPOCH = {"qat": {"epochs": 1}, "lsq": {"epochs": 1}, "diffq": {"epochs": 1}, "opq": {"epochs": 1},
-             "lc_adaptive": {"steps": 1, "epochs_per_step": 1}, "idc": {"steps": 1, "epochs_per_step": 1}}
+             "lc_adaptive": {"steps": 1, "epochs": 1}, "idc": {"steps": 1, "epochs": 1}}
 TIMEOUT_S = 300
 
 pytestmark = [pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="torch without gloo"),

@@ -24,7 +24,7 @@ FAMILIES = {
     "transformer_lm": {"decoder_layers": 1, "decoder_embed_dim": 32, "decoder_ffn_embed_dim": 64,
                        "decoder_attention_heads": 2, "dropout": 0.0},
 }
-FAST = {"epochs": 1, "steps": 2, "epochs_per_step": 1, "calib_samples": 64, "penalties": {"2": 1.0}}
+FAST = {"epochs": 1, "steps": 2, "calib_samples": 64, "penalties": {"2": 1.0}}
 BUDGET_FREE = {"diffq_fixed"}  # a fixed size penalty: its size is an outcome, not a target
 
 

@@ -13,7 +13,7 @@ from helpers.jobs import compress_digits
 
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
-from quantbench.methods.lc.algorithm import ParamView, learning_compression, penalty, update_multipliers
+from quantbench.methods.lc.algorithm import LCTraining, learning_compression, penalty, update_multipliers
 from quantbench.methods.lc.csteps import (
     AdaptiveCodebook,
     Binary,
@@ -24,6 +24,7 @@ from quantbench.methods.lc.csteps import (
 )
 from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
 from quantbench.models import build_model
+from quantbench.train import Schedule
 
 
 # ----------------------------------------------------------------------------- 1-D k-means
@@ -194,13 +195,12 @@ def test_lc_steps_follow_the_equations_on_two_weights():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -3.0]]))
-    view = ParamView(model)
     ctx = RunContext(_ToyTask(), "toy", {}, seed=0, show_progress=False)
-    projections, lam = learning_compression(
-        model, view, [ScaledBinary()], ctx, steps=3, epochs_per_step=0, mu0=1.0, mu_growth=2.0, multipliers=True,
-        optimizer="sgd", lr=0.1, momentum=0.0, lr_decay=1.0, batch_size=2)
-    assert lam["weight"].tolist() == [[7.0, 7.0]]
-    assert projections[0].dense().tolist() == [2.0, -2.0]
+    lc = LCTraining(model, 1, codebook="scaled_binary", mu=1.0)
+    learning_compression(lc, ctx, Schedule(epochs=0, lr=0.1, momentum=0.0, batch_size=2), steps=3, mu0=1.0,
+                         mu_growth=2.0, lr_decay=1.0)
+    assert lc.lam["weight"].tolist() == [[7.0, 7.0]]
+    assert lc.projections[0].dense().tolist() == [2.0, -2.0]
     assert [v for k, v, _ in ctx.step_metrics if k == "lc/mu"] == [1.0, 2.0, 4.0]
     assert [v for k, v, _ in ctx.step_metrics if k == "lc/distortion"] == [2.0, 2.0, 2.0]
 
@@ -274,10 +274,12 @@ def test_lc_with_training_matches_lc_written_from_the_equations(clip):
     w0 = model.weight.detach().reshape(-1).clone()
     hyper = {"steps": 5, "mu0": 0.05, "lr": 0.05, "lr_decay": 0.9, "momentum": 0.9, "batch_size": 4}
     ctx = RunContext(task, "toy", {}, seed=0, show_progress=False)
-    projections, lam = learning_compression(
-        model, ParamView(model), [ScaledBinary()], ctx, steps=hyper["steps"], epochs_per_step=3, mu0=hyper["mu0"],
-        mu_growth=3.0, multipliers=True, optimizer="sgd", lr=hyper["lr"], momentum=hyper["momentum"],
-        lr_decay=hyper["lr_decay"], batch_size=hyper["batch_size"], grad_clip=clip)
+    lc = LCTraining(model, 1, codebook="scaled_binary", mu=hyper["mu0"])
+    schedule = Schedule(epochs=3, optimizer="sgd", lr=hyper["lr"], momentum=hyper["momentum"],
+                        batch_size=hyper["batch_size"], grad_clip=clip)
+    learning_compression(lc, ctx, schedule, steps=hyper["steps"], mu0=hyper["mu0"], mu_growth=3.0,
+                         lr_decay=hyper["lr_decay"])
+    projections, lam = lc.projections, lc.lam
     w, q, lam_ref = plain_lc(task.x, task.y, w0, hyper["steps"], 3, hyper["mu0"], 3.0, hyper["lr"],
                              hyper["lr_decay"], hyper["momentum"], hyper["batch_size"], clip)
     if clip:  # the clip did bind: unclipped, the same steps end elsewhere

@@ -15,7 +15,7 @@ from quantbench.format import Codebook, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import available_methods, get_method
 
-FAST = {"epochs": 1, "steps": 2, "epochs_per_step": 1, "calib_samples": 128, "penalties": {"1": 4.0, "2": 1.0}}
+FAST = {"epochs": 1, "steps": 2, "calib_samples": 128, "penalties": {"1": 4.0, "2": 1.0}}
 BUDGETS = (1, 1.58, 2)
 
 

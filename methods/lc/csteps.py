@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from quantbench.method import Budget
 from quantbench.methods.lc.kmeans1d import assign_nearest, kmeans1d_exact, kmeans1d_lloyd
 
 
@@ -170,3 +172,42 @@ class PowersOfTwo(ScaledCodebook):
                              f"not {levels}")
         mags = 2.0 ** -np.arange((levels - 1) // 2)
         super().__init__(np.concatenate([-mags, [0.0], mags]))
+
+
+# ---------------------------------------------------------------- the codebook a method names
+CodebookKind = Literal["adaptive", "binary", "scaled_binary", "ternary", "pow2"]
+MAX_ADAPTIVE_BITS = 8
+
+
+def _near(bits: float, target: float) -> bool:
+    return abs(bits - target) < 0.01
+
+
+def serves(kind: str, budget: Budget, unit_codebook: list[float] | None = None) -> bool:
+    """Budgets each codebook serves, b = log2 K: K = 2^b (adaptive), 2 (binary), 3 (ternary: 1.58),
+    an odd K = 2^b (pow2: 3, 7, 15 levels at 1.58, 2.81, 3.91 bits), K = |U| (scaled). Base-K packing gives
+    log2 K + <1%."""
+    b = budget.int_bits
+    if kind == "adaptive":
+        return b is not None and 1 <= b <= MAX_ADAPTIVE_BITS
+    if kind in ("binary", "scaled_binary"):
+        return b == 1
+    if kind == "ternary":
+        return _near(budget.bits, math.log2(3))
+    if kind == "pow2":
+        k = budget.levels
+        return k is not None and k % 2 == 1 and 3 <= k < 2**MAX_ADAPTIVE_BITS
+    if kind == "scaled":
+        k = len(set(unit_codebook or []))
+        return k >= 2 and _near(budget.bits, math.log2(k))
+    raise ValueError(f"unknown codebook kind {kind!r}")
+
+
+def make_cstep(kind: str, budget: Budget, kmeans: str = "auto", unit_codebook: list[float] | None = None) -> CStep:
+    if kind == "adaptive":
+        return AdaptiveCodebook(2 ** budget.int_bits, kmeans)
+    if kind == "pow2":
+        return PowersOfTwo(budget.levels)
+    if kind == "scaled":
+        return ScaledCodebook(unit_codebook)
+    return {"binary": Binary, "scaled_binary": ScaledBinary, "ternary": ScaledTernary}[kind]()

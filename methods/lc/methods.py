@@ -1,65 +1,26 @@
-"""The LC family in the grid: lc_* (LC with each codebook), dc and idc (the paper's baselines)."""
+"""The LC family in the grid: lc_* (LC with each codebook), dc and idc (the paper's baselines), each
+an adapter from the cell to the library's trainer (:mod:`quantbench.methods.lc.algorithm`)."""
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-import torch
 from torch import nn
 
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, Method, RunContext, StepCurve
-from quantbench.methods.lc.algorithm import ParamView, iterated_direct_compression, learning_compression, records
-from quantbench.methods.lc.csteps import (
-    AdaptiveCodebook,
-    Binary,
-    CStep,
-    PowersOfTwo,
-    ScaledBinary,
-    ScaledCodebook,
-    ScaledTernary,
+from quantbench.methods.lc.algorithm import (
+    IDCTraining,
+    LCTraining,
+    direct_compression,
+    iterated_direct_compression,
+    learning_compression,
 )
+from quantbench.methods.lc.csteps import CodebookKind, serves
 from quantbench.registry import register_method
-
-CodebookKind = Literal["adaptive", "binary", "scaled_binary", "ternary", "pow2"]
-MAX_ADAPTIVE_BITS = 8
-
-
-def _near(bits: float, target: float) -> bool:
-    return abs(bits - target) < 0.01
-
-
-def serves(kind: str, budget: Budget, unit_codebook: list[float] | None = None) -> bool:
-    """Budgets each codebook serves, b = log2 K: K = 2^b (adaptive), 2 (binary), 3 (ternary: 1.58),
-    an odd K = 2^b (pow2: 3, 7, 15 levels at 1.58, 2.81, 3.91 bits), K = |U| (scaled). Base-K packing gives
-    log2 K + <1%."""
-    b = budget.int_bits
-    if kind == "adaptive":
-        return b is not None and 1 <= b <= MAX_ADAPTIVE_BITS
-    if kind in ("binary", "scaled_binary"):
-        return b == 1
-    if kind == "ternary":
-        return _near(budget.bits, math.log2(3))
-    if kind == "pow2":
-        k = budget.levels
-        return k is not None and k % 2 == 1 and 3 <= k < 2**MAX_ADAPTIVE_BITS
-    if kind == "scaled":
-        k = len(set(unit_codebook or []))
-        return k >= 2 and _near(budget.bits, math.log2(k))
-    raise ValueError(f"unknown codebook kind {kind!r}")
-
-
-def make_cstep(kind: str, budget: Budget, kmeans: str = "auto", unit_codebook: list[float] | None = None) -> CStep:
-    if kind == "adaptive":
-        return AdaptiveCodebook(2 ** budget.int_bits, kmeans)
-    if kind == "pow2":
-        return PowersOfTwo(budget.levels)
-    if kind == "scaled":
-        return ScaledCodebook(unit_codebook)
-    return {"binary": Binary, "scaled_binary": ScaledBinary, "ternary": ScaledTernary}[kind]()
+from quantbench.train import Schedule
 
 
 @dataclass
@@ -69,15 +30,13 @@ class ViewParams:
 
 
 @dataclass
-class TrainParams(ViewParams):
-    steps: int = 20  # LC (or iDC) steps
-    epochs_per_step: int = 2  # epochs of the L step
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.05  # lr at step k is lr · lr_decay^k
+class TrainParams(ViewParams, Schedule):
+    """``steps`` LC (or iDC) steps, each training on the schedule (``epochs`` epochs) at lr · lr_decay^k."""
+
+    steps: int = 20
+    epochs: int = 2  # epochs of each L step
+    lr: float = 0.05
     lr_decay: float = 0.95
-    momentum: float = 0.9
-    batch_size: int = 64
-    grad_clip: float = 0.0  # max global gradient norm of an L-step update (0: none)
 
 
 @dataclass
@@ -115,16 +74,11 @@ class _CodebookMethod(Method):
     def serves(cls, budget: Budget, params) -> bool:
         return serves(cls.kind(params), budget, getattr(params, "unit_codebook", None))
 
-    def setup(self, ref: nn.Module, budget: Budget) -> tuple[nn.Module, ParamView, list[CStep]]:
+    def codebook_args(self) -> dict:
+        """The trainer's codebook arguments from the cell's params."""
         p = self.params
-        model = _copy(ref)
-        view = ParamView(model, p.shared_codebook)
-        csteps = [make_cstep(self.kind(p), budget, p.kmeans, getattr(p, "unit_codebook", None)) for _ in view.groups]
-        return model, view, csteps
-
-    def finish(self, model: nn.Module, view: ParamView, csteps, projections, ctx: RunContext) -> CompressedModel:
-        shapes = {n: p.shape for n, p in model.named_parameters()}
-        return ctx.assemble(model, records(view, csteps, projections, shapes))
+        return {"codebook": self.kind(p), "shared_codebook": p.shared_codebook, "kmeans": p.kmeans,
+                "unit_codebook": getattr(p, "unit_codebook", None)}
 
 
 def _copy(ref: nn.Module) -> nn.Module:
@@ -140,12 +94,9 @@ class _LC(_CodebookMethod):
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
-        model, view, csteps = self.setup(ref, budget)
-        projections, _ = learning_compression(
-            model, view, csteps, ctx, steps=p.steps, epochs_per_step=p.epochs_per_step, mu0=p.mu0,
-            mu_growth=p.mu_growth, multipliers=p.multipliers, optimizer=p.optimizer, lr=p.lr, momentum=p.momentum,
-            lr_decay=p.lr_decay, batch_size=p.batch_size, grad_clip=p.grad_clip)
-        return self.finish(model, view, csteps, projections, ctx)
+        lc = LCTraining(_copy(ref), budget.bits, mu=p.mu0, multipliers=p.multipliers, **self.codebook_args())
+        learning_compression(lc, ctx, p, steps=p.steps, mu0=p.mu0, mu_growth=p.mu_growth, lr_decay=p.lr_decay)
+        return ctx.as_cell(lc.finalize())
 
 
 @register_method("lc_adaptive")
@@ -199,11 +150,7 @@ class DirectCompression(_CodebookMethod):
     Params = DCParams
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
-        model, view, csteps = self.setup(ref, budget)
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            projections = [cs.project(view.flat(params, g)) for cs, g in zip(csteps, view.groups, strict=True)]
-        return self.finish(model, view, csteps, projections, ctx)
+        return ctx.as_cell(direct_compression(ref, budget.bits, **self.codebook_args()))
 
 
 @register_method("idc")
@@ -216,8 +163,6 @@ class IteratedDirectCompression(_CodebookMethod):
 
     def compress(self, ref: nn.Module, budget: Budget, ctx: RunContext) -> CompressedModel:
         p = self.params
-        model, view, csteps = self.setup(ref, budget)
-        projections = iterated_direct_compression(
-            model, view, csteps, ctx, steps=p.steps, epochs_per_step=p.epochs_per_step, optimizer=p.optimizer,
-            lr=p.lr, momentum=p.momentum, lr_decay=p.lr_decay, batch_size=p.batch_size, grad_clip=p.grad_clip)
-        return self.finish(model, view, csteps, projections, ctx)
+        idc = IDCTraining(_copy(ref), budget.bits, **self.codebook_args())
+        iterated_direct_compression(idc, ctx, p, steps=p.steps, lr_decay=p.lr_decay)
+        return ctx.as_cell(idc.finalize())
