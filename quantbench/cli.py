@@ -17,22 +17,30 @@ from quantbench.errors import ConfigError, ExamplesError, JobFailed, TrackingErr
 
 
 def _common_job(p: argparse.ArgumentParser, cells: bool = False) -> None:
-    several = {"nargs": "+"} if cells else {}
     p.add_argument("--plan", required=True, type=Path,
                    help="the grid's plan.json (written when the grid starts): every job's identity, and the grid's "
                         "context (experiment, results dir, data root, tracking URI, download, device, published "
                         "figures)")
-    p.add_argument("--job", required=True, help="the job's id in the plan (task/arch/method/b<budget>/s<seed>, or "
-                                                "task/arch/reference/s<seed>)" + (
-                       "; several ids for a batch job (config batch: the cells of one reference), whose --out, "
-                       "--artifact and --log then take one path per cell, in the same order" if cells else ""),
-                   **several)
-    p.add_argument("--digest", nargs="+", default=None,
-                   help="the digest (16 hex digits at least) Snakemake planned for each --job, in order: the job "
-                        "refuses a plan whose identity differs")
-    p.add_argument("--out", required=True, type=Path, help="metrics.json to write (atomically, last)", **several)
+    which = p.add_mutually_exclusive_group(required=True) if cells else p
+    which.add_argument("--job", help="the job's id in the plan (task/arch/method/b<budget>/s<seed>, or "
+                                     "task/arch/reference/s<seed>)", **({} if cells else {"required": True}))
+    if cells:
+        which.add_argument("--batch", metavar="NAME",
+                           help="the cells of a batch job (config batch: reference or method), named as the plan "
+                                "knows them: a reference's id task/arch/reference/s<seed> (its cells), "
+                                "task/arch/<label>/s<seed> (that label's cells of the reference) or a cell's id; "
+                                "they run in this one process, a cell whose run finished is restored from it, and "
+                                "each cell's metrics.json and log go where the workflow declares them "
+                                "(<results>/runs/<experiment>/<cell>/metrics.json, <results>/logs/<experiment>/"
+                                "<cell>.log)")
+    p.add_argument("--digest", default=None,
+                   help="the digest (16 hex digits at least) Snakemake planned for the --job" + (
+                       " or the --batch's cells (one cell's own, else of them all: Plan.batch_digest)" if cells
+                       else "") + ": the job refuses a plan whose identity differs")
+    p.add_argument("--out", type=Path, default=None, required=not cells,
+                   help="metrics.json to write (atomically, last)" + ("; with --job" if cells else ""))
     p.add_argument("--log", type=Path, default=None,
-                   help="this job's log file: all its output goes there (attached to the MLflow run)", **several)
+                   help="this job's log file: all its output goes there (attached to the MLflow run)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the job (shared by its processes on a node)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--nproc-per-node", type=int, default=1,
@@ -149,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "one Snakemake job")
     _common_job(p, cells=True)
     p.add_argument("--reference", required=True, type=Path, help="the reference job's metrics.json")
-    p.add_argument("--artifact", type=Path, nargs="+", default=None,
-                   help="the packed model (default: model.qbc by --out)")
+    p.add_argument("--artifact", type=Path, default=None, help="the packed model (default: model.qbc by --out)")
 
     p = sub.add_parser("tables", help="regenerate the tables of an experiment from MLflow")
     which = p.add_mutually_exclusive_group(required=True)
@@ -216,25 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `quantbench validate x | head` exits quietly
-    if args.command in ("reference", "cell"):
-        jobs = args.job if args.command == "cell" else [args.job]
-        if args.digest is not None and len(args.digest) != len(jobs):
-            parser.error(f"--digest: one per --job, in the same order; got {len(args.digest)} for {len(jobs)} job(s)")
-        args.digest = args.digest or [None] * len(jobs)
-    if args.command == "cell":
-        args.batch = len(args.job) > 1
-        if not args.batch:  # one cell: one path each
-            args.job = args.job[0]
-            for name in ("out", "log", "artifact"):
-                paths = getattr(args, name)
-                if paths is not None and len(paths) != 1:
-                    parser.error(f"--{name}: one cell takes one path, got {len(paths)}")
-                setattr(args, name, paths[0] if paths else None)
-        elif args.nproc_per_node * args.nnodes > 1:
-            parser.error("a batch of cells (several --job) runs in one process: --nproc-per-node and --nnodes "
-                         "must be 1 (config batch: cell for jobs of several processes)")
-        else:
-            return _run(args)  # each cell's output goes to its own --log (runner.run_cells)
+    if getattr(args, "batch", None) is not None:  # a batch job: its cells in this process
+        given = [f"--{name}" for name in ("out", "log", "artifact") if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--batch: {', '.join(given)} not allowed: the plan says where its cells' files go (the "
+                         f"workflow's outputs); name one cell with --job to choose them")
+        if args.nproc_per_node * args.nnodes > 1:
+            parser.error("--batch: a batch of cells runs in one process: --nproc-per-node and --nnodes must be 1 "
+                         "(config batch: cell, whose jobs run one cell each with --job, for jobs of several processes)")
+        return _run(args)  # each cell's output goes to its own log (runner.run_cells)
+    if args.command == "cell" and args.out is None:
+        parser.error("--job: a cell job needs --out (or name it with --batch)")
     if args.command in ("reference", "cell"):
         from quantbench.distributed import launched_by_torchrun
 
@@ -331,23 +330,19 @@ def _launch(args: argparse.Namespace, spec) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    """``quantbench cell`` with several ``--job``: the cells of one reference in this process
-    (:func:`quantbench.runner.run_cells`), each one's output in its own ``--log``."""
+    """``quantbench cell --batch``: its cells in this process (:func:`quantbench.runner.run_cells`; a
+    finished one restored from its run), each one's files where the workflow declares them
+    (:meth:`Plan.cell_files`) and its output in its own log."""
     from quantbench import runner
     from quantbench.plan import Plan
 
     plan = Plan.load(args.plan)
-    specs = [plan.spec(job_id, digest) for job_id, digest in zip(args.job, args.digest, strict=True)]
-    references = [s.identity.cell_id for s in specs if s.identity.kind != "cell"]
-    if references:
-        raise ConfigError(f"--job: a batch is of cells; {references} are references")
-    n = len(specs)
-    artifacts = args.artifact or [out.parent / "model.qbc" for out in args.out]
-    logs = args.log or [None] * n
+    cells = plan.batch(args.batch, args.digest)  # the digest of them all, checked
+    specs = [plan.spec(job_id) for job_id in cells]
+    outs, logs = zip(*(plan.cell_files(job_id) for job_id in cells), strict=True)
+    artifacts = [out.parent / "model.qbc" for out in outs]
 
     def logged(job, log_file):
-        if not log_file:
-            return job()
         result = {}
 
         def succeeded() -> int:  # run_logged takes an exit status: a cell that returns succeeded
@@ -357,7 +352,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         run_logged(succeeded, log_file)
         return result["value"]
 
-    results = runner.run_cells(specs, args.reference, args.out, artifacts, logs, threads=args.threads,
+    results = runner.run_cells(specs, args.reference, list(outs), artifacts, list(logs), threads=args.threads,
                                show_progress=not args.no_progress, logged=logged)
     for result in results:
         print(_summary(result))
@@ -440,9 +435,9 @@ def _job(args: argparse.Namespace) -> int:
     from quantbench import distributed, runner
     from quantbench.plan import Plan
 
-    if getattr(args, "batch", False):
+    if getattr(args, "batch", None) is not None:
         return _run_batch(args)
-    spec = Plan.load(args.plan).spec(args.job, args.digest[0])
+    spec = Plan.load(args.plan).spec(args.job, args.digest)
     if spec.identity.kind != args.command:
         raise ConfigError(f"--job {args.job} is a {spec.identity.kind} job; quantbench {args.command} runs a "
                           f"{args.command}")

@@ -3,8 +3,10 @@
 The Snakefile's ``onstart`` handler writes ``results/runs/<experiment>/plan.json`` (:meth:`Plan.write`)
 when a grid starts and records it in the experiment (``quantbench plan``: a run tagged ``kind=plan``
 with the file as its artifact). A job reads its identity there (``quantbench cell --plan F --job ID
---digest D``); Snakemake's params carry only each job's digest, so its params trigger fires exactly
-when an identity changes; the tables read planned and skipped cells, and each method label's
+--digest D``; a batch job names its cells, ``--batch NAME``: :func:`batch_name`, :meth:`Plan.batch`,
+and finds where their files go there, :meth:`Plan.cell_files`); Snakemake's params carry only each
+job's id (or batch name) and digest, so its params trigger fires exactly when an
+identity changes; the tables read planned and skipped cells, and each method label's
 declarations, from the plans the record holds, with no method's code imported.
 
 The file (``format`` 1; checked against :data:`PLAN_SCHEMA` and its digests when read)::
@@ -122,6 +124,52 @@ class Plan:
     def spec(self, job: str | Cell, digest: str | None = None) -> JobSpec:
         return JobSpec(self.identity(job, digest), self.context)
 
+    def batch(self, name: str, digest: str | None = None) -> list[str]:
+        """The ids of the cells batch ``name`` names (:func:`batch_name`: a reference's cells, one label's
+        cells of it, or one cell by its id), by label then budget; with ``digest`` (what Snakemake planned,
+        :meth:`batch_digest`: 16 hex digits at least), a ConfigError when this plan's differs (the file is
+        from another planning, or plans other cells for the batch)."""
+        parts = name.split("/")
+        if name in self.cells:
+            ids = [name]
+        elif name in self.skipped or len(parts) == 5:
+            why = f"skipped: {self.skipped[name]}" if name in self.skipped else f"{len(self.cells)} cells planned"
+            raise ConfigError(f"--batch {name}: not a cell of {self.source} ({why})")
+        elif len(parts) != 4 or not parts[3].startswith("s"):
+            raise ConfigError(f"--batch {name}: expected a reference's id (task/arch/reference/s<seed>: its cells), "
+                              f"task/arch/<label>/s<seed> (that label's cells of the reference) or a cell's id "
+                              f"(task/arch/<label>/b<budget>/s<seed>)")
+        else:
+            task, arch, label, seed = parts
+            ref = reference_id(task, arch, seed[1:])
+            if ref not in self.references:
+                raise ConfigError(f"--batch {name}: {self.source} has no reference {ref} (its references: "
+                                  f"{_some(self.references)})")
+            ids = [i for i, c in self.cells.items() if c["reference"] == ref and label in ("reference", c["method"])]
+            if not ids:
+                labels = dict.fromkeys(c["method"] for c in self.cells.values() if c["reference"] == ref)
+                raise ConfigError(f"--batch {name}: {self.source} plans no cell of label {label!r} for {ref} (its "
+                                  f"labels there: {_some(labels)})")
+        ids.sort(key=lambda i: (self.cells[i]["method"], self.cells[i]["budget"]))
+        if digest is not None and (len(digest) < 16 or not self.batch_digest(ids).startswith(digest)):
+            raise ConfigError(f"--digest {digest}: {self.source} plans batch {name} ({len(ids)} cell(s)) as "
+                              f"{self.batch_digest(ids)[:16]}: the file is from another planning of the grid; run "
+                              f"snakemake again (it rewrites the plan when it starts)")
+        return ids
+
+    def batch_digest(self, job_ids: list[str]) -> str:
+        """The digest of the jobs ``job_ids`` (in any order), what a batch job's params carry (its first 16 hex
+        digits) and ``--digest`` checks: one job's own digest (its run's ``config_hash``), else sha256 of
+        ``{job id: digest}`` of them all, so a change of any member's identity, or of the members, changes it."""
+        if len(job_ids) == 1:
+            return self.digests[job_ids[0]]
+        return content_hash({job_id: self.digests[job_id] for job_id in job_ids})
+
+    def cell_files(self, job_id: str) -> tuple[Path, Path]:
+        """Where the workflow puts cell ``job_id``'s ``metrics.json`` and its log (rules/common.smk)."""
+        runs, logs = job_dirs(self.context.results_dir, self.context.experiment)
+        return Path(f"{runs}/{job_id}/metrics.json"), Path(f"{logs}/{job_id}.log")
+
     def as_dict(self) -> dict:
         return {"format": FORMAT, "context": dataclasses.asdict(self.context), "methods": self.methods,
                 "references": {i: {"identity": job.as_dict(), "digest": self.digests[i]}
@@ -215,8 +263,31 @@ def reference_identity(cfg: Config, task: str, arch: str, seed: int) -> JobIdent
                        eval_transform=preprocessing(settings.pretrained, where))
 
 
-def reference_id(task: str, arch: str, seed: int) -> str:
+def reference_id(task: str, arch: str, seed: int | str) -> str:
     return f"{task}/{arch}/reference/s{seed}"
+
+
+def batch_name(task: str, arch: str, seed: int | str, label: str | None = None, budget: str | None = None) -> str:
+    """How a cell job names its cells (``quantbench cell --batch``, :meth:`Plan.batch`): with ``budget``, one
+    cell's id (rule ``cell``'s ``--job``); with ``label`` alone, that label's cells of reference (task, arch, seed)
+    (``task/arch/<label>/s<seed>``, rule ``cells_<label>``); else every cell of the reference (its id, rule
+    ``cells``)."""
+    if budget is not None:
+        return f"{task}/{arch}/{label}/b{budget}/s{seed}"
+    return f"{task}/{arch}/{label or 'reference'}/s{seed}"
+
+
+def job_dirs(results_dir: str, experiment: str) -> tuple[str, str]:
+    """Where a grid's jobs write: ``runs/<experiment>`` (each job's ``metrics.json``, and plan.json) and
+    ``logs/<experiment>`` (each job's log) under ``results_dir``."""
+    return f"{results_dir}/runs/{experiment}", f"{results_dir}/logs/{experiment}"
+
+
+def _some(names, shown: int = 4) -> str:
+    """Up to ``shown`` of ``names`` and how many more, for a one-line error."""
+    names = list(names)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def plan_grid(cfg: Config) -> Plan:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from quantbench.plan import Plan
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 GRIDS = sorted((REPO / "workflows" / "config").glob("*.yaml"))
@@ -39,9 +41,11 @@ def run(cwd: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def planned_jobs(dry_run_output: str) -> tuple[dict, set]:
-    """``{job id: digest}`` of every job a ``snakemake -n -p`` printed (every cell of a batch job), and
-    the plan files they read; no command carries a spec of its own."""
+def planned_jobs(dry_run_output: str, plan: dict) -> tuple[dict, set]:
+    """``{job id: digest}`` of every job a ``snakemake -n -p`` printed (every cell of a cell job: its
+    ``--batch`` read back with ``plan``, ``quantbench validate --json``, which checks the ``--digest``
+    Snakemake planned for it), and the plan files they read; no command carries a spec of its own."""
+    plan = Plan.from_dict(plan, "quantbench validate --json")
     jobs, plans = {}, set()
     for line in dry_run_output.splitlines():
         if "quantbench reference --" not in line and "quantbench cell --" not in line:
@@ -49,11 +53,15 @@ def planned_jobs(dry_run_output: str) -> tuple[dict, set]:
         words = shlex.split(line[line.index("quantbench"):].split(" > ")[0])
         assert "--spec" not in words and "{" not in line, line  # no JSON on the command line
         plans.add(words[words.index("--plan") + 1])
-        ids = words[words.index("--job") + 1:words.index("--digest")]
-        digests = words[words.index("--digest") + 1:words.index("--digest") + 1 + len(ids)]
-        for job_id, digest in zip(ids, digests, strict=True):
+        digest = words[words.index("--digest") + 1]
+        if "--batch" in words:
+            ids = plan.batch(words[words.index("--batch") + 1], digest)
+        else:
+            ids = [words[words.index("--job") + 1]]
+            plan.identity(ids[0], digest)
+        for job_id in ids:
             assert job_id not in jobs, f"{job_id} is planned twice"
-            jobs[job_id] = digest
+            jobs[job_id] = plan.digests[job_id][:16]
     return jobs, plans
 
 
@@ -69,8 +77,8 @@ def test_every_shipped_grid_plans_exactly_what_validate_says_from_the_repository
     path = grid.relative_to(REPO) if grid else Path("workflows/config/default.yaml")
     args = ["--configfile", str(path)] if grid else []
     dry = run(checkout, "snakemake", "-n", "-p", *args)
-    jobs, plans = planned_jobs(dry.stdout + dry.stderr)
     plan = json.loads(run(checkout, "quantbench.cli", "validate", "--json", str(path)).stdout)
+    jobs, plans = planned_jobs(dry.stdout + dry.stderr, plan)
     assert plans == {f"{plan['context']['results_dir']}/runs/{plan['context']['experiment']}/plan.json"}
     assert jobs == digests(plan)
 
@@ -79,11 +87,11 @@ def test_command_line_overrides_apply_on_top_of_the_grid_file(checkout):
     path = "workflows/config/paper_lc.yaml"
     dry = run(checkout, "snakemake", "-n", "-p", "--configfile", path, "--config", "seeds=[3]", "download=true",
               "data_root=/data")
-    jobs, _ = planned_jobs(dry.stdout + dry.stderr)
     # the same grid written with seeds [3] (where data live and downloads are in no identity)
     grid = yaml.safe_load((checkout / path).read_text())
     (checkout / "seed3.yaml").write_text(yaml.safe_dump({**grid, "seeds": [3]}))
     plan = json.loads(run(checkout, "quantbench.cli", "validate", "--json", "seed3.yaml").stdout)
+    jobs, _ = planned_jobs(dry.stdout + dry.stderr, plan)
     assert jobs == digests(plan) and {k.rpartition("/s")[2] for k in jobs} == {"3"}
     # the context the jobs will be given: the Snakefile's planning of the same overrides
     from quantbench.config import load_config, merged_config, read_yaml, typed_overrides

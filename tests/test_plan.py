@@ -1,5 +1,6 @@
 """The plan file: every job's identity from planning to the job, checked when read; a job started
-from it (``--plan F --job ID --digest D``) computes what the planned identity says."""
+from it (``--plan F --job ID --digest D``, or a cell job's ``--batch NAME``) computes what the planned
+identity says."""
 
 from __future__ import annotations
 
@@ -87,31 +88,35 @@ def test_a_job_refuses_an_id_or_a_digest_the_plan_does_not_have(grid):
 
 
 def test_a_job_started_from_the_plan_file_makes_the_artifact_of_its_identity(grid, tmp_path):
-    """``quantbench cell --plan F --job ID --digest D`` (one cell, and a batch of two) writes the same
-    bytes as running the planned identity in this process."""
+    """``quantbench cell --plan F --job ID --digest D --out O`` (one cell) and ``--batch REF --digest D``
+    (the reference's cells, written where the plan says) write the same bytes as running the planned
+    identities in this process."""
     plan = plan_grid(grid)
     ref = tmp_path / "ref" / "metrics.json"
     run_reference(plan.spec(reference_id("digits", "lenet300", 0)), ref, show_progress=False)
-    cells = [Cell("digits", "lenet300", "rtn", "2", 0), Cell("digits", "lenet300", "lc_ternary", "1.58", 0)]
+    batch = reference_id("digits", "lenet300", 0)
+    cells = plan.batch(batch)
+    assert cells == ["digits/lenet300/lc_ternary/b1.58/s0", "digits/lenet300/rtn/b1.58/s0",
+                     "digits/lenet300/rtn/b2/s0"]
     cli = [sys.executable, "-m", "quantbench.cli", "cell", "--reference", str(ref), "--no-progress"]
     # the batch first: nothing of its cells is recorded yet, so it computes them (not restores them)
-    batch = [tmp_path / "batch" / c.id / "metrics.json" for c in cells]
-    proc = subprocess.run([*cli, *job_args(grid, cells[0], tmp_path)[:2], "--job", *[c.id for c in cells],
-                           "--digest", *[plan.digests[c.id][:16] for c in cells], "--out", *map(str, batch)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*cli, *job_args(grid, cells[0], tmp_path)[:2], "--batch", batch, "--digest",
+                           plan.batch_digest(cells)[:16]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [plan.cell_files(c)[0] for c in cells]
+    assert all(out.is_file() and plan.cell_files(c)[1].is_file() for c, out in zip(cells, written, strict=True))
     one = tmp_path / "one" / "metrics.json"
     proc = subprocess.run([*cli, *job_args(grid, cells[0], tmp_path), "--out", str(one)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    here = [tmp_path / "here" / c.id / "metrics.json" for c in cells]
+    here = [tmp_path / "here" / c / "metrics.json" for c in cells]
     for cell, out in zip(cells, here, strict=True):
         run_cell(plan.spec(cell), ref, out, show_progress=False)
-    for a, b in [(here[0], one), *zip(here, batch, strict=True)]:
+    for a, b in [(here[0], one), *zip(here, written, strict=True)]:
         assert (a.parent / "model.qbc").read_bytes() == (b.parent / "model.qbc").read_bytes()
         assert json.loads(a.read_text())["metrics"] == json.loads(b.read_text())["metrics"]
     # a digest that is not the plan's: refused before anything runs, naming the job
-    proc = subprocess.run([*cli, "--plan", str(tmp_path / "plan.json"), "--job", cells[0].id, "--digest",
+    proc = subprocess.run([*cli, "--plan", str(tmp_path / "plan.json"), "--job", cells[0], "--digest",
                            "f" * 16, "--out", str(tmp_path / "no" / "metrics.json")], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 2 and "the file is from another planning" in proc.stderr

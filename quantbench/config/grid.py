@@ -41,11 +41,13 @@ class Cell:
 
 @dataclass(frozen=True)
 class Batch:
-    """The cells one Snakemake job computes for one (task, arch, seed): its rule's name and its
-    ``(method, budget)`` pairs; ``batch: cell`` has one pair of wildcards, ``{method}`` and ``{budget}``."""
+    """The cells one Snakemake job computes for one (task, arch, seed): its rule's name, its
+    ``(method, budget)`` pairs (``batch: cell`` has one pair of wildcards, ``{method}`` and ``{budget}``)
+    and, for ``batch: method``, the method label they share (the job's name, :func:`quantbench.plan.batch_name`)."""
 
     rule: str
     members: tuple[tuple[str, str], ...]
+    label: str | None = None
 
 
 BATCH_KEY = {"method": lambda pair: pair[0], "reference": lambda pair: ""}
@@ -145,7 +147,7 @@ class Config:
         groups: dict[str, list[tuple[str, str]]] = {}
         for pair in dict.fromkeys((c.method, c.budget) for c in self.cells):
             groups.setdefault(key(pair), []).append(pair)
-        return [Batch(f"cells_{name.replace('@', '_at_')}" if name else "cells", tuple(pairs))
+        return [Batch(f"cells_{name.replace('@', '_at_')}" if name else "cells", tuple(pairs), name or None)
                 for name, pairs in groups.items()]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from quantbench.format import CompressedModel
@@ -30,3 +31,21 @@ def job_args(cfg, job: str, where: Path) -> list[str]:
     path = plan.write(where / "plan.json")
     job_id = job if isinstance(job, str) else job.id
     return ["--plan", str(path), "--job", job_id, "--digest", plan.digests[job_id][:16]]
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs a ``snakemake -n -p`` printed: each one's ``rule``, declared ``output`` and ``log`` files
+    (lists), ``wildcards`` (a dict) and ``shell`` command."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule )", output):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule is None:
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, flags=re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        jobs.append({"rule": rule.group(1), "output": fields.get("output", "").split(", "),
+                     "log": fields["log"].split(", ") if "log" in fields else [],
+                     "wildcards": dict(p.split("=", 1) for p in fields["wildcards"].split(", "))
+                     if "wildcards" in fields else {},
+                     "shell": shell.group(1) if shell else None})
+    return jobs

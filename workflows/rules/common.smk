@@ -13,7 +13,7 @@ from snakemake.exceptions import WorkflowError
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
 from quantbench.errors import ConfigError
-from quantbench.plan import PLAN_FILE, plan_grid, reference_id
+from quantbench.plan import PLAN_FILE, batch_name, job_dirs, plan_grid, reference_id
 from quantbench.spec import content_hash
 
 
@@ -47,8 +47,7 @@ except ConfigError as e:
 
 RESULTS = str(CFG.results)
 EXP = CFG.name
-RUNS = f"{RESULTS}/runs/{EXP}"
-LOGS = f"{RESULTS}/logs/{EXP}"
+RUNS, LOGS = job_dirs(RESULTS, EXP)  # as the jobs find them from the plan (Plan.cell_files)
 TABLES = f"{RESULTS}/tables/{EXP}"
 PLAN = f"{RUNS}/{PLAN_FILE}"
 
@@ -168,10 +167,18 @@ def batch_jobs(wildcards, batch):
                  b.format(budget=wildcards.get("budget")), int(wildcards.seed)).id for m, b in batch.members]
 
 
-def digests(job_ids):
-    """The identity digests (first 16 hex digits) of ``job_ids``: the params Snakemake compares, and
-    what the job checks the plan file against."""
-    return " ".join(the_plan().digests[job_id][:16] for job_id in job_ids)
+def batch_job(wildcards, batch):
+    """What a cell job names its cells by (quantbench.plan.batch_name): rule ``cell`` its one cell by its
+    id (``--job``), ``cells_<label>`` its cells as task/arch/<label>/s<seed> and ``cells`` by their
+    reference's id (``--batch``: the job reads its cells, and where their files go, from the plan)."""
+    method, budget = (wildcards.method, wildcards.budget) if batch.rule == "cell" else (batch.label, None)
+    return batch_name(wildcards.task, wildcards.arch, wildcards.seed, method, budget)
+
+
+def batch_digest(wildcards, batch):
+    """The digest (first 16 hex digits) of a cell job's cells (Plan.batch_digest: one cell's own, else of
+    them all): the param Snakemake compares, and what the job checks the plan file against."""
+    return the_plan().batch_digest(batch_jobs(wildcards, batch))[:16]
 
 
 def job_resources(kind, cells=1):

@@ -9,7 +9,7 @@ rule reference:
         launch=launch,
         launch_args=launch_args,
         job=reference_job,
-        digest=lambda wildcards: digests([reference_job(wildcards)]),
+        digest=lambda wildcards: the_plan().digests[reference_job(wildcards)][:16],
     threads: rule_resource(CFG.raw, "reference", "threads")
     resources:
         **job_resources("reference"),
