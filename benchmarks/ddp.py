@@ -4,7 +4,7 @@ when the machine has several.
 Each configuration runs the real reference recipe (``train``: DDP) and QAT's ``compress`` (the
 ``functional_call`` forward, gradients averaged by one all-reduce) under
 ``python -m torch.distributed.run --standalone --nproc-per-node N``, on a synthetic CIFAR-shaped
-task, and times each epoch of :func:`quantbench.train.train_epoch` (the one epoch loop); the figure
+task, and times each epoch of :func:`quantbench.training.loop.train_epoch` (the one epoch loop); the figure
 is the mean over the epochs after the first (warm-up). The global batch is the same for every
 process count (the configured batch, computed in N parts), so samples/s compare directly. On CPU
 the job's ``--threads`` are shared by its processes (1 process x 2 threads against 2 x 1 on a
@@ -45,10 +45,10 @@ def worker(args: argparse.Namespace) -> None:
     """One rank: train ``args.method`` for ``args.epochs`` epochs; rank 0 writes the epoch times."""
     import quantbench.methods.diffq as diffq
     from quantbench import distributed
-    from quantbench import train as training
     from quantbench.method import Budget, RunContext, make_params
     from quantbench.methods import get_method
     from quantbench.models import build_model
+    from quantbench.training import loop as training
 
     device = distributed.init(torch.device(args.device))
     torch.set_num_threads(max(1, args.threads // distributed.local_processes()))

@@ -32,7 +32,7 @@ from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
-from quantbench.train import seed_everything, train
+from quantbench.training.loop import seed_everything, train
 
 DEFAULT = Path(__file__).resolve().parent.parent / "workflows" / "config" / "default.yaml"
 FORMS = {"controller": {"final_fraction": 0.0}, "+ final noise": {"final_forward": "noise"},

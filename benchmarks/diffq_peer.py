@@ -46,7 +46,7 @@ from quantbench.method import DATA_ORDER, Budget, RunContext, compressible, deri
 from quantbench.methods import get_method  # noqa: E402
 from quantbench.methods.diffq import range_record  # noqa: E402
 from quantbench.models import build_model  # noqa: E402
-from quantbench.train import TrainSettings, seed_everything, train  # noqa: E402
+from quantbench.training.loop import TrainSettings, seed_everything, train  # noqa: E402
 
 DEFAULT = Path(__file__).resolve().parent.parent / "workflows" / "config" / "default.yaml"
 

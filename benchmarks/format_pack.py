@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from quantbench.format import CompressedModel
-from quantbench.uniform import quantize_uniform
+from quantbench.methods.uniform import quantize_uniform
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -30,11 +30,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 PHASES = ("time_train_s", "time_compress_s", "time_eval_s")
 
-JOB = "import quantbench.runner"
+JOB = "import quantbench.jobs.runner"
 STORE = JOB + "; from quantbench.tracking import Tracker; Tracker('sqlite:///{tmp}/mlflow.db').ensure_experiment('x')"
 DATA = (STORE + "; from quantbench.data import build_task; from quantbench.models import build_model; "
         "t = build_task('digits'); m = build_model('lenet300', input_shape=[1, 8, 8], num_classes=10)")
-STEP = (DATA + "; from quantbench.train import make_optimizer; o = make_optimizer(m.parameters(), 'sgd', 0.1); "
+STEP = (DATA + "; from quantbench.training.loop import make_optimizer; o = make_optimizer(m.parameters(), 'sgd', 0.1); "
         "m(t.train[0][0][None]).sum().backward(); o.step()")
 # (name, code, part of the job's chain): a chain step is a fresh process doing everything above it too,
 # and its "step s" is what it adds; the others are what a package costs on its own
@@ -43,10 +43,10 @@ STEPS = [
     ("import torch (alone)", "import torch", False),
     ("import torch, torchvision (alone)", "import torch, torchvision", False),
     ("import torch, mlflow (alone)", "import torch, mlflow", False),
-    ("job: import quantbench.runner", JOB, True),
+    ("job: import quantbench.jobs.runner", JOB, True),
     ("job: + MLflow store start (SQLite), an experiment", STORE, True),
     ("job: + digits task and LeNet300", DATA, True),
-    ("job: + first optimizer step (quantbench.train, a backward and a step)", STEP, True),
+    ("job: + first optimizer step (quantbench.training.loop, a backward and a step)", STEP, True),
 ]
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 import yaml
 
 from quantbench.config import load_config
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
 
 GRID = Path(__file__).resolve().parent.parent / "workflows" / "config" / "default.yaml"

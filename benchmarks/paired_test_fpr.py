@@ -13,7 +13,7 @@ network's own effect, shared by both methods on seed s (they compress the same r
   ``--collapse`` (then right with probability 0.1, chance on 10 classes).
 
 Methods A and B are the same method, so every rejection is a false positive; the table prints,
-per regime and number of seeds, the rejection rate at α of :func:`quantbench.stats.paired_difference`
+per regime and number of seeds, the rejection rate at α of :func:`quantbench.report.stats.paired_difference`
 (what bold, ``compare`` and the claims use: a paired t over the seeds, the exact sign-flip where
 the differences have no spread, a bootstrap over test examples at one seed) over ``--trials``
 pairs, with its Monte-Carlo standard error; and, per regime, the rate of the one-sided test of
@@ -35,7 +35,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from quantbench.stats import Examples, paired_difference
+from quantbench.report.stats import Examples, paired_difference
 
 SPLIT = {"task": "simulated", "split": "test", "n": 0, "order_sha256": "0" * 64}
 REGIMES = ("examples", "shifts", "collapse")

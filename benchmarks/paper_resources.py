@@ -17,7 +17,7 @@ set at an assumed rate (:data:`RATE`, one H100 with the job's loader workers), t
 measured 1.00-1.16x the plain step at 224x224 and up to 2.2x at 64x64, on CPU), plus a fixed
 cost per job (:data:`FIXED_MIN`: reading the data, evaluating, packing). The request is
 :data:`MARGIN` times that, rounded up to :data:`STEP_MIN` minutes. MNIST jobs run on CPUs at the
-rate measured here (``quantbench.train.train``, lenet300 and lenet5, 6,000 synthetic samples, 2
+rate measured here (``quantbench.training.loop.train``, lenet300 and lenet5, 6,000 synthetic samples, 2
 threads, 2026-12-03: about 3,200 samples/s); every other task gets one GPU, one process per job
 (several GPUs per job have not been run on GPUs here: docs/cluster.md).
 

@@ -35,11 +35,11 @@ from torch.utils.data import TensorDataset
 from quantbench.config import load_config
 from quantbench.data import TASK_SHAPES, LanguageModelingTask, Task
 from quantbench.format import CompressedModel
+from quantbench.jobs.plan import plan_grid, reference_id
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
-from quantbench.plan import plan_grid, reference_id
-from quantbench.train import TrainSettings, seed_everything, train
+from quantbench.training.loop import TrainSettings, seed_everything, train
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "workflows" / "config"
 
@@ -64,7 +64,7 @@ def sync(device: torch.device) -> None:
 
 
 def reference_epoch_seconds(model: torch.nn.Module, task: Task, settings: TrainSettings, device) -> float:
-    """Wall time of one epoch of the reference recipe (``quantbench.train.train``: its optimiser,
+    """Wall time of one epoch of the reference recipe (``quantbench.training.loop.train``: its optimiser,
     schedule and AMP on CUDA) over the synthetic samples; the second of two epochs (warm)."""
     one = dataclasses.replace(settings, epochs=1, warmup_epochs=0)
     times = []

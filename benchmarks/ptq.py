@@ -50,7 +50,7 @@ def fastest(repeat: int, fn: Callable[[], tuple[torch.Tensor, float, float]]) ->
 
 def ours_gptq(w: torch.Tensor, batches: list[torch.Tensor], bits: int) -> tuple[torch.Tensor, float, float]:
     from quantbench.methods.gptq import gptq_layer
-    from quantbench.uniform import uniform_grid
+    from quantbench.methods.uniform import uniform_grid
 
     t0 = time.perf_counter()
     n = w.shape[1]

@@ -33,7 +33,7 @@ does not move while the weights are updated. Settings (``SETTINGS``):
   at K = 2^b − 1 levels, the same alphabet.
 
 Columns: each side's accuracy (mean and 95 % t interval over the calibration seeds), the paired
-difference ours − Brevitas over the same test examples and seeds (``quantbench.stats
+difference ours − Brevitas over the same test examples and seeds (``quantbench.report.stats
 .paired_difference``: bootstrap interval and p-value), each side's wall time per network (model
 conversion, calibration passes and the method; ``--threads`` torch threads), and the share of
 weights on which both chose the same level (comparable where the alphabets are the same).
@@ -66,8 +66,8 @@ from quantbench.format import CompressedModel
 from quantbench.method import Budget, RunContext
 from quantbench.methods import get_method, ptq
 from quantbench.models import build_model
-from quantbench.stats import Examples, format_p, paired_difference, t_interval
-from quantbench.train import seed_everything, train
+from quantbench.report.stats import Examples, format_p, paired_difference, t_interval
+from quantbench.training.loop import seed_everything, train
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "workflows" / "config" / "default.yaml"

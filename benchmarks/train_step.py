@@ -1,7 +1,7 @@
 """Time of one training step of each training-based method against the plain step, at ResNet-18/50 size.
 
 Each method's real ``compress`` (or the reference ``train``) runs over a synthetic ImageNet-shaped
-task, and every call of :func:`quantbench.train.train_step` (the one step all of them share:
+task, and every call of :func:`quantbench.training.loop.train_step` (the one step all of them share:
 forward with the method's fake quantization / noise, its penalty, backward, optimizer steps and
 its after-step hook) is timed; a method's figure is the median step after ``--warmup`` steps, so
 set-up, data loading, the records made at the end, LC's C step and evaluation are left out. Rounds
@@ -28,12 +28,12 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-import quantbench.train
+import quantbench.training.loop
 from quantbench.data import Task
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.models import build_model
-from quantbench.train import TrainSettings, train
+from quantbench.training.loop import TrainSettings, train
 
 METHODS = {  # one epoch of training, the rest minimal
     "qat": {"epochs": 1},
@@ -54,7 +54,7 @@ def synthetic(batches: int, batch: int, image: int, classes: int = 1000) -> Task
 
 def step_times(run) -> list[float]:
     """Seconds of every ``train_step`` call while ``run()`` runs."""
-    times, step = [], quantbench.train.train_step
+    times, step = [], quantbench.training.loop.train_step
 
     def timed(*args, **kwargs):
         t0 = time.perf_counter()
@@ -64,11 +64,11 @@ def step_times(run) -> list[float]:
         times.append(time.perf_counter() - t0)
         return out
 
-    quantbench.train.train_step = timed
+    quantbench.training.loop.train_step = timed
     try:
         run()
     finally:
-        quantbench.train.train_step = step
+        quantbench.training.loop.train_step = step
     return times
 
 

@@ -56,7 +56,7 @@ from quantbench.method import (
     derive_seed,
 )
 from quantbench.registry import register_method
-from quantbench.train import Schedule, make_optimizer, make_schedule, straight_through, train_epoch
+from quantbench.training.loop import Schedule, make_optimizer, make_schedule, straight_through, train_epoch
 
 RANGE_BITS = 2 * 32  # min and max of the tensor, fp32
 

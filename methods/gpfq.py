@@ -31,8 +31,8 @@ from torch import nn
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, Progress, RunContext, compressible, plain
 from quantbench.methods import ptq
+from quantbench.methods.uniform import round_to_grid
 from quantbench.registry import register_method
-from quantbench.uniform import round_to_grid
 
 
 @dataclass

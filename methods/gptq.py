@@ -3,7 +3,7 @@ Hoefler & Alistarh, ICLR 2023, arXiv 2210.17323).
 
 Layers are quantized in forward order; layer ℓ's input X̃ is its input in the network whose
 earlier layers are already quantized (the calibration rows, as GPFQ's sequential mode). Per
-layer, with the K-level grid of :mod:`quantbench.uniform` fixed from the original weights (RTN's
+layer, with the K-level grid of :mod:`quantbench.methods.uniform` fixed from the original weights (RTN's
 grid: per tensor or per output channel, minmax or symmetric), and all neurons (rows of W) at once:
 
     H = 2 X̃ᵀX̃ (accumulated over calibration batches),  dead inputs (H_jj = 0): H_jj = 1, W_:j = 0,
@@ -30,8 +30,8 @@ from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, Progress, RunContext, compressible, plain
 from quantbench.methods import ptq
 from quantbench.methods.rtn import RTN
+from quantbench.methods.uniform import Scheme, nearest_code, uniform_grid
 from quantbench.registry import register_method
-from quantbench.uniform import Scheme, nearest_code, uniform_grid
 
 
 @dataclass

@@ -32,7 +32,7 @@ from quantbench.errors import ConfigError
 from quantbench.format import COUNT_BITS, Codebook, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, QuantizedForward, RunContext, check_bits, check_model, compressible
 from quantbench.registry import register_method
-from quantbench.train import Schedule, fit_trainer, straight_through
+from quantbench.training.loop import Schedule, fit_trainer, straight_through
 
 MAX_BITS = 10
 P_GRID = np.unique(np.concatenate([np.geomspace(1e-3, 1.0, 600), np.linspace(0.01, 1.0, 400)]))

@@ -1,7 +1,7 @@
 """Quantization-aware training baselines: QAT with the straight-through estimator (Bengio et al.
 2013; Jacob et al. 2018) and LSQ (Esser et al., arXiv 1902.08153), both at b bits per weight.
 
-Both train from the reference on their :class:`~quantbench.train.Schedule` with every linear/conv
+Both train from the reference on their :class:`~quantbench.training.loop.Schedule` with every linear/conv
 weight w replaced, in the forward pass, by a quantized ŵ (:class:`QuantizedForward`; the library's
 ``QAT`` and ``LSQ`` trainers, docs/library.md):
 
@@ -29,9 +29,9 @@ from torch import nn
 from quantbench.errors import ConfigError
 from quantbench.format import AffineGrid, CompressedModel, QuantizedTensor
 from quantbench.method import Budget, Method, QuantizedForward, RunContext, check_bits, check_model
+from quantbench.methods.uniform import fake_quantize_uniform, quantize_uniform, round_to_grid
 from quantbench.registry import register_method
-from quantbench.train import Schedule, fit_trainer, straight_through
-from quantbench.uniform import fake_quantize_uniform, quantize_uniform, round_to_grid
+from quantbench.training.loop import Schedule, fit_trainer, straight_through
 
 
 def whole_bits(call: str, model: nn.Module, bits: int, low: int) -> int:

@@ -1,7 +1,7 @@
 """RTN: uniform round-to-nearest on K = 2^b levels, per tensor or per output channel (baseline).
 
 Every linear/conv weight W is replaced by ``scale * (round(W / scale + zero) - zero)`` on its
-K-level grid (:mod:`quantbench.uniform`; a b-bit budget pays for K = ``Budget.levels`` levels: 2^b,
+K-level grid (:mod:`quantbench.methods.uniform`; a b-bit budget pays for K = ``Budget.levels`` levels: 2^b,
 or 3 at 1.58 bits); biases and buffers stay fp32. No data is used. The symmetric grid needs an odd
 K (0 on the grid): it serves 1.58 (3 levels), 2.32 (5), 2.81 (7), ... bits, not whole bits, since
 2^b − 1 levels stored at b bits would pay for a level it never uses.
@@ -16,8 +16,8 @@ from torch import nn
 
 from quantbench.format import CompressedModel
 from quantbench.method import Budget, Method, RunContext, compressible
+from quantbench.methods.uniform import Scheme, quantize_uniform, scheme_allows
 from quantbench.registry import register_method
-from quantbench.uniform import Scheme, quantize_uniform, scheme_allows
 
 
 @dataclass

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from quantbench.method import ConfigError
-from quantbench.train import file_sha256
+from quantbench.training.loop import file_sha256
 
 log = logging.getLogger("quantbench")
 FETCH_HINT = ("fetch it first with `quantbench fetch-weights <grid>` (where the network is reachable), "

@@ -65,21 +65,21 @@ def _number(text: str, check: Callable[[float], float]) -> float:
 
 def _size_tolerance(text: str) -> float:
     """``quantbench tables --size-tolerance``: a number in (0, 0.5]."""
-    from quantbench.summary import check_size_tolerance
+    from quantbench.report.summary import check_size_tolerance
 
     return _number(text, check_size_tolerance)
 
 
 def _alpha(text: str) -> float:
     """``--alpha``, a test level: a number in (0, 0.5]."""
-    from quantbench.stats import check_alpha
+    from quantbench.report.stats import check_alpha
 
     return _number(text, check_alpha)
 
 
 def _margin(text: str) -> float:
     """``--margin``: a number ≥ 0 (accuracy/error: points; perplexity, loss: a fraction of B's value)."""
-    from quantbench.stats import check_margin
+    from quantbench.report.stats import check_margin
 
     return _number(text, check_margin)
 
@@ -297,14 +297,14 @@ def run_logged(job: Callable[[], int], path: Path, tail: int = 30) -> int:
 def _launch(args: argparse.Namespace, spec) -> int:
     """The launcher of a job of several processes: run this command's ranks under torchrun; when
     one fails (torchrun then stops the others) or this process is signalled, close the run rank 0
-    left RUNNING as FAILED or KILLED (:func:`quantbench.tracking.runs.close_left_running`)."""
+    left RUNNING as FAILED or KILLED (:func:`quantbench.jobs.runs.close_left_running`)."""
     import tempfile
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     from quantbench import distributed
-    from quantbench.tracking.runs import close_left_running
+    from quantbench.jobs.runs import close_left_running
 
     if args.nproc_per_node < 1 or args.nnodes < 1:
         raise ConfigError(f"--nproc-per-node {args.nproc_per_node} --nnodes {args.nnodes}: both must be >= 1")
@@ -330,11 +330,11 @@ def _launch(args: argparse.Namespace, spec) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    """``quantbench cell --batch``: its cells in this process (:func:`quantbench.runner.run_cells`; a
+    """``quantbench cell --batch``: its cells in this process (:func:`quantbench.jobs.runner.run_cells`; a
     finished one restored from its run), each one's files where the workflow declares them
     (:meth:`Plan.cell_files`) and its output in its own log."""
-    from quantbench import runner
-    from quantbench.plan import Plan
+    from quantbench.jobs import runner
+    from quantbench.jobs.plan import Plan
 
     plan = Plan.load(args.plan)
     cells = plan.batch(args.batch, args.digest)  # the digest of them all, checked
@@ -372,7 +372,7 @@ def _validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     cfg.check_claims()
     if args.json:
-        from quantbench.plan import plan_grid
+        from quantbench.jobs.plan import plan_grid
 
         print(plan_grid(cfg).to_json(), end="")
     else:
@@ -417,7 +417,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     """Record a grid's plan.json in its MLflow experiment."""
-    from quantbench.plan import Plan
+    from quantbench.jobs.plan import Plan
     from quantbench.tracking import experiment_store
 
     plan = Plan.load(args.plan)
@@ -432,8 +432,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _job(args: argparse.Namespace) -> int:
     """Run one reference or cell job (or a batch of cells)."""
-    from quantbench import distributed, runner
-    from quantbench.plan import Plan
+    from quantbench import distributed
+    from quantbench.jobs import runner
+    from quantbench.jobs.plan import Plan
 
     if getattr(args, "batch", None) is not None:
         return _run_batch(args)
@@ -458,9 +459,9 @@ def _job(args: argparse.Namespace) -> int:
 
 def _tables(args: argparse.Namespace) -> int:
     """Regenerate the tables, plots and claims of an experiment from MLflow."""
-    from quantbench.claims import parse_claims
-    from quantbench.plan import TABLES_DEFAULTS, Plan
-    from quantbench.tables import tables_from_mlflow
+    from quantbench.config.claims import parse_claims
+    from quantbench.jobs.plan import TABLES_DEFAULTS, Plan
+    from quantbench.report.tables import tables_from_mlflow
     from quantbench.tracking import resolve_tracking_uri
 
     settings, results, uri, claims = dict(TABLES_DEFAULTS), Path("results"), args.tracking_uri, args.claims
@@ -482,7 +483,7 @@ def _tables(args: argparse.Namespace) -> int:
 
 def _claims(args: argparse.Namespace) -> int:
     """Check a grid's claims against its record."""
-    from quantbench.claims import claims_command
+    from quantbench.report.claims import claims_command
 
     cfg = _grid(args)
     cfg.check_claims()
@@ -494,7 +495,7 @@ def _claims(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """The paired difference of two cells, with margins and power on request."""
-    from quantbench.significance import compare_command
+    from quantbench.report.significance import compare_command
 
     if args.power is not None and math.isnan(args.power):
         raise ConfigError("--power needs the difference to detect, in the metric's units "
@@ -506,7 +507,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _variance(args: argparse.Namespace) -> int:
     """Where a record's seed-to-seed variance comes from."""
-    from quantbench.variance import variance_command
+    from quantbench.report.variance import variance_command
 
     if (cfg := _grid(args)) is not None:
         seeds = cfg.raw["seeds"]
@@ -520,7 +521,7 @@ def _variance(args: argparse.Namespace) -> int:
 
 def _docs_tables(args: argparse.Namespace) -> int:
     """Rewrite (or --check) the docs' tables from their CSVs."""
-    from quantbench.doctables import stale, update
+    from quantbench.report.doctables import stale, update
 
     docs = args.docs or [Path("README.md"), Path("docs/grids.md"), *sorted(Path("docs/methods").glob("*.md"))]
     if args.check:

@@ -141,7 +141,7 @@ class ShardedBatches(Sampler[list]):
     """Rank ``rank``'s share ``batch[rank::world]`` of each global batch of ``batch_size`` drawn
     from ``order`` (an :class:`~quantbench.data.EpochOrder`). Every rank yields one batch per global
     batch; a rank whose share of the last batch is empty gets that batch's first sample, which
-    :func:`quantbench.train.train_epoch` weights 0.
+    :func:`quantbench.training.loop.train_epoch` weights 0.
 
     ``torch.utils.data.DistributedSampler`` is not used: it shards the whole epoch and pads it to
     a multiple of ``world`` with repeated samples, so its last global batch is not the one-process

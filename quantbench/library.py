@@ -41,7 +41,7 @@ from quantbench.methods import gptq as gptq_method
 from quantbench.methods import opq as opq_method
 from quantbench.methods import qat as qat_method
 from quantbench.methods.lc import algorithm as lc_algorithm
-from quantbench.uniform import quantize_uniform
+from quantbench.methods.uniform import quantize_uniform
 
 __all__ = ["IDC", "LC", "LSQ", "OPQ", "QAT", "DiffQ", "SizeController", "dc", "gpfq", "gptq", "msq", "opq_oneshot",
            "rtn"]

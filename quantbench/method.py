@@ -56,6 +56,11 @@ class Budget:
         return k if k >= 2 and abs(math.log2(k) - self.bits) < 0.01 else None
 
 
+def format_budget(bits: float) -> str:
+    """The budget as it appears in paths, ids and tables: 2, 1.58, 4.5."""
+    return f"{float(bits):g}"
+
+
 @dataclass
 class NoParams:
     """A method without hyper-parameters."""

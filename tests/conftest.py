@@ -8,7 +8,7 @@ import torch
 
 from quantbench.data import build_task
 from quantbench.models import build_model
-from quantbench.train import TrainSettings, seed_everything, train
+from quantbench.training.loop import TrainSettings, seed_everything, train
 
 FAULTY_METHODS = Path(__file__).resolve().parent / "fixtures" / "faulty_methods"
 

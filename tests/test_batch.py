@@ -14,13 +14,13 @@ import pytest
 import yaml
 from helpers.jobs import dry_run_jobs
 
-from quantbench import runner
 from quantbench.config import Cell, load_config
+from quantbench.jobs import runner
+from quantbench.jobs.plan import batch_name, plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_cells, run_reference
 from quantbench.method import ConfigError, JobFailed
-from quantbench.plan import batch_name, plan_grid, reference_id
-from quantbench.runner import run_cell, run_cells, run_reference
 from quantbench.tracking import Tracker
-from quantbench.train import file_sha256
+from quantbench.training.loop import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from quantbench.bitpack import BitReader, BitWriter
+from quantbench.format.bitpack import BitReader, BitWriter
 
 
 def reference_pack(values, widths) -> bytes:

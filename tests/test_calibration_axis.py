@@ -11,10 +11,10 @@ from helpers.records import Record, correctness
 
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
+from quantbench.jobs.plan import plan_grid
 from quantbench.methods import available_methods, get_method
-from quantbench.plan import plan_grid
-from quantbench.plots import calibration_rows
-from quantbench.summary import summarize
+from quantbench.report.plots import calibration_rows
+from quantbench.report.summary import summarize
 
 GRID = {"name": "cal", "tasks": ["digits"], "archs": ["lenet300"], "methods": ["rtn", "msq", "gpfq", "gptq"],
         "budgets": [2], "seeds": [0, 1], "calibration": {"samples": [32, 128]}}

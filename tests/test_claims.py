@@ -9,12 +9,12 @@ import pytest
 import yaml
 from helpers.records import SPLIT, Record, correctness
 
-from quantbench.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, evaluate_claims, parse_claims
 from quantbench.cli import main
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
-from quantbench.significance import CellRecord
-from quantbench.tables import tables_from_mlflow
+from quantbench.report.claims import FAILS, HOLDS, INCONCLUSIVE, NOT_RUN, evaluate_claims, parse_claims
+from quantbench.report.significance import CellRecord
+from quantbench.report.tables import tables_from_mlflow
 
 
 def lose(right: np.ndarray, lost: int, gained: int = 0) -> np.ndarray:
@@ -216,7 +216,7 @@ def test_non_inferiority_and_the_seeds_needed_over_three_seeds_as_scipy_computes
     interval's lower end (scipy's) is above −margin, and is inconclusive with a margin below it."""
     from scipy.stats import ttest_rel
 
-    from quantbench.stats import seeds_needed, t_power
+    from quantbench.report.stats import seeds_needed, t_power
 
     rec = Record(tmp_path, name="ni")
     a_acc, b_acc = [0.92, 0.90, 0.93], [0.91, 0.90, 0.915]

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from quantbench.config import load_config
+from quantbench.jobs.plan import plan_grid
 from quantbench.method import ConfigError
-from quantbench.plan import plan_grid
-from quantbench.stats import MARGINS
+from quantbench.report.stats import MARGINS
 
 
 def test_defaults_are_filled_and_grid_expanded():

@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 from quantbench.config import load_config
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
-from quantbench.tables import tables_from_mlflow
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
+from quantbench.report.tables import tables_from_mlflow
 from quantbench.tracking import Tracker
 
 DEFAULT_GRID = Path(__file__).resolve().parent.parent / "workflows" / "config" / "default.yaml"

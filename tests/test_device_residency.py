@@ -23,12 +23,12 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import quantbench.train
+import quantbench.training.loop
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
+from quantbench.methods.uniform import quantize_uniform
 from quantbench.models import build_model
-from quantbench.train import TrainSettings, train
-from quantbench.uniform import quantize_uniform
+from quantbench.training.loop import TrainSettings, train
 
 HOST_CALLS = {torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.item, torch.Tensor.tolist,
               torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__}
@@ -87,7 +87,7 @@ def guarded_steps(monkeypatch):
     """Run every ``train_step`` (forward, backward, optimizer steps, ``after_step``) under the guard;
     returns the list of steps that ran, so a test can check the guard was on."""
     ran = []
-    step = quantbench.train.train_step
+    step = quantbench.training.loop.train_step
 
     def guarded(*args, **kwargs):
         with HostGuard():
@@ -95,7 +95,7 @@ def guarded_steps(monkeypatch):
         ran.append(out.dtype)
         return out
 
-    monkeypatch.setattr(quantbench.train, "train_step", guarded)
+    monkeypatch.setattr(quantbench.training.loop, "train_step", guarded)
     return ran
 
 

@@ -22,11 +22,11 @@ from helpers.jobs import job_args
 from quantbench.config import load_config
 from quantbench.config.resources import resources
 from quantbench.format import CompressedModel
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
 from quantbench.models import build_model
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
-from quantbench.train import seed_everything
+from quantbench.training.loop import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "ddp"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from quantbench.cli import main
-from quantbench.doctables import BLOCK, render, stale, update
+from quantbench.report.doctables import BLOCK, render, stale, update
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "grids.md", *sorted((ROOT / "docs" / "methods").glob("*.md"))]

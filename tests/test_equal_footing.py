@@ -15,6 +15,7 @@ from torch import nn
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import AffineGrid, Codebook, CompressedModel, FormatError, QuantizedTensor
+from quantbench.jobs.plan import plan_grid, reference_id
 from quantbench.method import (
     DATA_ORDER,
     GENERATOR,
@@ -25,9 +26,8 @@ from quantbench.method import (
     RunContext,
     derive_seed,
 )
-from quantbench.plan import plan_grid, reference_id
 from quantbench.registry import METHODS
-from quantbench.train import grad_scaler, train_step
+from quantbench.training.loop import grad_scaler, train_step
 
 STREAMS = (DATA_ORDER, REFERENCE_DATA_ORDER, GENERATOR, SAMPLE)
 
@@ -117,7 +117,7 @@ def test_a_packer_that_changes_a_code_fails_the_round_trip_but_not_the_old_check
 
 def test_the_cell_fails_naming_the_tensor_when_packing_changes_it(tiny_config, tmp_path, monkeypatch):
     import quantbench.format as fmt
-    from quantbench.runner import run_cell, run_reference
+    from quantbench.jobs.runner import run_cell, run_reference
     from quantbench.tracking import Tracker
 
     cfg = load_config(tiny_config)
@@ -205,7 +205,7 @@ def test_float16_without_a_scaler_is_refused_and_would_have_lost_the_gradients()
 
 
 def test_reference_training_takes_the_float16_path_with_a_scaler(monkeypatch):
-    import quantbench.train as training
+    import quantbench.training.loop as training
     from quantbench.models import build_model
 
     made = []

@@ -18,10 +18,10 @@ from helpers.jobs import job_args
 
 from quantbench.config import Cell, load_config
 from quantbench.format import CompressedModel, FormatError
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
 from quantbench.tracking import Tracker
-from quantbench.train import file_sha256
+from quantbench.training.loop import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ from quantbench.format import CompressedModel, QuantizedTensor
 from quantbench.method import Budget, RunContext, compressible, make_params
 from quantbench.methods import available_methods, get_method
 from quantbench.models import build_model
-from quantbench.train import TrainSettings, seed_everything, train
+from quantbench.training.loop import TrainSettings, seed_everything, train
 
 FAMILIES = {
     "lenet5": {"padding": 2, "width": 0.25},

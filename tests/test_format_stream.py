@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-import quantbench.bitpack as bitpack
 import quantbench.format as fmt
+import quantbench.format.bitpack as bitpack
 import quantbench.format.encodings as encodings
 import quantbench.format.records as records
 from quantbench.format import AffineGrid, Codebook, CompressedModel, DenseTensor, QuantizedTensor, RangeGrid

@@ -15,7 +15,7 @@ from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import get_method
 from quantbench.methods.gpfq import GPFQParams, alphabet, gpfq_layer, quantize_network
 from quantbench.methods.ptq import calibration_batches, layer_rows
-from quantbench.uniform import round_to_grid
+from quantbench.methods.uniform import round_to_grid
 
 
 def paper_loop(w: np.ndarray, x: np.ndarray, xt: np.ndarray, levels_of) -> np.ndarray:
@@ -183,7 +183,7 @@ def test_stochastic_rounding_is_seeded_and_unbiased():
 def test_gpfq_beats_msq_on_digits_at_low_bits(bits, levels, margin):
     from quantbench.data import build_task
     from quantbench.models import build_model
-    from quantbench.train import TrainSettings, seed_everything, train
+    from quantbench.training.loop import TrainSettings, seed_everything, train
 
     seed_everything(0)
     task = build_task("digits")

@@ -13,7 +13,7 @@ from quantbench.format import AffineGrid
 from quantbench.method import RunContext
 from quantbench.methods.gptq import GPTQParams, SingularHessian, gptq_layer, quantize_network
 from quantbench.methods.ptq import calibration_batches, layer_rows
-from quantbench.uniform import nearest_code, uniform_grid
+from quantbench.methods.uniform import nearest_code, uniform_grid
 
 
 def obs_loop(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int, damp: float,

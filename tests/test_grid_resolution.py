@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from quantbench.plan import Plan
+from quantbench.jobs.plan import Plan
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_command_line_overrides_apply_on_top_of_the_grid_file(checkout):
     assert jobs == digests(plan) and {k.rpartition("/s")[2] for k in jobs} == {"3"}
     # the context the jobs will be given: the Snakefile's planning of the same overrides
     from quantbench.config import load_config, merged_config, read_yaml, typed_overrides
-    from quantbench.plan import plan_grid
+    from quantbench.jobs.plan import plan_grid
 
     overrides = typed_overrides({"seeds": ["3"], "download": "true", "data_root": "/data"})
     context = plan_grid(load_config(merged_config(read_yaml(checkout / path), overrides))).context

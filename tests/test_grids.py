@@ -13,8 +13,8 @@ import torch
 
 from quantbench.config import Cell, load_config, task_archs
 from quantbench.data import TASK_SHAPES, build_task
+from quantbench.jobs.plan import plan_grid, reference_id
 from quantbench.models import build_model
-from quantbench.plan import plan_grid, reference_id
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "workflows" / "config").glob("*.yaml"))
@@ -98,7 +98,7 @@ def test_paper_size_pair_takes_one_training_step(path, task, arch):
     else:
         x, y = torch.randn(2, *shape), torch.randint(0, classes, (2,))
     settings = cfg.train_settings(task, arch)
-    from quantbench.train import make_optimizer
+    from quantbench.training.loop import make_optimizer
 
     opt = make_optimizer(model.parameters(), settings.optimizer, settings.lr, settings.momentum, settings.weight_decay)
     out = model(x)

@@ -24,7 +24,7 @@ from quantbench.methods.lc.csteps import (
 )
 from quantbench.methods.lc.kmeans1d import distortion, kmeans1d_exact, kmeans1d_lloyd, optimal_breaks
 from quantbench.models import build_model
-from quantbench.train import Schedule
+from quantbench.training.loop import Schedule
 
 
 # ----------------------------------------------------------------------------- 1-D k-means

@@ -24,7 +24,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "library.md"
 
 @pytest.mark.parametrize("method, bits, params", [
     ("rtn", 2, {"per_channel": True}), ("msq", 1.58, {}), ("gpfq", 2, {"rounding": "stochastic"}),
-    ("gptq", 2, {"act_order": True}),
+    ("gptq", 2, {"act_order": True}), ("dc", 2, {}), ("opq_oneshot", 1.58, {}),
 ])
 def test_a_library_call_packs_what_a_grid_cell_packs(digits_reference, method, bits, params):
     task, kwargs, ref = digits_reference
@@ -113,7 +113,7 @@ def test_the_lc_object_in_the_cells_schedule_packs_what_the_cell_packs(digits_re
     import copy
 
     from quantbench.method import DATA_ORDER, derive_seed
-    from quantbench.train import make_optimizer, train_epoch
+    from quantbench.training.loop import make_optimizer, train_epoch
 
     task, kwargs, ref = digits_reference
     cls = get_method(method)
@@ -155,7 +155,7 @@ def test_a_trainer_in_the_cells_schedule_packs_what_the_cell_packs(digits_refere
     import copy
 
     from quantbench.method import DATA_ORDER, derive_seed
-    from quantbench.train import make_optimizer, train_epoch
+    from quantbench.training.loop import make_optimizer, train_epoch
 
     task, kwargs, ref = digits_reference
     cls = get_method(method)

@@ -1,4 +1,4 @@
-"""Margins, power and where the variance comes from (quantbench.stats), each held against an
+"""Margins, power and where the variance comes from (quantbench.report.stats), each held against an
 independent reference: scipy's one-sample t tests, sign patterns enumerated by hand, a Monte
 Carlo of scipy's t test for the power, and plain loops over the two-way layout's equations."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import ttest_1samp
 
-from quantbench.stats import (
+from quantbench.report.stats import (
     EXAMPLES_ONLY,
     MARGINS,
     SEED_T,

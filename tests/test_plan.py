@@ -14,9 +14,9 @@ from helpers.jobs import job_args
 
 from quantbench.config import Cell, load_config
 from quantbench.errors import ConfigError
-from quantbench.plan import Plan, plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
-from quantbench.spec import JobIdentity, content_hash
+from quantbench.jobs.plan import Plan, plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
+from quantbench.jobs.spec import JobIdentity, content_hash
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from quantbench.method import StepCurve
-from quantbench.plots import pareto_front, size_plot, steps_plot
-from quantbench.summary import SIZE_TOLERANCE
+from quantbench.report.plots import pareto_front, size_plot, steps_plot
+from quantbench.report.summary import SIZE_TOLERANCE
 
 
 @pytest.mark.parametrize("higher", [True, False])
@@ -77,7 +77,7 @@ def test_a_point_about_as_small_and_far_worse_is_not_on_the_front():
 
 
 def test_plots_are_written_as_png_and_pdf_and_draw_what_the_table_says(tmp_path, monkeypatch):
-    import quantbench.plots as plots
+    import quantbench.report.plots as plots
 
     drawn, save = [], plots._save
     monkeypatch.setattr(plots, "_save", lambda fig, *args: drawn.append(fig) or save(fig, *args))
@@ -137,7 +137,7 @@ def test_the_size_plot_names_the_cells_it_has_no_point_for():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from quantbench.plots import _note_unplotted
+    from quantbench.report.plots import _note_unplotted
 
     rows = pd.DataFrame({"method": ["rtn", "lc_binary", "raises", "qat", "ghost"], "budget": [2.0, 1.0, 2.0, 1.0, 3.0],
                          "status": ["ok", "diverged", "failed", "ok", "not run"], "diverged": [0, 3, 0, 1, 0],

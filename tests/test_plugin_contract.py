@@ -13,8 +13,8 @@ import pytest
 
 from quantbench.config import load_config
 from quantbench.errors import ConfigError
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_cell, run_reference
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_cell, run_reference
 
 BAD_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "bad_plugins"
 

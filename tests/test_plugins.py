@@ -54,7 +54,7 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
     clip = runs[runs["tags.method"] == "rtn_clip"].iloc[0]
     assert (clip["tags.method_package"], clip["tags.method_version"]) == ("quantbench-plugin-example", "0.1.0")
     # its declared step curve reaches the steps plot's data, with no edit to the core
-    from quantbench.tables import recorded_plans, step_histories
+    from quantbench.report.tables import recorded_plans, step_histories
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'results/mlflow.db'}")
     curve = step_histories(tracker, runs, recorded_plans(tracker, "plugin"))
@@ -65,7 +65,7 @@ def test_a_grid_runs_the_plugin_and_the_table_has_its_row(installed_plugin, tmp_
 
     packed = CompressedModel.load(tmp_path / "results/runs/plugin/digits/lenet300/rtn_clip/b2/s0/model.qbc")
     from quantbench.models import build_model
-    from quantbench.train import load_checkpoint
+    from quantbench.training.loop import load_checkpoint
 
     ref_info = yaml.safe_load((tmp_path / "results/runs/plugin/digits/lenet300/reference/s0/metrics.json").read_text())
     ref = load_checkpoint(tmp_path / ref_info["checkpoint"], build_model("lenet300", **packed.arch_kwargs))

@@ -18,13 +18,13 @@ from PIL import Image
 
 from quantbench.config import load_config
 from quantbench.data import build_task
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import run_reference
 from quantbench.method import ConfigError
 from quantbench.models import build_model
 from quantbench.models.pretrained import WeightsError
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import run_reference
 from quantbench.tracking import Tracker
-from quantbench.train import file_sha256
+from quantbench.training.loop import file_sha256
 
 REPO = Path(__file__).resolve().parent.parent
 RESNET18 = "torchvision:ResNet18_Weights.IMAGENET1K_V1"
@@ -274,8 +274,8 @@ def test_the_published_figures_reach_the_paper_columns_of_the_gpfq_table(tmp_pat
     published figures (the authors' logs) beside ours."""
     from types import SimpleNamespace
 
-    from quantbench import runner
-    from quantbench.tables import tables_from_mlflow
+    from quantbench.jobs import runner
+    from quantbench.report.tables import tables_from_mlflow
 
     cfg = load_config(REPO / "workflows" / "config" / "paper_gpfq.yaml")
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -366,8 +366,8 @@ def test_the_test_split_of_a_reference_and_its_cells_is_preprocessed_as_its_weig
     from timm.data import create_transform, resolve_data_config
 
     from quantbench.config import Cell
+    from quantbench.jobs.runner import _setup
     from quantbench.models.pretrained import preprocessing
-    from quantbench.runner import _setup
 
     lenet = tmp_path / "w.pt"
     lenet.write_bytes(b"not read at planning")

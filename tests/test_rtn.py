@@ -11,7 +11,7 @@ import torch
 from quantbench.data import build_task
 from quantbench.method import Budget, RunContext
 from quantbench.methods.rtn import RTN, RTNParams
-from quantbench.uniform import fake_quantize_uniform, quantize_uniform
+from quantbench.methods.uniform import fake_quantize_uniform, quantize_uniform
 
 
 def brute_force_levels(w: np.ndarray, levels: int, scheme: str) -> np.ndarray:

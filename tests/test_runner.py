@@ -10,9 +10,9 @@ import pytest
 from quantbench.config import load_config
 from quantbench.data import build_task
 from quantbench.format import CompressedModel
+from quantbench.jobs.plan import plan_grid, reference_id
+from quantbench.jobs.runner import JobFailed, checkpoint_path, run_cell, run_reference
 from quantbench.models import build_model
-from quantbench.plan import plan_grid, reference_id
-from quantbench.runner import JobFailed, checkpoint_path, run_cell, run_reference
 from quantbench.tracking import Tracker
 
 
@@ -87,7 +87,7 @@ def test_diverged_reference_fails_its_job_and_records_why(jobs, tmp_path):
 def test_the_reference_schedules_set_the_learning_rate_of_each_epoch(settings, factors):
     import torch
 
-    from quantbench.train import TrainSettings, make_schedule
+    from quantbench.training.loop import TrainSettings, make_schedule
 
     s = TrainSettings(lr=0.2, **settings)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=s.lr)

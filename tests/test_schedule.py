@@ -1,4 +1,4 @@
-"""The one training schedule (quantbench.train.Schedule): every training method's Params is one,
+"""The one training schedule (quantbench.training.loop.Schedule): every training method's Params is one,
 its values are checked where the grid is read, naming the key, and what it says reaches the
 method's training (here: the learning rate each epoch runs at)."""
 
@@ -13,7 +13,7 @@ import torch
 from quantbench.errors import ConfigError
 from quantbench.method import Budget, RunContext, make_params
 from quantbench.methods import available_methods, get_method
-from quantbench.train import Schedule, TrainSettings
+from quantbench.training.loop import Schedule, TrainSettings
 
 
 def test_every_training_method_and_the_reference_take_the_one_schedule():
@@ -56,7 +56,7 @@ def test_the_grid_refuses_a_bad_reference_schedule_naming_the_key(tmp_path):
 def test_a_methods_schedule_sets_the_learning_rate_of_each_epoch(digits_reference, method, monkeypatch):
     """One warm-up epoch, then step decay × 0.1 from epoch 2: the optimizer of the method's weights
     runs epochs 0, 1, 2 at lr · (0 + 1)/(1 + 1), lr, lr · 0.1 (LC: its one L step, lr_decay^0 = 1)."""
-    import quantbench.train as training
+    import quantbench.training.loop as training
 
     seen: list[float] = []
     original = training.train_epoch

@@ -12,7 +12,7 @@ import pytest
 from helpers.records import SPLIT, N, Record, correctness
 
 from quantbench.cli import main
-from quantbench.stats import CI_EXAMPLES, EXAMPLES_FILE, EXAMPLES_ONLY, SEED_RANGE, Examples, paired_difference
+from quantbench.report.stats import CI_EXAMPLES, EXAMPLES_FILE, EXAMPLES_ONLY, SEED_RANGE, Examples, paired_difference
 
 
 def test_a_clearly_better_cell_is_bold_alone_and_equal_cells_share_it(tmp_path):
@@ -220,7 +220,7 @@ def _three_seed_record(tmp_path) -> tuple[Record, dict[str, np.ndarray]]:
 def test_compare_margin_gives_non_inferiority_and_tost_as_scipys_one_sided_t_tests(tmp_path, capsys):
     from scipy.stats import ttest_rel
 
-    from quantbench.stats import detectable_difference, seeds_needed
+    from quantbench.report.stats import detectable_difference, seeds_needed
 
     rec, points = _three_seed_record(tmp_path)
     args = ["compare", "--experiment", "s", "--tracking-uri", rec.uri, "--task", "digits", "--arch", "mlp",
@@ -267,7 +267,7 @@ def test_compare_refuses_a_bad_margin_or_power_naming_the_flag(tmp_path, capsys,
 
 
 def test_variance_splits_the_seeds_variance_as_the_two_way_layout_does(tmp_path, capsys):
-    from quantbench.stats import seed_components
+    from quantbench.report.stats import seed_components
 
     rec, points = _three_seed_record(tmp_path)
     assert main(["variance", "--experiment", "s", "--tracking-uri", rec.uri]) == 0

@@ -1,4 +1,4 @@
-"""Per-example results, intervals and paired tests (quantbench.stats), each held against a
+"""Per-example results, intervals and paired tests (quantbench.report.stats), each held against a
 closed form: the binomial (Wald) interval, the paired-difference normal interval, the t quantile,
 Holm by hand, and the false-positive rate of the test on two methods that do not differ."""
 
@@ -14,7 +14,7 @@ import torch
 from quantbench.data import build_task
 from quantbench.data.text import _lm_task
 from quantbench.models import build_model
-from quantbench.stats import (
+from quantbench.report.stats import (
     CI_EXAMPLES,
     EXAMPLES_ONLY,
     SEED_RANGE,

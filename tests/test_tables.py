@@ -10,8 +10,8 @@ import pytest
 from helpers.records import write_run
 
 from quantbench.cli import main
-from quantbench.summary import best_rows, summarize
-from quantbench.tables import tables_from_mlflow, write_tables
+from quantbench.report.summary import best_rows, summarize
+from quantbench.report.tables import tables_from_mlflow, write_tables
 from quantbench.tracking import Tracker
 
 
@@ -112,7 +112,7 @@ def _record_plan(tracker, exp, cfg, tmp_path, rename: dict | None = None) -> Non
     method labels renamed by ``rename`` (a label no code of this process registers)."""
     import dataclasses
 
-    from quantbench.plan import plan_grid
+    from quantbench.jobs.plan import plan_grid
 
     plan, rename = plan_grid(cfg), rename or {}
 
@@ -167,7 +167,7 @@ def test_the_rows_of_a_method_not_installed_read_from_its_plan(tmp_path):
     its family is the plan's, and its declared step curve reaches the steps plot's data."""
     from quantbench.config import load_config
     from quantbench.methods import available_methods
-    from quantbench.tables import recorded_plans, step_histories
+    from quantbench.report.tables import recorded_plans, step_histories
 
     assert "ghost" not in available_methods()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

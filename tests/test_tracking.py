@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+from quantbench.jobs.runs import flatten
 from quantbench.tracking import Tracker
-from quantbench.tracking.runs import flatten
 
 WRITER = textwrap.dedent("""
     import sys

@@ -29,7 +29,7 @@ from quantbench.errors import ConfigError
 from quantbench.format import Codebook, CompressedModel, QuantizedTensor, code_width
 from quantbench.method import RunContext, Trainer, assemble, check_bits, check_model, compressible
 from quantbench.methods.lc.csteps import CodebookKind, CStep, Projection, make_cstep, serves
-from quantbench.train import Schedule, fit
+from quantbench.training.loop import Schedule, fit
 
 
 class ParamView:

@@ -20,7 +20,7 @@ from quantbench.methods.lc.algorithm import (
 )
 from quantbench.methods.lc.csteps import CodebookKind, serves
 from quantbench.registry import register_method
-from quantbench.train import Schedule
+from quantbench.training.loop import Schedule
 
 
 @dataclass

@@ -3,7 +3,7 @@ the cells skipped and why, and the queries the workflow asks of it.
 
 Both the Snakefile and the CLI use :func:`load_config`, so a bad config fails the same way
 everywhere: with the key path and what is allowed, before any job is planned. What each planned job
-computes is :mod:`quantbench.plan`'s (the plan file); what it asks the scheduler for,
+computes is :mod:`quantbench.jobs.plan`'s (the plan file); what it asks the scheduler for,
 :mod:`quantbench.config.resources`'.
 """
 
@@ -16,9 +16,8 @@ from typing import Any
 
 from quantbench.config.reading import task_archs, validated
 from quantbench.config.resources import check_resources
-from quantbench.method import Budget, ConfigError, calibration_variant, make_params
-from quantbench.spec import format_budget
-from quantbench.train import TrainSettings
+from quantbench.method import Budget, ConfigError, calibration_variant, format_budget, make_params
+from quantbench.training.loop import TrainSettings
 
 # Training examples of each image task's train split at most (digits and mnist_t10k are split from
 # 1,797 and 10,000 examples by task_params: their whole set is the bound), for config.calibration.
@@ -43,7 +42,8 @@ class Cell:
 class Batch:
     """The cells one Snakemake job computes for one (task, arch, seed): its rule's name, its
     ``(method, budget)`` pairs (``batch: cell`` has one pair of wildcards, ``{method}`` and ``{budget}``)
-    and, for ``batch: method``, the method label they share (the job's name, :func:`quantbench.plan.batch_name`)."""
+    and, for ``batch: method``, the method label they share (the job's name,
+    :func:`quantbench.jobs.plan.batch_name`)."""
 
     rule: str
     members: tuple[tuple[str, str], ...]
@@ -60,7 +60,7 @@ class Config:
     raw: dict
     cells: list[Cell]
     skipped: list[tuple[Cell, str]]
-    claims: list = field(default_factory=list)  # quantbench.claims.Claim, parsed from config claims
+    claims: list = field(default_factory=list)  # quantbench.report.claims.Claim, parsed from config claims
     # each method label's Params, built (and checked) once: method_params.<method>, and for a variant
     # label <method>@<variant> also variants.<method>.<variant> on top
     params: dict[str, Any] = field(default_factory=dict)
@@ -80,7 +80,7 @@ class Config:
         """A ConfigError naming the claim when it names a method, budget, arch or task this grid
         (as written, overrides included) does not have; planning checks only that its methods exist,
         so that a grid narrowed with ``--config`` keeps its claims (their other cases are not run)."""
-        from quantbench.claims import check_against_grid
+        from quantbench.config.claims import check_against_grid
 
         archs = sorted({a for t in self.raw["tasks"] for a in task_archs(self.raw, t)})
         check_against_grid(self.claims, self.labels, self.raw["budgets"], archs, self.raw["tasks"])
@@ -265,7 +265,7 @@ def label_params(raw: dict, label: str) -> Any:
 
 def load_config(source: str | Path | dict) -> Config:
     """Validate ``source`` (a YAML path or a dict), fill defaults, expand and filter the grid."""
-    from quantbench.claims import parse_claims
+    from quantbench.config.claims import parse_claims
     from quantbench.methods import available_methods, get_method
     from quantbench.models import available_models
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from quantbench.examples import Examples, split_identity
 from quantbench.method import SAMPLE, derive_seed
 from quantbench.registry import TASKS, check_kwargs
-from quantbench.stats import Examples, split_identity
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class Task:
     def evaluate_examples(self, model: torch.nn.Module, batch_size: int = 512,
                           device: str | torch.device = "cpu") -> tuple[dict, Examples]:
         """The metrics of :meth:`evaluate` and the per-example outcomes behind them
-        (:class:`~quantbench.stats.Examples`: correctness and loss of every test example, in order)."""
+        (:class:`~quantbench.report.stats.Examples`: correctness and loss of every test example, in order)."""
         model.eval()
         loss = 0.0
         hits, losses, targets = [], [], []
@@ -173,7 +173,7 @@ class LanguageModelingTask(Task):
     def evaluate_examples(self, model: torch.nn.Module, batch_size: int = 64,
                           device: str | torch.device = "cpu") -> tuple[dict, Examples]:
         """``{"perplexity": exp(loss), "loss": mean NLL per token (nats), "bits_per_token"}`` on
-        test, and per block its summed loss and token count (:class:`~quantbench.stats.Examples`)."""
+        test, and per block its summed loss and token count (:class:`~quantbench.report.stats.Examples`)."""
         model.eval()
         total, n = 0.0, 0
         sums, counts, targets = [], [], []

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from quantbench.bitpack import BitReader
+from quantbench.format.bitpack import BitReader
 
 FLOAT_BITS = {"float32": 32, "float16": 16}
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from quantbench.bitpack import BitReader, BitWriter
 from quantbench.files import write_atomic
+from quantbench.format.bitpack import BitReader, BitWriter
 from quantbench.format.codebooks import CODEBOOKS, FLOAT_BITS, FormatError
 from quantbench.format.encodings import MAX_CODE_BITS
 from quantbench.format.records import (

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantbench.bitpack import BitReader
+from quantbench.format.bitpack import BitReader
 from quantbench.format.codebooks import (
     CODEBOOKS,
     FLOAT_BITS,

@@ -285,7 +285,7 @@ class Tracker:
 
 
 def experiment_store(context) -> tuple[Tracker, str]:
-    """The store and the experiment's id of a grid's ``context`` (a :class:`quantbench.spec.JobContext`:
+    """The store and the experiment's id of a grid's ``context`` (a :class:`quantbench.jobs.spec.JobContext`:
     its experiment, results dir and tracking URI), the experiment created once when missing."""
     results = Path(context.results_dir)
     tracker = Tracker(resolve_tracking_uri(context.tracking_uri, results))

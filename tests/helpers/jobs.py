@@ -25,7 +25,7 @@ def compress_digits(name: str, bits: float, digits_reference, **params):
 def job_args(cfg, job: str, where: Path) -> list[str]:
     """A job's command-line options as Snakemake gives them: the grid's plan written to
     ``where/plan.json``, the job's id and its digest."""
-    from quantbench.plan import plan_grid
+    from quantbench.jobs.plan import plan_grid
 
     plan = plan_grid(cfg)
     path = plan.write(where / "plan.json")

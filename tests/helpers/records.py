@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantbench.stats import EXAMPLES_FILE, Examples
-from quantbench.tables import tables_from_mlflow
+from quantbench.report.stats import EXAMPLES_FILE, Examples
+from quantbench.report.tables import tables_from_mlflow
 from quantbench.tracking import Tracker
 
 

@@ -1,5 +1,5 @@
 # Shared by all rules: the validated config (defaults filled in), its plan (every job's identity and
-# the grid's context, quantbench.plan; written to plan.json when the grid starts, write_plan), and
+# the grid's context, quantbench.jobs.plan; written to plan.json when the grid starts, write_plan), and
 # the paths of every job. A job's params carry its identity's digest, which Snakemake compares to
 # decide what to rerun; the context (results/data/tracking locations, download, device, published
 # figures) is in no identity, so changing where things live reruns nothing.
@@ -13,8 +13,8 @@ from snakemake.exceptions import WorkflowError
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
 from quantbench.errors import ConfigError
-from quantbench.plan import PLAN_FILE, batch_name, job_dirs, plan_grid, reference_id
-from quantbench.spec import content_hash
+from quantbench.jobs.plan import PLAN_FILE, batch_name, job_dirs, plan_grid, reference_id
+from quantbench.jobs.spec import content_hash
 
 
 def _config_source():
@@ -168,7 +168,7 @@ def batch_jobs(wildcards, batch):
 
 
 def batch_job(wildcards, batch):
-    """What a cell job names its cells by (quantbench.plan.batch_name): rule ``cell`` its one cell by its
+    """What a cell job names its cells by (quantbench.jobs.plan.batch_name): rule ``cell`` its one cell by its
     id (``--job``), ``cells_<label>`` its cells as task/arch/<label>/s<seed> and ``cells`` by their
     reference's id (``--batch``: the job reads its cells, and where their files go, from the plan)."""
     method, budget = (wildcards.method, wildcards.budget) if batch.rule == "cell" else (batch.label, None)

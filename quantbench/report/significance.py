@@ -1,10 +1,10 @@
-"""Which differences in an MLflow record are real: the record-side of :mod:`quantbench.stats`.
+"""Which differences in an MLflow record are real: the record-side of :mod:`quantbench.report.stats`.
 
 A *cell* here is (task, arch, method, budget) over its seeds: the latest run of each seed that
 finished, its metric and, where the run recorded it, its per-example results (``examples.npz``),
 and the seeds whose method diverged (a result with no metric). Two cells are compared on the
 seeds both finished (seed s of both compressed the same reference s), by the seed-level test of
-:func:`quantbench.stats.paired_difference` (a paired t over the seeds; one seed: example noise
+:func:`quantbench.report.stats.paired_difference` (a paired t over the seeds; one seed: example noise
 only); a difference is *detectable* when its p-value is below α (default 0.05). A diverged seed
 is worse than any finished one: the tables never bold a cell with one, and a claim that its
 method is better fails where it diverged and the other finished (docs/statistics.md, "Diverged
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantbench.stats import (
+from quantbench.report.stats import (
     ALPHA,
     CONFIDENCE,
     EXAMPLES_FILE,
@@ -226,7 +226,7 @@ def compare_command(tracking_uri: str, experiment: str, alpha: float, task: str,
                     method_a: str, method_b: str, margin: float | None = None, power: float | None = None) -> str:
     """What ``quantbench compare`` prints: both cells' means, the paired difference A − B with its
     95 % interval and p-value, the seeds and test examples it rests on, and the verdict; with
-    ``margin`` (the metric's margin units, :func:`quantbench.stats.margin_in_units`) the
+    ``margin`` (the metric's margin units, :func:`quantbench.report.stats.margin_in_units`) the
     non-inferiority tests both ways and equivalence (TOST) within ±m; with ``power`` (a true
     difference, in the metric's units) the difference the seeds run detect at 80 % power and the
     seeds needed to detect ``power``."""

@@ -2,7 +2,7 @@
 
 Seed s of a grid trains reference s and draws calibration sample s, and every method at seed s
 compresses that reference: a seed is shared by the methods of a column (task, arch, budget).
-Over the methods × seeds of a column (:func:`quantbench.stats.seed_components`), the run-to-run
+Over the methods × seeds of a column (:func:`quantbench.report.stats.seed_components`), the run-to-run
 variance splits into what the seed fixes for every method (the reference network and the
 calibration draw: no shipped grid varies them apart, so they are one source) and what a
 method's own run adds (its own randomness and how it meets that reference: method × seed).
@@ -20,8 +20,8 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
-from quantbench.significance import CellRecord, read_record
-from quantbench.stats import bootstrap_weights, seed_components
+from quantbench.report.significance import CellRecord, read_record
+from quantbench.report.stats import bootstrap_weights, seed_components
 
 EXAMPLE_REPLICATES = 200  # bootstrap replicates per run for its test-set sd
 

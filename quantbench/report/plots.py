@@ -119,7 +119,7 @@ def method_colours(methods: pd.DataFrame) -> dict[str, tuple]:
 def size_plot(part: pd.DataFrame, task: str, out_dir: Path, size_tolerance: float,
               separable: Callable[[pd.Series, pd.Series], bool] | None = None) -> list[Path]:
     """Metric vs achieved bits per weight for one task (``part``: rows of
-    :func:`quantbench.summary.summarize`): a panel per arch, a line per method through its budgets
+    :func:`quantbench.report.summary.summarize`): a panel per arch, a line per method through its budgets
     with each point's spread (cell_interval) as an error bar, coloured by paper family, a marker
     per method; the x axis spans the quantized points, the fp32 reference is a dashed line; the
     Pareto front of all (method, budget) points, sizes within ``size_tolerance`` (relative)
@@ -200,7 +200,7 @@ def calibration_rows(part: pd.DataFrame) -> pd.DataFrame:
 
 
 def calibration_plot(part: pd.DataFrame, task: str, out_dir: Path) -> list[Path]:
-    """Metric vs calibration set size for one task (``part``: rows of :func:`quantbench.summary.summarize`):
+    """Metric vs calibration set size for one task (``part``: rows of :func:`quantbench.report.summary.summarize`):
     a panel per (arch, budget) that has calibration cells, a line per method that calibrates, with
     each point's 95 % interval; the other methods of that column and the reference as horizontal lines."""
     metric = part["metric"].iloc[0]

@@ -38,7 +38,7 @@ import jsonschema
 
 from quantbench.errors import ConfigError
 from quantbench.files import write_text_atomic
-from quantbench.spec import JobContext, JobIdentity, JobSpec, content_hash
+from quantbench.jobs.spec import JobContext, JobIdentity, JobSpec, content_hash
 
 if TYPE_CHECKING:
     from quantbench.config import Cell, Config
@@ -79,7 +79,7 @@ PLAN_SCHEMA = {
     },
 }
 TABLES_DEFAULTS = {"size_tolerance": 0.01, "alpha": 0.05, "claims": []}  # a plan written before it had them
-# (margins: a plan without them takes quantbench.stats.MARGINS)
+# (margins: a plan without them takes quantbench.report.stats.MARGINS)
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def method_entry(cfg: Config, label: str) -> dict:
 
 
 def context(cfg: Config) -> JobContext:
-    """What every job of the grid is given besides its identity (see :mod:`quantbench.spec`)."""
+    """What every job of the grid is given besides its identity (see :mod:`quantbench.jobs.spec`)."""
     raw = cfg.raw
     return JobContext(experiment=cfg.name, results_dir=str(cfg.results), data_root=raw["data_root"],
                       download=raw["download"], tracking_uri=raw["tracking_uri"], device=raw["device"],

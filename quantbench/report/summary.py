@@ -23,10 +23,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from quantbench.jobs.plan import Planned
 from quantbench.method import PAPER_FAMILIES, Budget
-from quantbench.plan import Planned
-from quantbench.significance import CellRecord, cell_records, compare, latest_runs
-from quantbench.stats import ALPHA, ExamplesError, cell_interval, collapsed, grid_margin, margin_in_units
+from quantbench.report.significance import CellRecord, cell_records, compare, latest_runs
+from quantbench.report.stats import ALPHA, ExamplesError, cell_interval, collapsed, grid_margin, margin_in_units
 
 MISSING = "not run"  # a plan of the record has the cell, the record has no run of it
 SIZE_TOLERANCE = 0.01  # relative: a cell at up to 1 % above its budget's bpw is at the budget
@@ -74,11 +74,11 @@ def summarize(runs: pd.DataFrame, size_tolerance: float = SIZE_TOLERANCE,
     ``seeds`` (runs), ``ok`` (finished), ``diverged`` and ``diverged_seeds`` (seeds whose method
     diverged: a result without a metric; a cell whose every seed diverged has status
     ``diverged``, one with some the mean of the others); ``seed_values`` (``seed:value`` of every
-    finished seed), ``collapsed`` (seeds no better than chance, :func:`quantbench.stats.collapsed`,
+    finished seed), ``collapsed`` (seeds no better than chance, :func:`quantbench.report.stats.collapsed`,
     diverged ones included); ``n_seeds`` (finished seeds), ``ci_low``/``ci_high``/``ci_kind`` (the
     spread shown beside the mean: the seeds' range, or one seed's interval over test examples,
-    :func:`quantbench.stats.cell_interval`;
-    ``records``: the cells' finished seeds, :func:`quantbench.significance.cell_records`, default:
+    :func:`quantbench.report.stats.cell_interval`;
+    ``records``: the cells' finished seeds, :func:`quantbench.report.significance.cell_records`, default:
     without per-example results),
     ``best`` (bold: not significantly worse than another cell of its column by more than the
     margin, ``margins`` per metric, at level ``alpha``: :func:`significance_marks`) and
@@ -182,9 +182,9 @@ def significance_marks(long: pd.DataFrame, records: dict[tuple, CellRecord], alp
     """``best`` and ``p_vs_best`` of every row: multiple comparisons with the best (Hsu 1996,
     with Bonferroni's bound in place of Dunnett's constant). Within each (task, arch, budget)
     column, among its k competing cells (finished, not over budget, no diverged seed), a cell i
-    is bold unless some cell j's paired test (:func:`quantbench.significance.compare`) shows i
+    is bold unless some cell j's paired test (:func:`quantbench.report.significance.compare`) shows i
     worse than j by more than the margin m (the grid's ``tables.margins`` for the metric, in its
-    units against j's mean: :func:`quantbench.stats.margin_in_units`) at one-sided level
+    units against j's mean: :func:`quantbench.report.stats.margin_in_units`) at one-sided level
     α/(k − 1): the column's truly best cell is then bold with probability at least 1 − α, and a
     cell left plain is worse than another by more than m. Only cells better than i on the mean
     by more than m can show that, so only they are tested; a cell that cannot be tested against

@@ -7,7 +7,7 @@ rebuild a fresh network **from that file**, check every weight is on its codeboo
 close the run, and finally write ``metrics.json`` atomically (the Snakemake output; it appears
 only when everything before it succeeded).
 
-Outcomes (the run's lifecycle: :mod:`quantbench.tracking.runs`): FINISHED (``status=ok``) and
+Outcomes (the run's lifecycle: :mod:`quantbench.jobs.runs`): FINISHED (``status=ok``) and
 ``metrics.json``; a cell whose method diverged (a non-finite training loss, non-finite weights in
 what it returns, caught before packing, or non-finite test metrics): FINISHED with
 ``status=diverged`` and where, ``metrics.json`` saying so and no ``model.qbc``, exit 0 (a result:
@@ -41,16 +41,10 @@ import torch
 
 from quantbench import distributed
 from quantbench.data import Pipeline, build_task
+from quantbench.examples import chance_level
 from quantbench.files import write_atomic, write_json_atomic
 from quantbench.format import CompressedModel
-from quantbench.method import Budget, ConfigError, JobFailed, RunContext, make_params
-from quantbench.methods import get_method
-from quantbench.models import build_model
-from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
-from quantbench.spec import JobSpec, content_hash
-from quantbench.stats import chance_level
-from quantbench.tracking import Tracker, experiment_store
-from quantbench.tracking.runs import (
+from quantbench.jobs.runs import (
     Diverged,
     environment_tags,
     finish,
@@ -58,7 +52,13 @@ from quantbench.tracking.runs import (
     open_run,
     recorded,
 )
-from quantbench.train import (
+from quantbench.jobs.spec import JobSpec, content_hash
+from quantbench.method import Budget, ConfigError, JobFailed, RunContext, make_params
+from quantbench.methods import get_method
+from quantbench.models import build_model
+from quantbench.models.pretrained import eval_transform, load_pretrained, preprocessing
+from quantbench.tracking import Tracker, experiment_store
+from quantbench.training.loop import (
     TrainSettings,
     file_sha256,
     load_checkpoint,
@@ -286,7 +286,7 @@ def run_cell(spec: JobSpec, reference: Path, out: Path, log_file: Path | None = 
 
 def _compress_and_evaluate(spec: JobSpec, ctx: RunContext, run: tuple | None, ref_info: dict, method_cls: type,
                            out: Path, artifact: Path, log_file: Path | None) -> dict:
-    """The body of :func:`run_cell` inside its run (:func:`~quantbench.tracking.runs.recorded`)."""
+    """The body of :func:`run_cell` inside its run (:func:`~quantbench.jobs.runs.recorded`)."""
     job, task, device = spec.identity, ctx.task, ctx.device
     arch_kwargs = ctx.arch_kwargs
     times = {}

@@ -8,7 +8,7 @@ keeps (the reference rows of those archs always stay)::
     ... the table and its footnotes, written by `quantbench docs-tables` ...
     <!-- /table -->
 
-The block is what :func:`quantbench.tables.wide_table` and :func:`~quantbench.tables.footnotes`
+The block is what :func:`quantbench.report.tables.wide_table` and :func:`~quantbench.report.tables.footnotes`
 make of those CSV rows, the same code that writes ``<task>.md``. ``quantbench docs-tables FILE...``
 rewrites the blocks; ``--check`` lists the blocks that differ (a test runs it on the README and
 docs/methods/*.md).
@@ -40,7 +40,7 @@ def _filters(text: str, where: str) -> dict[str, list[str]]:
 
 def render(csv: Path, archs: list[str] | None = None, methods: list[str] | None = None) -> str:
     """The markdown table (and its footnotes) of the rows of ``csv`` for ``archs`` and ``methods``."""
-    from quantbench.tables import footnotes, wide_table
+    from quantbench.report.tables import footnotes, wide_table
 
     if not csv.is_file():
         raise FileNotFoundError(f"{csv}: the table CSV a doc names does not exist (copy it from results/tables/)")

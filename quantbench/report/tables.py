@@ -3,19 +3,19 @@
 Per task: rows = (arch, reference first, then the methods grouped by paper family: baseline,
 LC, GPFQ, OPQ, DiffQ, other), columns = budgets. A cell reads the mean of the task metric over
 seeds with the seeds' range ``[min, max]`` (one seed: ± half its 95 % interval over test
-examples; :mod:`quantbench.stats`, docs/statistics.md) and the achieved ``bpw`` / compression
+examples; :mod:`quantbench.report.stats`, docs/statistics.md) and the achieved ``bpw`` / compression
 ratio; ``¶`` marks a cell with a collapsed seed (no better than chance).
 
 What is bold, over budget or below its starting point is the long table's
-(:mod:`quantbench.summary`); this module prints it. An over-budget cell keeps its number, gets a
+(:mod:`quantbench.report.summary`); this module prints it. An over-budget cell keeps its number, gets a
 ``†`` beside its bpw and a footnote naming its bpw, and is never bold; a cell worse than the
 method it starts from gets a ``‡`` and a footnote (a sanity claim: none when that method has no
 successful cell there). A failed, diverged or killed run reads as such, never as a number. Which cells were
-planned is read from the plans the record holds (:mod:`quantbench.plan`), not from the methods'
+planned is read from the plans the record holds (:mod:`quantbench.jobs.plan`), not from the methods'
 code: a planned cell without a run reads ``not run``; a skipped one (its method does not serve
 the budget), or one no plan names, ``—``. Written as
 ``<task>.md`` (markdown), ``<task>.tex`` (LaTeX booktabs) and ``<task>.csv`` (long format: one
-row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench.plots`.
+row per arch/method/budget with the numbers), plus the plots of :mod:`quantbench.report.plots`.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from quantbench.files import write_text_atomic
+from quantbench.jobs.plan import Planned
 from quantbench.method import CALIBRATION_LABEL
-from quantbench.plan import Planned
-from quantbench.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
-from quantbench.stats import ALPHA, CI_EXAMPLES, RELATIVE_MARGIN, SEED_RANGE, ExamplesError, grid_margin
-from quantbench.summary import MISSING, SIZE_TOLERANCE, best_rows, check_size_tolerance, summarize
+from quantbench.report.significance import CellRecord, cell_records, compare, latest_runs, load_examples, present_cells
+from quantbench.report.stats import ALPHA, CI_EXAMPLES, RELATIVE_MARGIN, SEED_RANGE, ExamplesError, grid_margin
+from quantbench.report.summary import MISSING, SIZE_TOLERANCE, best_rows, check_size_tolerance, summarize
 from quantbench.tracking import Tracker
 
 UNSERVED = "—"  # the method does not serve this budget (skipped at planning), or no plan has the cell
@@ -217,7 +217,7 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
     dominated only by one significantly better at level ``alpha`` (paired test on ``records``;
     where a pair cannot be tested, the means decide); the steps plot has a panel per curve the
     task's methods declare (in table order; the declarations of the record's plans, ``planned``)."""
-    from quantbench.plots import calibration_plot, size_plot, steps_plot
+    from quantbench.report.plots import calibration_plot, size_plot, steps_plot
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -235,7 +235,7 @@ def write_plots(long: pd.DataFrame, histories: pd.DataFrame, out_dir: str | Path
 
 
 def _separable(records: dict[tuple, CellRecord], size_tolerance: float, alpha: float):
-    """``separable(row_i, row_j)`` for :func:`quantbench.plots.size_plot`: whether j, about as
+    """``separable(row_i, row_j)`` for :func:`quantbench.report.plots.size_plot`: whether j, about as
     small as i and better on the means, is significantly better (only such pairs are tested)."""
     def separable(ri: pd.Series, rj: pd.Series) -> bool:
         better = rj["mean"] > ri["mean"] if ri["higher_is_better"] else rj["mean"] < ri["mean"]
@@ -259,7 +259,7 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
     budget a cell's bpw may be and still compete in the budget's column, and which sizes the
     Pareto front counts as equal; ``alpha`` (config ``tables.alpha``) the level of the paired
     tests behind the bold and the claims; ``margins`` (config ``tables.margins``) the margin per
-    metric of the bold and of ``A >= B`` claims. With ``claims`` (:class:`quantbench.claims.Claim`, the
+    metric of the bold and of ``A >= B`` claims. With ``claims`` (:class:`quantbench.report.claims.Claim`, the
     grid's), also ``<task>_claims.{md,csv}``: their verdicts on the task's cases."""
     check_size_tolerance(size_tolerance)
     tracker = Tracker(tracking_uri)
@@ -277,13 +277,13 @@ def tables_from_mlflow(tracking_uri: str, experiment: str, out_dir: str | Path,
 
 
 def recorded_plans(tracker: Tracker, experiment: str) -> Planned:
-    """What the plans recorded in ``experiment`` say (:class:`quantbench.plan.Planned`); a plan file
+    """What the plans recorded in ``experiment`` say (:class:`quantbench.jobs.plan.Planned`); a plan file
     that cannot be read is left out with a warning naming its run."""
     import tempfile
     import warnings
 
     from quantbench.errors import ConfigError
-    from quantbench.plan import Plan
+    from quantbench.jobs.plan import Plan
 
     plans = []
     with tempfile.TemporaryDirectory(prefix="quantbench-plans-") as tmp:
@@ -299,7 +299,7 @@ def write_claims(claims: list, records: dict[tuple, CellRecord], present: set[tu
                  tasks: list[str], alpha: float, experiment: str,
                  margins: dict[str, float] | None = None) -> list[Path]:
     """``<task>_claims.md`` (verdicts, then the cases) and ``<task>_claims.csv`` (the cases) per task."""
-    from quantbench.claims import claims_markdown, evaluate_claims
+    from quantbench.report.claims import claims_markdown, evaluate_claims
 
     written = []
     for task in tasks:

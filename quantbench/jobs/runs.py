@@ -31,9 +31,9 @@ from pathlib import Path
 
 from quantbench import distributed
 from quantbench.errors import JobFailed
+from quantbench.examples import EXAMPLES_FILE, Examples
 from quantbench.files import write_json_atomic
-from quantbench.spec import JobSpec
-from quantbench.stats import EXAMPLES_FILE, Examples
+from quantbench.jobs.spec import JobSpec
 from quantbench.tracking.store import Tracker, experiment_store
 
 log = logging.getLogger("quantbench")

@@ -9,7 +9,7 @@
   every identity: moving the data, allowing downloads or pointing at another tracking server
   reruns nothing and changes no hash.
 
-Both reach a job in the grid's plan (:mod:`quantbench.plan`).
+Both reach a job in the grid's plan (:mod:`quantbench.jobs.plan`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from quantbench.errors import ConfigError
+from quantbench.method import format_budget  # noqa: F401 (a job's paths and ids)
 
 JobKind = Literal["reference", "cell"]
 
@@ -30,9 +31,6 @@ def content_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def format_budget(bits: float) -> str:
-    """The budget as it appears in paths, ids and tables: 2, 1.58, 4.5."""
-    return f"{float(bits):g}"
 
 
 def _from_dict(cls, data: object, where: str):

@@ -1,6 +1,6 @@
 """The papers' claims, stated once in a grid (config ``claims``) and checked against its record.
 
-A claim compares two methods with the paired test of :mod:`quantbench.significance`, on every
+A claim compares two methods with the paired test of :mod:`quantbench.report.significance`, on every
 (task, arch, budget) case it covers::
 
     claims:
@@ -17,14 +17,14 @@ With ``g`` = A − B signed so that positive is better (the task's metric) and i
 interval ``[lo, hi]``, a case **holds** when ``A > B``: ``lo > 0``; ``A >= B``: ``lo > −m``
 (non-inferiority: A is not worse than B by more than the margin m: the claim's ``margin``, else
 the grid's ``tables.margins`` for the metric, default 0.5 points of accuracy or error, 1 % of B's
-perplexity or loss; :func:`quantbench.stats.margin_in_units`). It **fails** when A is
+perplexity or loss; :func:`quantbench.report.stats.margin_in_units`). It **fails** when A is
 significantly worse than B by more than m (m = 0 for ``>``): ``g < −m`` with the test of
 ``g = −m`` (twice its one-sided p) Holm-adjusted over the claim's cases below α. Otherwise it
 is **inconclusive**, and says how far from deciding it is: ``detectable``, the smallest true
 distance from its boundary (0, or −m) the paired t over the seeds run finds with 80 % power
-given the seeds' spread (:func:`quantbench.stats.detectable_difference`), and ``seeds_needed``,
+given the seeds' spread (:func:`quantbench.report.stats.detectable_difference`), and ``seeds_needed``,
 the seeds at which the observed distance ``g + m`` would be found so
-(:func:`quantbench.stats.seeds_needed`; none where it is on the wrong side, or one seed leaves
+(:func:`quantbench.report.stats.seeds_needed`; none where it is on the wrong side, or one seed leaves
 the spread unknown; with no spread the sign-flip's 6 at α = 0.05). ``A vs B`` states no
 direction: each case reports "A better" or "B better" (Holm-adjusted p below α, over the
 claim's cases) or "no detectable difference" (with the same two figures for ``|g|``), and the
@@ -43,16 +43,15 @@ inconclusive otherwise.
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from quantbench.errors import ConfigError, ExamplesError
+from quantbench.config.claims import STARTING_POINT, Claim, check_against_grid, parse_claims  # noqa: F401
+from quantbench.errors import ExamplesError
 from quantbench.files import write_text_atomic
-from quantbench.significance import CellRecord, compare, present_cells, read_record
-from quantbench.stats import (
+from quantbench.report.significance import CellRecord, compare, present_cells, read_record
+from quantbench.report.stats import (
     ALPHA,
     POWER,
     Difference,
@@ -64,80 +63,8 @@ from quantbench.stats import (
     seeds_needed,
 )
 
-STARTING_POINT = "starting point"
-_CLAIM = re.compile(r"^\s*([A-Za-z0-9_@]+)\s*(>=|>|\svs\s)\s*([A-Za-z0-9_@]+)\s*$")
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN, REFUSED = "holds", "fails", "inconclusive", "not run", "refused"
 REPORTED, NO_DIFFERENCE = "reported", "no detectable difference"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One comparison: ``better relation than`` (``relation`` ">", ">=" or "vs"), restricted to
-    ``budgets``/``archs``/``tasks`` where given; ``better`` is "*" for the starting-point rule."""
-
-    text: str
-    better: str
-    relation: str
-    than: str
-    budgets: tuple[float, ...] | None = None
-    archs: tuple[str, ...] | None = None
-    tasks: tuple[str, ...] | None = None
-    margin: float | None = None
-    source: str = ""
-
-
-def parse_claims(raw: list[dict], known_methods: list[str] | None = None) -> list[Claim]:
-    """The grid's ``claims`` (validated by the schema) as :class:`Claim`; a ConfigError naming
-    ``config.claims[i]``, the claim's text and the reason for a claim that is not ``A > B``,
-    ``A >= B`` or ``starting point``, or that names a method not in ``known_methods``."""
-    claims = []
-    for i, entry in enumerate(raw):
-        text = str(entry["claim"]).strip()
-        where = f"config.claims[{i}] ({text!r})"
-        scope = {"budgets": _tuple(entry.get("at"), float), "archs": _tuple(entry.get("archs"), str),
-                 "tasks": _tuple(entry.get("tasks"), str), "margin": entry.get("margin"),
-                 "source": entry.get("source", "")}
-        if text == STARTING_POINT:
-            if scope["margin"] is not None:
-                raise ConfigError(f"{where}: the starting-point rule takes no margin")
-            claims.append(Claim(text, "*", ">=", "starts_from", **scope))
-            continue
-        match = _CLAIM.match(text)
-        if not match:
-            raise ConfigError(f"{where}: expected 'A > B', 'A >= B', 'A vs B' (method labels) or {STARTING_POINT!r}")
-        a, relation, b = match.groups()
-        relation = relation.strip()
-        if a == b:
-            raise ConfigError(f"{where}: compares {a} with itself")
-        if scope["margin"] is not None and relation != ">=":
-            raise ConfigError(f"{where}: a margin belongs to '>=' (not worse by more than the margin)")
-        for name in (a, b):
-            if known_methods is not None and name not in known_methods:
-                raise ConfigError(f"{where}: unknown method {name!r}; allowed values: {known_methods}")
-        claims.append(Claim(text, a, relation, b, **scope))
-    return claims
-
-
-def _tuple(values, kind) -> tuple | None:
-    return None if values is None else tuple(kind(v) for v in values)
-
-
-def check_against_grid(claims: list[Claim], methods: list[str], budgets: list[float], archs: list[str],
-                       tasks: list[str]) -> None:
-    """A ConfigError naming the claim when it names a method, budget, arch or task the grid does
-    not have (``quantbench validate`` and ``quantbench claims --grid``: the grid as written)."""
-    for i, claim in enumerate(claims):
-        where = f"config.claims[{i}] ({claim.text!r})"
-        for name in (claim.better, claim.than):
-            if name not in ("*", "starts_from") and name not in methods:
-                raise ConfigError(f"{where}: method {name!r} is not in this grid's methods {methods}")
-        for b in claim.budgets or ():
-            if not any(math.isclose(b, float(g), abs_tol=1e-9) for g in budgets):
-                raise ConfigError(f"{where}: budget {b:g} is not in this grid's budgets {budgets}")
-        for kind, values, known in (("arch", claim.archs, archs), ("task", claim.tasks, tasks)):
-            for v in values or ():
-                if v not in known:
-                    raise ConfigError(f"{where}: {kind} {v!r} is not in this grid's {kind}s {known}")
 
 
 def _cases(claim: Claim, records: dict[tuple, CellRecord], present: set[tuple]) -> list[tuple]:
@@ -189,14 +116,14 @@ def _lost_reason(lost: dict[str, list[int]], a_name: str, b_name: str, tested: b
 
 def _margin(claim: Claim, metric: str, comparator: float, margins: dict[str, float] | None) -> float:
     """The non-inferiority margin of an ``A >= B`` case in the metric's units: the claim's
-    ``margin``, else the grid's for the metric (``tables.margins``, :data:`quantbench.stats.MARGINS`)."""
+    ``margin``, else the grid's for the metric (``tables.margins``, :data:`quantbench.report.stats.MARGINS`)."""
     margin = claim.margin if claim.margin is not None else grid_margin(metric, margins)
     return margin_in_units(metric, margin, comparator)
 
 
 def _seeds_for(d: Difference, effect: float, alpha: float) -> dict:
     """``detectable`` (the smallest true distance from the case's boundary the seeds run find at
-    80 % power, :func:`quantbench.stats.detectable_difference`) and ``seeds_needed`` (the seeds at
+    80 % power, :func:`quantbench.report.stats.detectable_difference`) and ``seeds_needed`` (the seeds at
     which the observed distance ``effect`` would be found so: NaN where it is not on the claim's
     side, or one seed leaves the seeds' spread unknown)."""
     if d.n_seeds < 2:
