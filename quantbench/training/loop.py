@@ -1,4 +1,4 @@
-"""Training loop and the content-addressed reference cache."""
+"""The one training schedule (:class:`Schedule`), the training loop, and the content-addressed reference cache."""
 
 from __future__ import annotations
 
@@ -69,8 +69,7 @@ class Schedule:
 
     def make_optimizer(self, params, lr_scale: float = 1.0) -> torch.optim.Optimizer:
         """The optimizer at ``lr · lr_scale`` (:func:`make_optimizer`)."""
-        lr = self.lr if lr_scale == 1.0 else self.lr * lr_scale
-        return make_optimizer(params, self.optimizer, lr, self.momentum, self.weight_decay)
+        return make_optimizer(params, self.optimizer, self.lr * lr_scale, self.momentum, self.weight_decay)
 
 
 @dataclass
