@@ -38,18 +38,22 @@ rule all:
 
 onstart:
     # before any job is submitted (never in a dry run): on a cluster, paper-scale training on CPUs is
-    # refused unless the grid says allow_cpu; then the plan every job reads its identity from, and
-    # its record in the MLflow experiment (which this creates once, before any job writes to it)
+    # refused unless the grid says allow_cpu; one grid per results directory (a lock held until this
+    # process exits); then the plan every job reads its identity from, and its record in the MLflow
+    # experiment (which this creates once, before any job writes to it)
     check_executor()
+    hold_results_lock()
     write_plan()
 
 
 onsuccess:
     # a line per cell whose method diverged (its result, which the tables show as such)
     end_of_grid(failed=False)
+    release_results_lock()
 
 
 onerror:
     # a grid that ends with failed cells (--keep-going) still gets tables and plots that mark them,
     # and a line naming each failed cell and its log
     end_of_grid(failed=True)
+    release_results_lock()

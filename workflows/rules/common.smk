@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 from quantbench.config import Cell, load_config, merged_config, typed_overrides
 from quantbench.config.resources import check_cluster_gpus, resources, rule_resource
 from quantbench.errors import ConfigError
+from quantbench.jobs.lock import ResultsLock
 from quantbench.jobs.plan import PLAN_FILE, batch_name, job_dirs, plan_grid, reference_id
 from quantbench.jobs.spec import content_hash
 
@@ -59,6 +60,32 @@ def the_plan():
         return plan_grid(CFG)
     except ConfigError as e:
         raise WorkflowError(f"{_config_source()}: {e}") from None
+
+
+RESULTS_LOCK = None  # this grid's lock on its results directory, from onstart to its end
+
+
+def hold_results_lock():
+    """The onstart handler's first work: the grid's lock on its results directory, held until this
+    Snakemake process exits (quantbench.jobs.lock: a second grid on the same results_dir is refused
+    naming the holder). Jobs on cluster nodes do not take it."""
+    global RESULTS_LOCK
+    if not workflow.is_main_process:
+        return
+    try:
+        RESULTS_LOCK = ResultsLock(RESULTS, EXP).acquire()
+    except ConfigError as e:
+        raise WorkflowError(str(e)) from None
+    if RESULTS_LOCK.unsupported:
+        logger.warning(f"quantbench: {RESULTS_LOCK.unsupported}")
+    if RESULTS_LOCK.took_over():
+        logger.info(f"quantbench: {RESULTS_LOCK.took_over()}")
+
+
+def release_results_lock():
+    """The end of the grid (onsuccess/onerror, last): the lock given up and its record cleared."""
+    if RESULTS_LOCK is not None:
+        RESULTS_LOCK.release()
 
 
 def write_plan():
